@@ -1,0 +1,110 @@
+"""One error tree for the whole package.
+
+Every failure a client can cause or see is a `KestrelqError`. The server maps each class to a
+wire reply in exactly one place (`kestrelq.server.connection.error_reply`); nothing else decides
+what bytes an error becomes. `close` says whether the connection must be dropped after the
+reply, because the framing can no longer be trusted or because Kestrel does so.
+"""
+
+from __future__ import annotations
+
+
+class KestrelqError(Exception):
+    """Base of every kestrelq error."""
+
+
+# -- protocol -------------------------------------------------------------------------------
+
+
+class ProtocolError(KestrelqError):
+    """The bytes on a connection broke the protocol.
+
+    `reason` is the short text sent after the error word; `close` whether to hang up.
+    """
+
+    word = "CLIENT_ERROR"
+
+    def __init__(self, reason: str, *, close: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.close = close
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something malformed (CLIENT_ERROR)."""
+
+
+class ItemTooLarge(RemoteProtocolError):
+    """A `set` announced more bytes than the server accepts at all; its data is skipped."""
+
+    word = "SERVER_ERROR"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"object too large for cache ({size} > {limit} bytes)", close=False)
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to do something the protocol does not allow (a bug, not the peer's)."""
+
+
+# -- queues ---------------------------------------------------------------------------------
+
+
+class QueueError(KestrelqError):
+    """A queue refused an operation."""
+
+
+class InvalidQueueName(QueueError):
+    """A queue name that could escape the data directory or break the wire format."""
+
+
+class QueueFull(QueueError):
+    """The queue is at max_items or max_bytes and does not discard old items."""
+
+
+class ItemRejected(QueueError):
+    """The item is larger than the queue's max_item_size."""
+
+
+class TooManyOpenReads(QueueError):
+    """The connection already holds the most open reads allowed on this queue."""
+
+
+class ReadWhileOpen(QueueError):
+    """A plain get on a queue where this connection holds an open read."""
+
+
+class ShuttingDown(QueueError):
+    """The server is shutting down and takes no more items."""
+
+
+# -- journal --------------------------------------------------------------------------------
+
+
+class JournalError(KestrelqError):
+    """The journal could not be read or written."""
+
+
+class JournalFull(JournalError):
+    """The disk is full: the record was not written (nothing was changed)."""
+
+
+class JournalWriteFailed(JournalError):
+    """Writing the journal failed for another reason (EIO, EROFS, ...)."""
+
+
+class JournalCorrupt(JournalError):
+    """A damaged record in the middle of a journal file."""
+
+    def __init__(self, path: str, offset: int, detail: str) -> None:
+        super().__init__(
+            f"{path}: damaged journal record at offset {offset}: {detail}; "
+            "start with --salvage to drop everything from that offset on"
+        )
+        self.path = path
+        self.offset = offset
+        self.detail = detail
+
+
+class ConfigError(KestrelqError):
+    """A configuration file, variable or option is invalid."""
