@@ -1,10 +1,140 @@
-"""Subcommands of the supervisord area (placeholder until that area lands)."""
+"""`kestrelq conf`: render supervisord's configuration from the stack description."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
+from pathlib import Path
 from typing import Any
+
+from kestrelq.supervisord.stack import (
+    Overrides,
+    StackError,
+    apply_overrides,
+    drift,
+    load_stack,
+    make_dirs,
+    render_stack,
+    write_files,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise StackError(f"{name}={value!r} is not a whole number") from None
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add this area's subcommands to the `kestrelq` parser."""
+    p = subparsers.add_parser(
+        "conf",
+        help="render supervisord config (and the queue's config) from conf/stack.toml",
+        description=(
+            "Render supervisord.conf, supervisord.d/*.ini and kestrelq.toml from one stack "
+            "description. Relative paths in the description are relative to --out."
+        ),
+    )
+    p.add_argument("--description", type=Path, help="stack description (default OUT/stack.toml)")
+    p.add_argument("--out", type=Path, default=Path("conf"), help="output directory (conf)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 with a diff when the files in --out differ",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="consumers per queue (default: the description; env KESTRELQ_WORKERS)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["host", "container"],
+        default=os.environ.get("KESTRELQ_CONF_MODE") or None,
+        help="host: daemon + rotated log files; container: foreground, logs to stdout "
+        "(env KESTRELQ_CONF_MODE; default host)",
+    )
+    p.add_argument(
+        "--only",
+        choices=["all", "queue", "workers"],
+        default=os.environ.get("KESTRELQ_CONF_ONLY") or None,
+        help="render only the queue program or only the workers (env KESTRELQ_CONF_ONLY)",
+    )
+    for key in ("app-dir", "run-dir", "log-dir", "data-dir"):
+        p.add_argument(f"--{key}", help=f"override paths.{key.replace('-', '_')}")
+    p.add_argument("--listen-host", help="address the queue server binds")
+    p.add_argument(
+        "--connect-host",
+        default=os.environ.get("KESTRELQ_CONNECT_HOST") or None,
+        help="address the workers reach the queue at (env KESTRELQ_CONNECT_HOST)",
+    )
+    p.add_argument("--port", type=int, help="queue server port")
+    p.add_argument("--http-host", help="address of supervisord's status page")
+    p.add_argument("--http-port", type=int, help="port of supervisord's status page (0 = none)")
+    p.add_argument("--python", help="interpreter the programs run with (default python3)")
+    p.add_argument("--user", help="run programs as this user (supervisord must be root)")
+    p.add_argument(
+        "--make-dirs", action="store_true", help="create the run, log and data directories"
+    )
+    p.set_defaults(func=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> Overrides:
+    workers = args.workers if args.workers is not None else _env_int("KESTRELQ_WORKERS")
+    paths = {
+        key: getattr(args, key)
+        for key in ("app_dir", "run_dir", "log_dir", "data_dir")
+        if getattr(args, key)
+    }
+    return Overrides(
+        workers=workers,
+        mode=args.mode,
+        only=args.only,
+        paths=paths,
+        listen_host=args.listen_host,
+        connect_host=args.connect_host,
+        port=args.port,
+        http_host=args.http_host,
+        http_port=args.http_port,
+        python=args.python,
+        user=args.user,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    out_dir: Path = args.out
+    description: Path = args.description or out_dir / "stack.toml"
+    try:
+        stack = load_stack(description)
+        stack = apply_overrides(stack, overrides_from_args(args))
+        files = render_stack(stack)
+    except StackError as exc:
+        print(f"kestrelq conf: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        diff = drift(out_dir, files)
+        if diff:
+            sys.stdout.write(diff)
+            print(
+                f"kestrelq conf: {out_dir} differs from {description}; run `make conf`",
+                file=sys.stderr,
+            )
+            return 1
+        logger.info("%s matches %s (%d files)", out_dir, description, len(files))
+        return 0
+    changed = write_files(out_dir, files)
+    for rel in changed:
+        logger.info("wrote %s", out_dir / rel)
+    logger.info("%d of %d files changed in %s", len(changed), len(files), out_dir)
+    if args.make_dirs:
+        for path in make_dirs(out_dir, stack):
+            logger.info("directory %s is ready", path)
+    return 0
