@@ -1,0 +1,158 @@
+"""Put messages on a queue: the producer side of the demo.
+
+    python send.py                      # one message with the current time
+    python send.py hello "second one"   # each argument is one message
+    python send.py --count 100 hi       # 100 copies of each message
+    python send.py --task digest "some text"           # a task envelope per message
+    python send.py --task sleep --arg seconds=2        # a slow task
+    python send.py --json '{"task": "echo", "args": {"text": "hi"}}'
+
+The queue is reached at --host/--port, or $KESTRELQ_HOST/$KESTRELQ_PORT, or 127.0.0.1:22133.
+Each message waits for STORED (`noreply=False`: pymemcache's default would not wait), and the
+script exits non-zero with a clear message if the queue is unreachable or refuses a message.
+Only the standard library and pymemcache are used, so it runs anywhere `app/` is copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheError
+
+EXIT_UNREACHABLE = 2
+EXIT_REFUSED = 3
+EXIT_USAGE = 64
+
+
+class SendError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _arg_value(text: str) -> Any:
+    """`--arg k=v`: v as JSON when it parses (numbers, true, lists), else as a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _task_args(items: Sequence[str]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SendError(f"--arg {item!r} must look like key=value", EXIT_USAGE)
+        extra[key] = _arg_value(value)
+    return extra
+
+
+def _json_body(raw: str) -> bytes:
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SendError(f"--json {raw!r} is not JSON: {exc}", EXIT_USAGE) from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("task"), str):
+        raise SendError('--json needs an object with a "task" string', EXIT_USAGE)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def build_messages(args: argparse.Namespace) -> Iterator[bytes]:
+    """The bodies to send, in order (each message `count` times)."""
+    texts: list[str] = list(args.messages)
+    if not texts and not args.json and not args.task:
+        texts = [f"hello from send.py at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"]
+    extra = _task_args(args.arg)
+    for raw in args.json or []:
+        body = _json_body(raw)
+        for _ in range(args.count):
+            yield body
+    if args.task:
+        for text in texts or [""]:
+            for _ in range(args.count):
+                task_args = dict(extra)
+                if text:
+                    task_args.setdefault("text", text)
+                # A fresh id per message, so duplicates and losses can be told apart.
+                envelope = {"task": args.task, "args": task_args, "id": uuid.uuid4().hex}
+                yield json.dumps(envelope, separators=(",", ":")).encode()
+    elif not args.json:
+        for text in texts:
+            for _ in range(args.count):
+                yield text.encode()
+
+
+def send_all(client: Client, queue: str, bodies: Iterator[bytes], expire_s: int) -> Iterator[int]:
+    """Set each body on the queue and yield its size once it is STORED."""
+    where = f"{client.server[0]}:{client.server[1]}"
+    for body in bodies:
+        try:
+            stored = client.set(queue, body, expire=expire_s, noreply=False)
+        except (OSError, MemcacheError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SendError(
+                f"cannot reach the queue at {where}: {reason or type(exc).__name__}",
+                EXIT_UNREACHABLE,
+            ) from exc
+        if not stored:
+            raise SendError(
+                f"the queue at {where} refused a message for {queue!r} (NOT_STORED: the queue "
+                "is full, the message too large, or the server is shutting down)",
+                EXIT_REFUSED,
+            )
+        yield len(body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Put messages on a kestrelq queue.")
+    parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="one message each")
+    parser.add_argument("--queue", "-q", default=os.environ.get("KESTRELQ_QUEUE") or "work")
+    parser.add_argument("--host", default=os.environ.get("KESTRELQ_HOST") or "127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("KESTRELQ_PORT") or 22133))
+    parser.add_argument("--count", "-n", type=int, default=1, help="send each message N times")
+    parser.add_argument("--task", help="wrap each message in a task envelope for this task")
+    parser.add_argument(
+        "--arg", action="append", default=[], metavar="KEY=VALUE", help="task argument"
+    )
+    parser.add_argument(
+        "--json", action="append", metavar="ENVELOPE", help="send this JSON task envelope"
+    )
+    parser.add_argument("--expire-s", type=int, default=0, help="expiry in seconds (0 = never)")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary line")
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+
+    client = Client((args.host, args.port), connect_timeout=3.0, timeout=10.0, no_delay=True)
+    sent = 0
+    started = time.monotonic()
+    try:
+        for size in send_all(client, args.queue, build_messages(args), args.expire_s):
+            sent += 1
+            if not args.quiet:
+                print(f"STORED {args.queue} ({size} bytes)")
+    except SendError as exc:
+        print(f"send.py: {exc}", file=sys.stderr)
+        if sent:
+            print(f"send.py: {sent} message(s) were stored before that", file=sys.stderr)
+        return exc.code
+    finally:
+        client.close()
+    elapsed_s = time.monotonic() - started
+    print(
+        f"sent {sent} message(s) to {args.queue!r} at {args.host}:{args.port} in {elapsed_s:.2f}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
