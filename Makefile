@@ -57,6 +57,60 @@ conf: install
 conf-check: install
 
 # ---- Containers (issue 3) ---------------------------------------------------------------------
+# The Docker engine, Compose v2 and the base image are set up by scripts/ (idempotent; the
+# README's Containers section says why each step exists). `docker compose` (the v2 plugin) is
+# used where it exists, else a standalone v2 `docker-compose`.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+STACK_ENV := var/stack.env
+
+.PHONY: docker-engine base-image images up down logs ps chaos-test
+docker-engine:
+	scripts/docker-engine.sh
+
+base-image: docker-engine
+	scripts/base-image.sh
+
+images: base-image
+	$(COMPOSE) build
+
+# A random password for the supervisord status pages, made once and kept (var/ is not in git);
+# compose.yaml reads it as an optional env_file.
+$(STACK_ENV):
+	@mkdir -p $(@D)
+	@umask 077 && printf 'KESTRELQ_SUPERVISOR_PASSWORD=%s\n' \
+		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(16))')" > $@
+	@echo "wrote $@: the password of the supervisord status pages"
+
+# compose.yaml has pull_policy: build, so `up` rebuilds what changed (layer cache) and never
+# pulls a kestrelq image; --wait returns once the queue and the workers are healthy.
+up: base-image $(STACK_ENV)
+	$(COMPOSE) up --detach --wait
+	@$(COMPOSE) ps
+	@echo
+	@echo "The stack is up. Send a message and watch a worker handle it:"
+	@echo "  docker compose exec app python send.py 'hello'"
+	@echo "  docker compose logs --follow worker        (or: make logs)"
+	@echo "supervisord status pages (user kestrelq, password in $(STACK_ENV)):"
+	@echo "  queue   http://127.0.0.1:$${KESTRELQ_QUEUE_STATUS_PORT:-9001}/"
+	@echo "  workers http://127.0.0.1:$${KESTRELQ_WORKER_STATUS_PORT:-9002}/"
+	@echo "More workers: KESTRELQ_WORKERS=8 make up.  Stop: make down (the journal volume stays)."
+
+down:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs --follow --tail=100
+
+ps:
+	$(COMPOSE) ps
+
+# The container chaos suite alone (it is also part of `make test`).
+chaos-test: install base-image
+	$(PY) -m pytest -m "chaos and docker" tests/chaos
+
+# `make test` runs the container tests too, which need an engine and the base image.
+test: base-image
+
 
 # ---- Benchmarks (issue 4) ---------------------------------------------------------------------
 

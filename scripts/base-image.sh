@@ -44,8 +44,16 @@ as_root debootstrap --variant=minbase "$SUITE" "$rootfs" "$MIRROR" >"$rootfs.log
     tail -n 30 "$rootfs.log" >&2
     die "debootstrap failed (full log: $rootfs.log)"
 }
-# Trim what the official slim image trims too: apt lists and caches are rebuilt by every
-# `apt-get update` in the Dockerfiles anyway.
+# What the official image's build (debuerreotype) adds for containers: a policy-rc.d that stops
+# package scripts from starting services during `docker build` (supervisor's would start a
+# daemon), and apt settings that keep images small. Lists and caches are dropped: every
+# Dockerfile runs `apt-get update` anyway.
+printf '#!/bin/sh\nexit 101\n' | as_root tee "$rootfs/usr/sbin/policy-rc.d" >/dev/null
+as_root chmod 755 "$rootfs/usr/sbin/policy-rc.d"
+printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' |
+    as_root tee "$rootfs/etc/apt/apt.conf.d/docker-no-recommends" >/dev/null
+printf 'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n' |
+    as_root tee "$rootfs/etc/apt/apt.conf.d/docker-no-cache" >/dev/null
 as_root rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
 as_root tar -C "$rootfs" -c . | docker import \
     --change 'CMD ["bash"]' \
