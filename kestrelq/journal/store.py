@@ -1,0 +1,388 @@
+"""Journal files on disk: append, recover, compact, fsync bookkeeping, the disk-full reserve.
+
+Theory of operation
+-------------------
+One file per queue, `<data_dir>/<queue>.kqj`. Every record is written with one `write()` call
+before the command that caused it is answered (the journal is the truth; memory is a cache).
+A failed write is cut back off the file with `ftruncate`, so the file never holds half a record
+that a later append would bury.
+
+Durability: the store numbers appends (`seq`). For queues whose policy is `always`, the server
+must not reply until `synced_seq` has passed the seq of the command's last append; it fsyncs
+every dirty file in a worker thread, and everything appended meanwhile rides on the next fsync
+(group commit). `periodic` files are fsynced by a timer and nobody waits; `never` files never.
+
+Disk full: at start the store sets aside `reserve_bytes` in a `.reserve` file. When a write
+fails with ENOSPC, new items are refused (JournalFull), but records that take items *out*
+(remove, open, confirm, unremove) may free the reserve and go on, so consumers can keep
+draining a full disk. The reserve is re-created, and new items accepted again, once there is room.
+
+Recovery: a record cut short at the end of a file (a torn tail) is cut off with a warning.
+A damaged record followed by valid ones is corruption: JournalCorrupt names the file and the
+offset, and the server refuses to start unless told to salvage (skip the damaged bytes).
+Compaction rewrites a journal as the records of its live state through a temp file, fsync,
+rename and directory fsync, whenever the file grows well past the live data.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import mmap
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kestrelq.errors import JournalCorrupt, JournalError, JournalFull, JournalWriteFailed
+from kestrelq.journal.format import MAGIC, RECORD_OVERHEAD, BadRecord, Record, decode, encode
+from kestrelq.queue.config import FsyncPolicy
+
+logger = logging.getLogger(__name__)
+
+SUFFIX = ".kqj"
+_WRITE_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    max_record_bytes: int = (64 << 20) + 64
+    reserve_bytes: int = 8 << 20
+    compact_min_bytes: int = 16 << 20
+    idle_compact_bytes: int = 64 << 10
+
+
+class Journal:
+    """The journal file of one queue."""
+
+    def __init__(self, store: JournalStore, name: str, policy: FsyncPolicy) -> None:
+        self.store = store
+        self.name = name
+        self.path = store.data_dir / f"{name}{SUFFIX}"
+        self.policy = policy
+        self.fd = -1
+        self.size = 0
+        self.records = 0
+        self.rewrites = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self.size = os.fstat(self.fd).st_size
+        if self.size < len(MAGIC):
+            # New file, or one torn inside its header: start it cleanly.
+            os.ftruncate(self.fd, 0)
+            self.size = 0
+            self._write(MAGIC)
+            self.store.fsync_dir()
+
+    def append(self, record: Record, essential: bool) -> None:
+        """Write one record, or raise JournalFull / JournalWriteFailed having written nothing."""
+        store = self.store
+        if store.reserve_released and not essential:
+            raise JournalFull("disk full: new items refused until space is freed")
+        data = encode(record)
+        try:
+            self._write(data)
+        except JournalFull:
+            if not essential or not store.release_reserve():
+                raise
+            self._write(data)
+        self.records += 1
+        store.seq += 1
+        if self.policy.mode == "always":
+            store.always_seq = store.seq
+            store.dirty_always.add(self)
+        elif self.policy.mode == "periodic":
+            store.dirty_periodic.add(self)
+
+    def _write(self, data: bytes) -> None:
+        start = self.size
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+                self.size += written
+        except OSError as exc:
+            self._cut_back(start)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise JournalFull("disk full") from exc
+            raise JournalWriteFailed(f"{self.path}: {exc.strerror}") from exc
+
+    def _cut_back(self, size: int) -> None:
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError:
+            logger.exception("could not cut %s back to %d bytes", self.path, size)
+        self.size = size
+
+    def should_compact(self, live_bytes: int, live_records: int, idle: bool) -> bool:
+        live = live_bytes + live_records * (RECORD_OVERHEAD + 24) + len(MAGIC)
+        limits = self.store.limits
+        if idle and live_records == 0:
+            return self.size > limits.idle_compact_bytes
+        return self.size >= limits.compact_min_bytes and self.size > 2 * live
+
+    def rewrite(self, records: Iterable[Record]) -> bool:
+        """Replace the file by `records` (the live state). False if there was no room."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        size = 0
+        try:
+            chunk = bytearray(MAGIC)
+            count = 0
+            for record in records:
+                chunk += encode(record)
+                count += 1
+                if len(chunk) >= _WRITE_CHUNK_BYTES:
+                    size += _write_all(fd, chunk)
+                    chunk.clear()
+            size += _write_all(fd, chunk)
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            logger.warning("compaction of %s failed (%s); keeping the old journal", self.path, exc)
+            return False
+        os.close(fd)
+        old_size = self.size
+        os.replace(tmp, self.path)
+        self.store.fsync_dir()
+        os.close(self.fd)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self.size = size
+        self.records = count
+        self.rewrites += 1
+        self.store.dirty_always.discard(self)
+        self.store.dirty_periodic.discard(self)
+        logger.info("compacted journal %s: %d -> %d bytes", self.name, old_size, size)
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return len(data)
+
+
+class JournalStore:
+    """All journals of a data directory (the `Storage` of a QueueCollection)."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        policy_for: Callable[[str], FsyncPolicy],
+        limits: StoreLimits = StoreLimits(),
+        salvage: bool = False,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.policy_for = policy_for
+        self.limits = limits
+        self.salvage = salvage
+        self.journals: dict[str, Journal] = {}
+        self.seq = 0
+        self.always_seq = 0
+        self.synced_seq = 0
+        self.fsyncs = 0
+        self.dirty_always: set[Journal] = set()
+        self.dirty_periodic: set[Journal] = set()
+        self.reserve_released = False
+        self.needs_compaction: set[str] = set()
+        self._lock_fd = -1
+        self._dir_fd = -1
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create and lock the data directory, remove stale temp files, set the reserve."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise JournalError(f"{self.data_dir} is in use by another kestrelq server") from None
+        self._dir_fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for tmp in self.data_dir.glob(f"*{SUFFIX}.tmp"):
+            tmp.unlink()
+        self.ensure_reserve()
+
+    def close(self) -> None:
+        self.sync_all()
+        for journal in self.journals.values():
+            journal.close()
+        self.journals.clear()
+        for fd in (self._dir_fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._dir_fd = self._lock_fd = -1
+
+    def existing_names(self) -> list[str]:
+        return sorted(p.name[: -len(SUFFIX)] for p in self.data_dir.glob(f"*{SUFFIX}"))
+
+    # -- Storage protocol ----------------------------------------------------------------------
+
+    def log_for(self, name: str) -> Callable[[Record, bool], None]:
+        journal = self.journals.get(name)
+        if journal is None:
+            journal = self.journals[name] = Journal(self, name, self.policy_for(name))
+        return journal.append
+
+    def drop(self, name: str) -> None:
+        journal = self.journals.pop(name, None)
+        if journal is not None:
+            self.dirty_always.discard(journal)
+            self.dirty_periodic.discard(journal)
+            journal.close()
+        (self.data_dir / f"{name}{SUFFIX}").unlink(missing_ok=True)
+        self.fsync_dir()
+
+    def set_policies(self) -> None:
+        for name, journal in self.journals.items():
+            journal.policy = self.policy_for(name)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def recover(self, name: str) -> Iterator[Record]:
+        """Yield the records of a queue's journal, repairing a torn tail as it goes."""
+        path = self.data_dir / f"{name}{SUFFIX}"
+        with open(path, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= len(MAGIC):
+                return
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    if view[: len(MAGIC)] != MAGIC:
+                        raise JournalCorrupt(str(path), 0, "not a kestrelq journal")
+                    yield from self._records(path, view, size)
+                finally:
+                    view.release()
+
+    def _records(self, path: Path, view: memoryview, size: int) -> Iterator[Record]:
+        offset = len(MAGIC)
+        max_len = self.limits.max_record_bytes
+        while offset < size:
+            try:
+                decoded = decode(view, offset, max_len)
+                problem = "record cut short"
+            except BadRecord as exc:
+                decoded = None
+                problem = str(exc)
+            if decoded is not None:
+                record, offset = decoded
+                yield record
+                continue
+            resume = _next_valid(view, offset + 1, max_len)
+            if resume is None:
+                logger.warning(
+                    "%s: torn tail at offset %d (%s): cutting off %d bytes; "
+                    "DATA WRITTEN AFTER THE LAST FSYNC MAY HAVE BEEN LOST",
+                    path, offset, problem, size - offset,
+                )  # fmt: skip
+                os.truncate(path, offset)
+                journal = self.journals.get(path.name[: -len(SUFFIX)])
+                if journal is not None:
+                    journal.size = offset
+                return
+            if not self.salvage:
+                raise JournalCorrupt(str(path), offset, problem)
+            logger.error(
+                "%s: damaged record at offset %d (%s): salvage skips %d bytes",
+                path, offset, problem, resume - offset,
+            )  # fmt: skip
+            self.needs_compaction.add(path.name[: -len(SUFFIX)])
+            offset = resume
+
+    # -- durability --------------------------------------------------------------------------
+
+    def take_dirty(self, periodic: bool = False) -> tuple[list[int], int]:
+        """Duplicated fds of files that need an fsync, and the seq the fsync will cover."""
+        dirty = self.dirty_periodic if periodic else self.dirty_always
+        fds = [os.dup(j.fd) for j in dirty if j.fd >= 0]
+        dirty.clear()
+        return fds, self.seq
+
+    def fsync_fds(self, fds: list[int]) -> None:
+        """fsync (runs in a worker thread) and close the duplicated fds."""
+        try:
+            for fd in fds:
+                os.fsync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def sync_all(self) -> None:
+        fds, seq = self.take_dirty()
+        more, _ = self.take_dirty(periodic=True)
+        self.fsync_fds(fds + more)
+        self.fsyncs += 1
+        self.synced_seq = max(self.synced_seq, seq)
+
+    def fsync_dir(self) -> None:
+        if self._dir_fd >= 0:
+            os.fsync(self._dir_fd)
+
+    # -- disk-full reserve ----------------------------------------------------------------
+
+    @property
+    def _reserve_path(self) -> Path:
+        return self.data_dir / ".reserve"
+
+    def ensure_reserve(self) -> bool:
+        """Set aside the reserve if it is missing; True when it is in place."""
+        size = self.limits.reserve_bytes
+        path = self._reserve_path
+        if size <= 0:
+            self.reserve_released = False
+            return True
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            if not self.reserve_released:
+                logger.error("cannot set aside the %d-byte disk reserve: %s", size, exc)
+            self.reserve_released = True
+            return False
+        if self.reserve_released:
+            logger.warning("disk space available again: accepting new items")
+        self.reserve_released = False
+        return True
+
+    def release_reserve(self) -> bool:
+        """Free the reserve so that reads can still be journalled; False if already gone."""
+        path = self._reserve_path
+        if not path.exists():
+            self.reserve_released = True
+            return False
+        path.unlink()
+        self.reserve_released = True
+        logger.error("disk full: released the disk reserve; refusing new items, serving reads")
+        return True
+
+
+def _next_valid(view: memoryview, start: int, max_len: int) -> int | None:
+    """Offset of the first decodable record at or after `start`, None if there is none."""
+    size = len(view)
+    # A tail of zeros (a file extended but never written, as after a crash) holds nothing.
+    if not bytes(view[start:]).strip(b"\0"):
+        return None
+    for offset in range(start, size - RECORD_OVERHEAD + 1):
+        try:
+            if decode(view, offset, max_len) is not None:
+                return offset
+        except BadRecord:
+            continue
+    return None

@@ -1,0 +1,64 @@
+"""A receive buffer that extracts lines and blocks without quadratic rescans."""
+
+from __future__ import annotations
+
+
+class ReceiveBuffer:
+    """Bytes received but not yet parsed.
+
+    Consumed bytes are not deleted one command at a time (that would copy the rest of the
+    buffer for every command of a pipelined batch); a start offset moves forward and the
+    storage is compacted only when the consumed part dominates. A line search remembers how
+    far it already looked, so a line arriving a byte at a time stays O(n).
+    """
+
+    __slots__ = ("_data", "_searched", "_start")
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._start = 0
+        self._searched = 0
+
+    def __len__(self) -> int:
+        return len(self._data) - self._start
+
+    def __iadd__(self, chunk: bytes) -> ReceiveBuffer:
+        self._data += chunk
+        return self
+
+    def maybe_extract_line(self) -> bytes | None:
+        """The next line without its LF (and CR), or None if no full line is buffered."""
+        data = self._data
+        idx = data.find(b"\n", max(self._start, self._searched))
+        if idx < 0:
+            self._searched = len(data)
+            return None
+        end = idx - 1 if idx > self._start and data[idx - 1] == 0x0D else idx
+        line = bytes(data[self._start : end])
+        self._consume_to(idx + 1)
+        return line
+
+    def maybe_extract_block(self, size: int) -> bytes | None:
+        """Exactly `size` bytes, or None if fewer are buffered."""
+        if len(self) < size:
+            return None
+        block = bytes(self._data[self._start : self._start + size])
+        self._consume_to(self._start + size)
+        return block
+
+    def skip(self, size: int) -> int:
+        """Drop up to `size` bytes; returns how many were dropped."""
+        dropped = min(size, len(self))
+        self._consume_to(self._start + dropped)
+        return dropped
+
+    def _consume_to(self, offset: int) -> None:
+        self._start = offset
+        self._searched = offset
+        if self._start == len(self._data):
+            self._data.clear()
+            self._start = self._searched = 0
+        elif self._start > 65536 and self._start * 2 > len(self._data):
+            del self._data[: self._start]
+            self._searched -= self._start
+            self._start = 0

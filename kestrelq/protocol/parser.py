@@ -1,0 +1,236 @@
+"""The server side of the memcache text protocol, sans-IO.
+
+Theory of operation
+-------------------
+Feed received bytes with `receive_data()`, then call `next_command()` until it returns None
+(more bytes needed). It returns one `Command` at a time, or raises `RemoteProtocolError` whose
+`close` flag says whether the connection can go on. The parser never does I/O and never reads
+the clock; the caller executes commands in order and writes their replies in order.
+
+States: IDLE (expecting a command line) -> BLOCK (expecting the data block of a `set`)
+-> IDLE; or SKIP (dropping the data block of a `set` we refuse, so the connection stays in
+step) -> IDLE; any error with close=True -> CLOSED, where nothing more is parsed.
+
+Limits: a command line longer than `max_line_bytes` and a data block larger than
+`max_item_bytes` are refused without buffering them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum, auto
+
+from kestrelq.errors import InvalidQueueName, ItemTooLarge, ProtocolError, RemoteProtocolError
+from kestrelq.protocol import commands as c
+from kestrelq.protocol.buffer import ReceiveBuffer
+from kestrelq.queue import names
+from kestrelq.queue.collection import GetOptions
+
+MAX_U32 = 2**32 - 1
+
+
+class State(Enum):
+    IDLE = auto()
+    BLOCK = auto()
+    SKIP = auto()
+    CLOSED = auto()
+
+
+def _int(token: bytes, what: str, lo: int, hi: int) -> int:
+    try:
+        value = int(token)
+    except ValueError:
+        raise RemoteProtocolError(f"bad {what}") from None
+    if not lo <= value <= hi:
+        raise RemoteProtocolError(f"{what} out of range")
+    return value
+
+
+def _queue(token: bytes, *, close: bool) -> str:
+    try:
+        return names.decode(token)
+    except InvalidQueueName as exc:
+        raise RemoteProtocolError(str(exc), close=close) from None
+
+
+def parse_get_key(key: bytes) -> c.Get:
+    """`queue/opt/opt...`: options in any order; unknown ones are ignored, as Kestrel does."""
+    name, _, rest = key.partition(b"/")
+    if not name:
+        raise RemoteProtocolError("empty queue name")
+    queue = _queue(name, close=True)
+    timeout_ms = 0
+    flags = {"open": False, "close": False, "abort": False, "peek": False}
+    for opt in rest.split(b"/") if rest else ():
+        if opt.startswith(b"t="):
+            timeout_ms = _int(opt[2:], "timeout", -(2**31), 2**31 - 1)
+        else:
+            text = opt.decode("ascii", "replace")
+            if text in flags:
+                flags[text] = True
+    options = GetOptions(timeout_ms=max(0, timeout_ms), **flags)
+    if (options.peek or options.abort) and (options.open or options.close):
+        raise RemoteProtocolError("peek and abort cannot be combined with open or close")
+    if options.peek and options.abort:
+        raise RemoteProtocolError("peek cannot be combined with abort")
+    return c.Get(key, queue, options)
+
+
+def _one_queue(args: list[bytes], what: str) -> str:
+    if not args:
+        raise RemoteProtocolError(f"{what} needs a queue name", close=False)
+    return _queue(args[0], close=False)
+
+
+class ServerConnection:
+    """Parses one connection's byte stream into commands."""
+
+    def __init__(self, max_line_bytes: int = 2048, max_item_bytes: int = 64 << 20) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.max_item_bytes = max_item_bytes
+        self.state = State.IDLE
+        self._buffer = ReceiveBuffer()
+        self._pending_set: tuple[str, int, int, int, bool] | None = None
+        self._skip_left = 0
+        self._skip_error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is not State.CLOSED:
+            self._buffer += data
+
+    def next_command(self) -> c.Command | None:
+        """The next complete command, None if more bytes are needed; raises on bad input."""
+        try:
+            return self._next()
+        except ProtocolError as exc:
+            if exc.close:
+                self.state = State.CLOSED
+            raise
+
+    def _next(self) -> c.Command | None:
+        if self.state is State.SKIP:
+            self._skip_left -= self._buffer.skip(self._skip_left)
+            if self._skip_left:
+                return None
+            self.state = State.IDLE
+            assert self._skip_error is not None
+            error, self._skip_error = self._skip_error, None
+            raise error
+        if self.state is State.BLOCK:
+            return self._finish_set()
+        if self.state is State.CLOSED:
+            return None
+        line = self._buffer.maybe_extract_line()
+        if line is None:
+            if len(self._buffer) > self.max_line_bytes:
+                raise RemoteProtocolError("line too long")
+            return None
+        if len(line) > self.max_line_bytes:
+            raise RemoteProtocolError("line too long")
+        return self._command(line)
+
+    def _command(self, line: bytes) -> c.Command | None:
+        tokens = line.split()
+        if not tokens:
+            raise RemoteProtocolError("empty command line")
+        word = tokens[0].lower()
+        args = tokens[1:]
+        if word == b"set":
+            return self._start_set(args)
+        if word in (b"get", b"gets"):
+            if not args:
+                raise RemoteProtocolError("get needs a key", close=False)
+            return parse_get_key(args[0])
+        simple = _SIMPLE.get(word)
+        if simple is not None:
+            return simple()
+        handler = _WITH_ARGS.get(word)
+        if handler is not None:
+            return handler(args)
+        shown = word[:32].decode("ascii", "replace")
+        raise RemoteProtocolError(f"unknown command {shown!r}")
+
+    def _start_set(self, args: list[bytes]) -> c.Command | None:
+        noreply = len(args) == 5 and args[4] == b"noreply"
+        if len(args) != 4 and not noreply:
+            raise RemoteProtocolError("bad command line format")
+        flags = _int(args[1], "flags", 0, MAX_U32)
+        exptime = _int(args[2], "exptime", -(2**62), 2**62)
+        size = _int(args[3], "data length", 0, 2**62)
+        if size > self.max_item_bytes:
+            return self._skip(size, ItemTooLarge(size, self.max_item_bytes))
+        try:
+            queue = names.decode(args[0])
+        except InvalidQueueName as exc:
+            return self._skip(size, RemoteProtocolError(str(exc), close=False))
+        self._pending_set = (queue, flags, exptime, size, noreply)
+        self.state = State.BLOCK
+        return self._finish_set()
+
+    def _skip(self, size: int, error: ProtocolError) -> c.Command | None:
+        # Drop the data block (and its CRLF) as it arrives, then report the error: the
+        # connection stays in step and the client gets exactly one reply for its command.
+        self.state = State.SKIP
+        self._skip_left = size + 2
+        self._skip_error = error
+        return self._next()
+
+    def _finish_set(self) -> c.Command | None:
+        assert self._pending_set is not None
+        queue, flags, exptime, size, noreply = self._pending_set
+        block = self._buffer.maybe_extract_block(size + 2)
+        if block is None:
+            return None
+        self._pending_set = None
+        self.state = State.IDLE
+        if block[size:] != b"\r\n":
+            raise RemoteProtocolError("bad data chunk")
+        return c.Set(queue, flags, exptime, block[:size], noreply)
+
+
+def _delete(args: list[bytes]) -> c.Command:
+    noreply = len(args) > 1 and args[-1] == b"noreply"
+    return c.Delete(_one_queue(args, "delete"), noreply)
+
+
+def _dump_stats(args: list[bytes]) -> c.Command:
+    return c.DumpStats(tuple(_queue(a, close=False) for a in args))
+
+
+def _monitor(args: list[bytes]) -> c.Command:
+    if len(args) not in (2, 3):
+        raise RemoteProtocolError("monitor <queue> <seconds> [max-items]", close=False)
+    queue = _queue(args[0], close=False)
+    seconds = _int(args[1], "seconds", 0, 86400)
+    max_items = _int(args[2], "max-items", 0, MAX_U32) if len(args) == 3 else 0
+    return c.Monitor(queue, seconds, max_items)
+
+
+def _confirm(args: list[bytes]) -> c.Command:
+    if len(args) != 2:
+        raise RemoteProtocolError("confirm <queue> <count>", close=False)
+    return c.Confirm(_queue(args[0], close=False), _int(args[1], "count", 0, MAX_U32))
+
+
+_SIMPLE: dict[bytes, Callable[[], c.Command]] = {
+    b"flush_all": c.FlushAll,
+    b"flush_all_expired": c.FlushAllExpired,
+    b"stats": c.Stats,
+    b"version": c.Version,
+    b"reload": c.Reload,
+    b"shutdown": c.Shutdown,
+    b"quit": c.Quit,
+}
+
+_WITH_ARGS = {
+    b"delete": _delete,
+    b"flush": lambda args: c.Flush(_one_queue(args, "flush")),
+    b"flush_expired": lambda args: c.FlushExpired(_one_queue(args, "flush_expired")),
+    b"dump_stats": _dump_stats,
+    b"monitor": _monitor,
+    b"confirm": _confirm,
+}

@@ -1,0 +1,48 @@
+"""Reply encoding: pure functions from values to the exact bytes on the wire."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+STORED = b"STORED\r\n"
+NOT_STORED = b"NOT_STORED\r\n"
+END = b"END\r\n"
+DELETED = b"DELETED\r\n"
+FLUSHED_ALL = b"Flushed all queues.\r\n"
+RELOADED = b"Reloaded config.\r\n"
+ERROR = b"ERROR\r\n"
+_TRAILER = b"\r\nEND\r\n"
+
+
+def value(key: bytes, flags: int, data: bytes) -> list[bytes]:
+    """A get hit as separate chunks, so a large item is written without being copied."""
+    return [b"VALUE %s %d %d\r\n" % (key, flags, len(data)), data, _TRAILER]
+
+
+def count(n: int) -> bytes:
+    return b"%d\r\n" % n
+
+
+def version(text: str) -> bytes:
+    return b"VERSION %s\r\n" % text.encode()
+
+
+def error(word: str, reason: str) -> bytes:
+    # A reason never contains CR or LF: it comes from our own messages, but be strict.
+    clean = reason.replace("\r", " ").replace("\n", " ")
+    return f"{word} {clean}\r\n".encode("ascii", "replace") if clean else f"{word}\r\n".encode()
+
+
+def stats(lines: Iterable[tuple[str, object]]) -> bytes:
+    body = b"".join(f"STAT {k} {v}\r\n".encode() for k, v in lines)
+    return body + END
+
+
+def dump_stats(blocks: Iterable[tuple[str, Iterable[tuple[str, object]]]]) -> bytes:
+    """Kestrel's brace format: `queue 'q' {`, `  key=value` lines, `}`, then END."""
+    lines: list[str] = []
+    for name, pairs in blocks:
+        lines.append(f"queue '{name}' {{")
+        lines.extend(f"  {k}={v}" for k, v in pairs)
+        lines.append("}")
+    return ("\r\n".join(lines)).encode() + _TRAILER

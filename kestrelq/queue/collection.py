@@ -1,0 +1,252 @@
+"""All queues of a server: lazy creation, fanout, moves between queues, and sessions.
+
+Pure: storage and wake-ups are injected. `Storage.log_for(name)` gives the journal sink of a
+queue, `Storage.drop(name)` erases it; `notify(name)` is called whenever a queue gains a ready
+item, so the server can hand it to a blocked reader.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kestrelq.errors import ReadWhileOpen, TooManyOpenReads
+from kestrelq.queue import names
+from kestrelq.queue.config import QueueConfig
+from kestrelq.queue.item import Item
+from kestrelq.queue.state import LogFn, QueueState
+
+
+class Storage(Protocol):
+    def log_for(self, name: str) -> LogFn: ...
+
+    def drop(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GetOptions:
+    """The options of `get <queue>/<opt>/<opt>...`."""
+
+    timeout_ms: int = 0
+    open: bool = False
+    close: bool = False
+    abort: bool = False
+    peek: bool = False
+
+    @property
+    def fetches(self) -> bool:
+        """Whether this get hands out an item (close-only and abort do not)."""
+        return not self.abort and (self.open or self.peek or not self.close)
+
+
+@dataclass(slots=True)
+class Counters:
+    total_items: int = 0
+    cmd_get: int = 0
+    cmd_set: int = 0
+    cmd_peek: int = 0
+    get_hits: int = 0
+    get_misses: int = 0
+    queue_creates: int = 0
+    queue_deletes: int = 0
+    queue_expires: int = 0
+
+
+class QueueCollection:
+    """The set of queues, created on first use."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        defaults: QueueConfig = QueueConfig(),
+        overrides: dict[str, QueueConfig] | None = None,
+        notify: Callable[[str], None] = lambda name: None,
+    ) -> None:
+        self._storage = storage
+        self.defaults = defaults
+        self.overrides = dict(overrides or {})
+        self._notify = notify
+        self.queues: dict[str, QueueState] = {}
+        self._children: dict[str, list[str]] = {}
+        self.counters = Counters()
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def config_for(self, name: str) -> QueueConfig:
+        if name in self.overrides:
+            return self.overrides[name]
+        parent = names.fanout_parent(name)
+        if parent is not None and parent in self.overrides:
+            return self.overrides[parent]
+        return self.defaults
+
+    def queue(self, name: str) -> QueueState:
+        """The queue called `name`, created (and registered as a fanout child) if new."""
+        state = self.queues.get(name)
+        if state is None:
+            names.validate(name)
+            state = QueueState(
+                name,
+                self.config_for(name),
+                self._storage.log_for(name),
+                on_expired=functools.partial(self._expire, name),
+                on_dead=functools.partial(self._dead_letter, name),
+            )
+            self.queues[name] = state
+            parent = names.fanout_parent(name)
+            if parent is not None:
+                self._children.setdefault(parent, []).append(name)
+            self.counters.queue_creates += 1
+        return state
+
+    def existing(self, name: str) -> QueueState | None:
+        return self.queues.get(name)
+
+    def reconfigure(self, defaults: QueueConfig, overrides: dict[str, QueueConfig]) -> None:
+        self.defaults = defaults
+        self.overrides = dict(overrides)
+        for name, state in self.queues.items():
+            state.config = self.config_for(name)
+
+    def children(self, name: str) -> list[str]:
+        return list(self._children.get(name, ()))
+
+    # -- commands --------------------------------------------------------------------------
+
+    def add(self, name: str, item: Item, now_ms: int) -> None:
+        """Enqueue on `name` and copy to its fanout children known now."""
+        self.counters.cmd_set += 1
+        for child in self._children.get(name, ()):
+            self.queue(child).add(item, now_ms)
+            self.counters.total_items += 1
+            self._notify(child)
+        self.queue(name).add(item, now_ms)
+        self.counters.total_items += 1
+        self._notify(name)
+
+    def delete(self, name: str) -> None:
+        """Drop a queue, its items and its journal. Open reads on it are forgotten."""
+        state = self.queues.pop(name, None)
+        parent = names.fanout_parent(name)
+        if parent is not None and name in self._children.get(parent, ()):
+            self._children[parent].remove(name)
+        if state is not None:
+            self._storage.drop(name)
+            self.counters.queue_deletes += 1
+
+    def flush_all(self) -> None:
+        for state in self.queues.values():
+            state.flush()
+
+    def flush_expired(self, name: str, now_ms: int) -> int:
+        state = self.queues.get(name)
+        return state.discard_expired(now_ms) if state is not None else 0
+
+    def flush_all_expired(self, now_ms: int) -> int:
+        return sum(s.discard_expired(now_ms) for s in list(self.queues.values()))
+
+    def time_out_reads(self, now_ms: int) -> None:
+        for name, state in list(self.queues.items()):
+            if state.time_out_reads(now_ms):
+                self._notify(name)
+
+    def unremove(self, name: str, xid: int) -> None:
+        state = self.queues.get(name)
+        if state is not None and state.unremove(xid):
+            self._notify(name)
+
+    def totals(self) -> tuple[int, int]:
+        """(items, bytes) over all queues."""
+        return (
+            sum(s.items for s in self.queues.values()),
+            sum(s.bytes for s in self.queues.values()),
+        )
+
+    # -- moves -----------------------------------------------------------------------------
+
+    def _expire(self, source: str, item: Item) -> None:
+        self.counters.queue_expires += 1
+        target = self.queues[source].config.expire_to
+        if target and target != source:
+            self.queue(target).add(item, item.added_ms, essential=True)
+            self._notify(target)
+
+    def _dead_letter(self, source: str, item: Item) -> None:
+        target = self.queues[source].config.dead_letter_queue(source)
+        if target != source:
+            self.queue(target).add(item, item.added_ms, essential=True)
+            self._notify(target)
+
+
+@dataclass(slots=True)
+class Session:
+    """One connection's view: its open reads per queue, oldest first.
+
+    Rules (Kestrel's): `close` confirms the oldest open read, `abort` returns it to the head;
+    both are harmless with nothing open. Past `max_open_reads` an `open` is refused, and so is a
+    plain get on a queue where this connection holds an open read.
+    """
+
+    collection: QueueCollection
+    max_open_reads: int = 1
+    open_xids: dict[str, deque[int]] = field(default_factory=dict)
+
+    def get(self, name: str, options: GetOptions, now_ms: int) -> Item | None:
+        coll = self.collection
+        state = coll.queue(name)
+        held = self.open_xids.setdefault(name, deque())
+        if options.close and held:
+            state.confirm(held.popleft())
+        if options.abort:
+            if held:
+                coll.unremove(name, held.popleft())
+            return None
+        if options.peek:
+            coll.counters.cmd_peek += 1
+            return self._count(state.peek(now_ms))
+        if options.open:
+            if len(held) >= self.max_open_reads:
+                raise TooManyOpenReads(f"too many open reads on {name}")
+            coll.counters.cmd_get += 1
+            opened = state.open(now_ms)
+            if opened is None:
+                return self._count(None)
+            held.append(opened[0])
+            return self._count(opened[1])
+        if options.close:
+            return None
+        if held:
+            raise ReadWhileOpen(f"plain get on {name} with an open read")
+        coll.counters.cmd_get += 1
+        return self._count(state.remove(now_ms))
+
+    def confirm(self, name: str, count: int) -> bool:
+        """`confirm <q> <count>`: confirm the `count` oldest open reads, all or none."""
+        held = self.open_xids.get(name)
+        state = self.collection.existing(name)
+        if state is None or not held or count <= 0 or count > len(held):
+            return False
+        for _ in range(count):
+            state.confirm(held.popleft())
+        return True
+
+    def open_count(self, name: str) -> int:
+        return len(self.open_xids.get(name, ()))
+
+    def release_all(self) -> None:
+        """The connection ended: every open read goes back to the head of its queue."""
+        for name, held in self.open_xids.items():
+            while held:
+                # Newest first, so the oldest read ends up at the very head.
+                self.collection.unremove(name, held.pop())
+        self.open_xids.clear()
+
+    def _count(self, item: Item | None) -> Item | None:
+        if item is None:
+            self.collection.counters.get_misses += 1
+        else:
+            self.collection.counters.get_hits += 1
+        return item

@@ -1,0 +1,289 @@
+"""The state of one queue: pure, no I/O, time passed in.
+
+Theory of operation
+-------------------
+Rule 1: every change is logged before it is made. Each mutating method first hands the
+journal record it implies to `log`, then changes memory. If `log` raises (disk full), nothing
+has changed, so the caller can refuse the command and the queue stays consistent with its
+journal.
+
+Rule 2: `apply(record)` is the only other way to change state, used to replay a journal. A
+live mutation and the replay of its record must end in the same state; the tests check this.
+
+Ready items sit in a deque, oldest first. An open read (`/open`) takes the head item out of the
+deque and keeps it under a transaction id (xid) until it is confirmed (gone) or unremoved (back
+at the head). Xids are never reused while the server runs, so a confirm for an open read that
+already timed out can never confirm somebody else's item.
+
+Expired items are only removed from the head (as Kestrel does), on every add, remove, peek and
+on the periodic sweep. Items that must go elsewhere (expire-to, dead-letter) are handed to a
+callback *before* they are removed here, so a failure to store them elsewhere leaves them where
+they were: at worst an item is in two places after a crash, never in none.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+from kestrelq.errors import ItemRejected, QueueFull
+from kestrelq.journal.format import (
+    FLUSH,
+    REMOVE,
+    Add,
+    Confirm,
+    Flush,
+    Open,
+    Record,
+    Remove,
+    Unremove,
+)
+from kestrelq.queue.config import QueueConfig
+from kestrelq.queue.item import Item
+
+# log(record, essential): essential records free the disk reserve if they must (see Storage).
+LogFn = Callable[[Record, bool], None]
+MoveFn = Callable[[Item], None]
+
+
+@dataclass(slots=True)
+class OpenRead:
+    item: Item
+    opened_ms: int
+
+
+@dataclass(slots=True)
+class QueueStats:
+    total_items: int = 0
+    expired_items: int = 0
+    discarded: int = 0
+    transactions: int = 0
+    canceled_transactions: int = 0
+    timed_out_transactions: int = 0
+    dead_lettered: int = 0
+    total_flushes: int = 0
+    last_fetched_added_ms: int = 0
+
+
+def _no_move(item: Item) -> None:
+    """Drop the item (no expire-to / dead-letter target)."""
+
+
+class QueueState:
+    """Ready items, open reads and counters of one queue."""
+
+    def __init__(
+        self,
+        name: str,
+        config: QueueConfig,
+        log: LogFn,
+        on_expired: MoveFn = _no_move,
+        on_dead: MoveFn = _no_move,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.ready: deque[Item] = deque()
+        self.open_reads: dict[int, OpenRead] = {}
+        self.bytes = 0
+        self.stats = QueueStats()
+        self._log = log
+        self._on_expired = on_expired
+        self._on_dead = on_dead
+        self._next_xid = 1
+
+    # -- inspection ----------------------------------------------------------------------
+
+    @property
+    def items(self) -> int:
+        return len(self.ready)
+
+    @property
+    def open_bytes(self) -> int:
+        return sum(len(r.item.data) for r in self.open_reads.values())
+
+    def age_ms(self, now_ms: int) -> int:
+        """How long the last fetched item had waited; 0 when the queue is empty (Kestrel)."""
+        if not self.ready or not self.stats.last_fetched_added_ms:
+            return 0
+        return max(0, now_ms - self.stats.last_fetched_added_ms)
+
+    def snapshot(self) -> Iterator[Record]:
+        """Records that rebuild this state from nothing: the body of a compacted journal."""
+        for xid, read in self.open_reads.items():
+            item = read.item
+            yield Add(replace(item, deliveries=max(0, item.deliveries - 1)))
+            yield Open(xid)
+        for item in self.ready:
+            yield Add(item)
+
+    # -- mutations (log first, then change) ----------------------------------------------
+
+    def add(self, item: Item, now_ms: int, *, essential: bool = False) -> None:
+        """Append an item. Raises ItemRejected or QueueFull when it cannot be taken."""
+        cfg = self.config
+        size = len(item.data)
+        if cfg.max_item_size and size > cfg.max_item_size:
+            raise ItemRejected(f"item of {size} bytes over max_item_size {cfg.max_item_size}")
+        if cfg.max_age_ms:
+            cap = item.added_ms + cfg.max_age_ms
+            if item.expires_ms == 0 or item.expires_ms > cap:
+                item = replace(item, expires_ms=cap)
+        self.discard_expired(now_ms)
+        while self._full(size):
+            if not cfg.discard_old_when_full or not self.ready:
+                raise QueueFull(f"queue {self.name} is full")
+            self._remove_head()
+            self.stats.discarded += 1
+        self._log(Add(item), essential)
+        self._append(item)
+        self.stats.total_items += 1
+
+    def remove(self, now_ms: int) -> Item | None:
+        """Take the head item for good (plain get)."""
+        self.discard_expired(now_ms)
+        if not self.ready:
+            return None
+        item = self._remove_head()
+        self.stats.last_fetched_added_ms = item.added_ms
+        return item
+
+    def peek(self, now_ms: int) -> Item | None:
+        self.discard_expired(now_ms)
+        return self.ready[0] if self.ready else None
+
+    def open(self, now_ms: int) -> tuple[int, Item] | None:
+        """Start a reliable read of the head item; returns (xid, item)."""
+        self.discard_expired(now_ms)
+        limit = self.config.max_deliveries
+        while self.ready:
+            head = self.ready[0]
+            if limit and head.deliveries >= limit:
+                # Given out `limit` times and never confirmed: a poison message.
+                self._on_dead(replace(head, deliveries=0))
+                self._remove_head()
+                self.stats.dead_lettered += 1
+                continue
+            xid = self._take_xid()
+            self._log(Open(xid), True)
+            self._apply_open(xid, now_ms)
+            self.stats.transactions += 1
+            read = self.open_reads[xid]
+            self.stats.last_fetched_added_ms = read.item.added_ms
+            return xid, read.item
+        return None
+
+    def confirm(self, xid: int) -> bool:
+        """Confirm open read `xid`; False if it is not open (timed out or unknown)."""
+        if xid not in self.open_reads:
+            return False
+        self._log(Confirm(xid), True)
+        del self.open_reads[xid]
+        return True
+
+    def unremove(self, xid: int) -> bool:
+        """Put open read `xid` back at the head; False if it is not open."""
+        if xid not in self.open_reads:
+            return False
+        self._log(Unremove(xid), True)
+        self._apply_unremove(xid)
+        self.stats.canceled_transactions += 1
+        return True
+
+    def flush(self) -> int:
+        """Remove every ready item; open reads are left alone (Kestrel)."""
+        count = len(self.ready)
+        if count:
+            self._log(FLUSH, True)
+            self._apply_flush()
+        self.stats.total_flushes += 1
+        return count
+
+    def discard_expired(self, now_ms: int, limit: int = 0) -> int:
+        """Remove expired items from the head; returns how many."""
+        count = 0
+        while self.ready and self.ready[0].expired(now_ms) and (not limit or count < limit):
+            self._on_expired(replace(self.ready[0], expires_ms=0, deliveries=0))
+            self._remove_head()
+            self.stats.expired_items += 1
+            count += 1
+        return count
+
+    def time_out_reads(self, now_ms: int) -> int:
+        """Return open reads older than the queue's open timeout to the head."""
+        timeout_ms = self.config.open_timeout_ms
+        if not timeout_ms:
+            return 0
+        stale = [x for x, r in self.open_reads.items() if now_ms - r.opened_ms >= timeout_ms]
+        # Newest first, so that the oldest ends up at the very head.
+        for xid in reversed(stale):
+            self.unremove(xid)
+        self.stats.timed_out_transactions += len(stale)
+        return len(stale)
+
+    # -- replay ----------------------------------------------------------------------------
+
+    def apply(self, record: Record) -> None:
+        """Replay one journal record (no logging, no limits, no expiry)."""
+        match record:
+            case Add(item):
+                self._append(item)
+                self.stats.total_items += 1
+            case Remove():
+                if self.ready:
+                    self._pop_head()
+            case Open(xid):
+                if self.ready:
+                    self._apply_open(xid, 0)
+                self._next_xid = max(self._next_xid, xid + 1)
+            case Confirm(xid):
+                self.open_reads.pop(xid, None)
+            case Unremove(xid):
+                if xid in self.open_reads:
+                    self._apply_unremove(xid)
+            case Flush():
+                self._apply_flush()
+
+    def reopened_xids(self) -> list[int]:
+        """Open reads found after a replay, newest first (so unremoving keeps their order)."""
+        return list(reversed(self.open_reads))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _full(self, incoming_bytes: int) -> bool:
+        cfg = self.config
+        return bool(
+            (cfg.max_items and len(self.ready) >= cfg.max_items)
+            or (cfg.max_bytes and self.bytes + incoming_bytes > cfg.max_bytes and self.ready)
+        )
+
+    def _append(self, item: Item) -> None:
+        self.ready.append(item)
+        self.bytes += len(item.data)
+
+    def _pop_head(self) -> Item:
+        item = self.ready.popleft()
+        self.bytes -= len(item.data)
+        return item
+
+    def _remove_head(self) -> Item:
+        self._log(REMOVE, True)
+        return self._pop_head()
+
+    def _apply_open(self, xid: int, now_ms: int) -> None:
+        item = self._pop_head()
+        self.open_reads[xid] = OpenRead(replace(item, deliveries=item.deliveries + 1), now_ms)
+
+    def _apply_unremove(self, xid: int) -> None:
+        read = self.open_reads.pop(xid)
+        self.ready.appendleft(read.item)
+        self.bytes += len(read.item.data)
+
+    def _apply_flush(self) -> None:
+        self.ready.clear()
+        self.bytes = 0
+
+    def _take_xid(self) -> int:
+        xid = self._next_xid
+        self._next_xid += 1
+        return xid

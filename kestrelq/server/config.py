@@ -1,0 +1,160 @@
+"""Server configuration: defaults < config file < environment < command line.
+
+The config file is TOML:
+
+    [server]
+    host = "127.0.0.1"
+    port = 22133
+    data_dir = "./var/queue"
+    fsync = "always"            # "always" | "never" | milliseconds
+    max_open_reads = 1
+    max_connections = 1024
+    max_line_bytes = 2048
+    max_item_bytes = 67108864
+    disk_reserve_bytes = 8388608
+
+    [queue_defaults]            # every queue
+    max_items = 0               # 0 = unlimited
+
+    [queues.work]               # one queue (fanout children inherit their parent's)
+    max_deliveries = 5
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from kestrelq.errors import ConfigError
+from kestrelq.queue import names
+from kestrelq.queue.config import QUEUE_KEYS, FsyncPolicy, QueueConfig
+
+ENV_PREFIX = "KESTRELQ_"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 22133
+    data_dir: str = "./var/queue"
+    fsync: FsyncPolicy = FsyncPolicy("always")
+    max_open_reads: int = 1
+    max_connections: int = 1024
+    max_line_bytes: int = 2048
+    max_item_bytes: int = 64 << 20
+    disk_reserve_bytes: int = 8 << 20
+    compact_min_bytes: int = 16 << 20
+    salvage: bool = False
+    shutdown_timeout_s: float = 10.0
+    config_file: str = ""
+    queue_defaults: QueueConfig = QueueConfig()
+    queues: Mapping[str, QueueConfig] = field(default_factory=dict)
+
+    def queue_fsync(self, name: str) -> FsyncPolicy:
+        cfg = self.queues.get(name) or self.queues.get(names.fanout_parent(name) or "")
+        return (cfg or self.queue_defaults).fsync or self.fsync
+
+
+_SERVER_KEYS = {f.name for f in fields(ServerConfig)} - {"queue_defaults", "queues", "config_file"}
+
+
+def _convert(key: str, value: Any, kind: Any) -> Any:
+    """Coerce a value from TOML, env or argv to the type of the field it sets."""
+    try:
+        if key == "fsync":
+            return value if isinstance(value, FsyncPolicy) else FsyncPolicy.parse(value)
+        if kind in (bool, "bool"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind in (int, "int"):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = int(value)
+            if number < 0:
+                raise ValueError(value)
+            return number
+        if kind in (float, "float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad value for {key}: {value!r}") from None
+
+
+def _queue_config(section: Mapping[str, Any], base: QueueConfig, where: str) -> QueueConfig:
+    unknown = set(section) - QUEUE_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+    types = {f.name: f.type for f in fields(QueueConfig)}
+    changes = {k: _convert(k, v, types[k]) for k, v in section.items()}
+    for key in ("expire_to", "dead_letter"):
+        if changes.get(key):
+            try:
+                names.validate(changes[key])
+            except Exception as exc:
+                raise ConfigError(f"{where}.{key}: {exc}") from None
+    return replace(base, **changes)
+
+
+def _from_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    unknown = set(data) - {"server", "queue_defaults", "queues"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s): {', '.join(sorted(unknown))}")
+    return data
+
+
+def load(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Build the config from file (if any), environment and `overrides` (CLI), in that order."""
+    env = os.environ if environ is None else environ
+    cli = {k: v for k, v in (overrides or {}).items() if v is not None}
+    path = cli.pop("config_file", None) or env.get(ENV_PREFIX + "CONFIG", "")
+    data = _from_file(path) if path else {}
+
+    types = {f.name: f.type for f in fields(ServerConfig)}
+    settings: dict[str, Any] = {}
+    server_section = data.get("server", {})
+    unknown = set(server_section) - _SERVER_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [server]: {', '.join(sorted(unknown))}")
+    settings.update(server_section)
+    for key in _SERVER_KEYS:
+        if ENV_PREFIX + key.upper() in env:
+            settings[key] = env[ENV_PREFIX + key.upper()]
+    settings.update(cli)
+    converted = {k: _convert(k, v, types[k]) for k, v in settings.items()}
+
+    defaults = _queue_config(data.get("queue_defaults", {}), QueueConfig(), "[queue_defaults]")
+    queues: dict[str, QueueConfig] = {}
+    for name, section in data.get("queues", {}).items():
+        try:
+            names.validate(name)
+        except Exception as exc:
+            raise ConfigError(f"[queues.{name}]: {exc}") from None
+        queues[name] = _queue_config(section, defaults, f"[queues.{name}]")
+    if "port" in converted and not 0 <= converted["port"] <= 65535:
+        raise ConfigError(f"port out of range: {converted['port']}")
+    return ServerConfig(
+        **converted,
+        config_file=str(Path(path).resolve()) if path else "",
+        queue_defaults=defaults,
+        queues=queues,
+    )

@@ -1,0 +1,362 @@
+"""One client connection: bytes in, commands executed in order, replies out in order.
+
+Thin asyncio wiring around the sans-IO parser and the pure queue core. Three things make it
+more than a loop:
+
+- Blocking reads. `get q/t=500` with an empty queue parks the connection: it stops executing
+  commands (later pipelined ones wait in the buffer, as Kestrel's serial dispatcher made them)
+  and joins the queue's FIFO of waiters until an item arrives or the timer fires.
+- Durability. A reply to a command that wrote to an `always` journal is held until the store's
+  group fsync has covered that write. Replies stay in order, so later replies wait too.
+- Errors. Every failure is a `KestrelqError`, turned into wire bytes by `error_reply()`, the
+  one place that decides what an error looks like to a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, cast
+
+from kestrelq import __version__
+from kestrelq.errors import (
+    ItemRejected,
+    JournalError,
+    JournalFull,
+    KestrelqError,
+    ProtocolError,
+    QueueError,
+    QueueFull,
+    ReadWhileOpen,
+    ShuttingDown,
+    TooManyOpenReads,
+)
+from kestrelq.protocol import commands as c
+from kestrelq.protocol import replies
+from kestrelq.protocol.parser import ServerConnection
+from kestrelq.queue.collection import GetOptions, Session
+from kestrelq.queue.item import Item
+
+if TYPE_CHECKING:
+    from kestrelq.server.server import Server
+
+logger = logging.getLogger(__name__)
+
+# Relative expiry times are below this many seconds; larger values are Unix times (Kestrel).
+_RELATIVE_EXPIRY_LIMIT_S = 1_000_000
+# Stop reading from a parked connection once this much is buffered behind it.
+_PAUSE_BUFFER_BYTES = 1 << 20
+
+
+def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
+    """The wire reply for an error, and whether the connection must be closed after it."""
+    if isinstance(exc, ProtocolError):
+        return replies.error(exc.word, exc.reason), exc.close
+    if isinstance(exc, TooManyOpenReads | ReadWhileOpen):
+        return replies.error("ERROR", str(exc)), True
+    if isinstance(exc, QueueFull | ItemRejected | ShuttingDown):
+        return replies.NOT_STORED, False
+    if isinstance(exc, QueueError):
+        return replies.error("CLIENT_ERROR", str(exc)), False
+    if isinstance(exc, JournalFull):
+        return replies.error("SERVER_ERROR", str(exc)), False
+    if isinstance(exc, JournalError):
+        return replies.error("SERVER_ERROR", f"journal write failed: {exc}"), False
+    return replies.error("SERVER_ERROR", str(exc)), False
+
+
+def expiry_ms(exptime: int, now_ms: int) -> int:
+    """Kestrel's rule: 0 never; below 1e6 relative seconds; otherwise absolute Unix seconds."""
+    if exptime == 0:
+        return 0
+    if exptime < _RELATIVE_EXPIRY_LIMIT_S:
+        return max(1, now_ms + exptime * 1000)
+    return exptime * 1000
+
+
+@dataclass(slots=True)
+class Parked:
+    """A blocking get or a monitor waiting for items."""
+
+    command: c.Get | c.Monitor
+    queue: str
+    timer: asyncio.TimerHandle
+    remaining: int = 0  # monitor: items still to send
+
+
+class QueueProtocol(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        cfg = server.config
+        self.parser = ServerConnection(cfg.max_line_bytes, cfg.max_item_bytes)
+        self.session = Session(server.collection, cfg.max_open_reads)
+        self.transport: asyncio.Transport | None = None
+        self.out: list[bytes] = []
+        self.need_seq = 0
+        self.parked: Parked | None = None
+        self.closing = False
+        self.eof = False
+        self._paused = False
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
+        self.transport = cast(asyncio.Transport, transport)
+        server = self.server
+        server.total_connections += 1
+        if len(server.connections) >= server.config.max_connections:
+            self.transport.write(replies.error("SERVER_ERROR", "too many connections"))
+            self.transport.close()
+            return
+        server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.server.bytes_read += len(data)
+        self.parser.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        # The client is done sending: answer what it sent (a parked read included), then close.
+        self.eof = True
+        self._process()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self.server
+        server.connections.discard(self)
+        server.sync_waiters.discard(self)
+        self._unpark()
+        try:
+            self.session.release_all()
+        except KestrelqError:
+            # The read stays open in memory; the journal still shows it open, so a restart
+            # puts it back. Nothing is lost, it is only delayed.
+            logger.exception("could not return open reads of a closed connection")
+        self.transport = None
+        server.connection_closed()
+
+    # -- command loop ----------------------------------------------------------------------
+
+    def _process(self) -> None:
+        store = self.server.store
+        while self.parked is None and not self.closing:
+            try:
+                command = self.parser.next_command()
+                if command is None:
+                    self.closing = self.eof
+                    break
+                before = store.always_seq
+                self._execute(command)
+                if store.always_seq != before:
+                    self.need_seq = store.always_seq
+            except KestrelqError as exc:
+                self._error(exc)
+        self._flow_control()
+        self._flush()
+
+    def _execute(self, cmd: c.Command) -> None:
+        server = self.server
+        now_ms = server.now_ms()
+        match cmd:
+            case c.Get():
+                self._get(cmd, now_ms)
+            case c.Set():
+                self._set(cmd, now_ms)
+            case c.Shutdown():
+                self.closing = True
+                server.request_shutdown("shutdown command")
+            case c.Quit():
+                self.closing = True
+            case c.Monitor(queue, seconds, max_items):
+                limit = max_items or server.config.max_open_reads
+                self._monitor(cmd, queue, now_ms, seconds * 1000, limit)
+            case c.Confirm(queue, count):
+                ok = self.session.confirm(queue, count)
+                self.out.append(replies.END if ok else replies.ERROR)
+            case _:
+                self._admin(cmd, now_ms)
+
+    def _admin(self, cmd: c.Command, now_ms: int) -> None:
+        """Queue maintenance and server information commands."""
+        server = self.server
+        coll = server.collection
+        match cmd:
+            case c.Delete(queue, noreply):
+                coll.delete(queue)
+                self.session.open_xids.pop(queue, None)
+                if not noreply:
+                    self.out.append(replies.DELETED)
+            case c.Flush(queue):
+                coll.queue(queue).flush()
+                self.out.append(replies.END)
+            case c.FlushAll():
+                coll.flush_all()
+                self.out.append(replies.FLUSHED_ALL)
+            case c.FlushExpired(queue):
+                self.out.append(replies.count(coll.flush_expired(queue, now_ms)))
+            case c.FlushAllExpired():
+                self.out.append(replies.count(coll.flush_all_expired(now_ms)))
+            case c.Stats():
+                self.out.append(replies.stats(server.stats_lines()))
+            case c.DumpStats(queues):
+                self.out.append(replies.dump_stats(server.dump_stats(queues)))
+            case c.Version():
+                self.out.append(replies.version(__version__))
+            case c.Reload():
+                server.reload()
+                self.out.append(replies.RELOADED)
+
+    def _set(self, cmd: c.Set, now_ms: int) -> None:
+        try:
+            if self.server.shutting_down:
+                raise ShuttingDown("server shutting down")
+            item = Item(cmd.data, cmd.flags, now_ms, expiry_ms(cmd.exptime, now_ms))
+            self.server.collection.add(cmd.queue, item, now_ms)
+        except KestrelqError as exc:
+            if cmd.noreply:
+                # A reply the client does not read would answer its next command instead.
+                logger.warning("noreply set on %s refused: %s", cmd.queue, exc)
+                return
+            raise
+        if not cmd.noreply:
+            self.out.append(replies.STORED)
+
+    def _get(self, cmd: c.Get, now_ms: int) -> None:
+        item = self.session.get(cmd.queue, cmd.options, now_ms)
+        if item is not None:
+            self.out += replies.value(cmd.key, item.flags, item.data)
+        elif cmd.options.timeout_ms > 0 and cmd.options.fetches:
+            # `close` is done; the retries when an item arrives only fetch.
+            retry = replace(cmd, options=replace(cmd.options, close=False))
+            self._park(retry, cmd.queue, cmd.options.timeout_ms)
+        else:
+            self.out.append(replies.END)
+
+    def _monitor(self, cmd: c.Monitor, queue: str, now_ms: int, window_ms: int, limit: int) -> None:
+        sent = self._monitor_batch(queue, now_ms, limit)
+        remaining = limit - sent
+        max_open = self.server.config.max_open_reads
+        if remaining <= 0 or self.session.open_count(queue) >= max_open or window_ms <= 0:
+            self.out.append(replies.END)
+            return
+        self._park(cmd, queue, window_ms, remaining)
+
+    def _monitor_batch(self, queue: str, now_ms: int, limit: int) -> int:
+        sent = 0
+        key = queue.encode()
+        max_open = self.server.config.max_open_reads
+        while sent < limit and self.session.open_count(queue) < max_open:
+            item = self.session.get(queue, GetOptions(open=True), now_ms)
+            if item is None:
+                break
+            self.out += replies.value(key, item.flags, item.data)
+            self.out.append(replies.END)  # Kestrel closes each monitored item like a get
+            sent += 1
+        return sent
+
+    def _error(self, exc: KestrelqError) -> None:
+        reply, close = error_reply(exc)
+        self.out.append(reply)
+        if close:
+            self.closing = True
+            logger.debug("closing connection after error: %s", exc)
+
+    # -- parking (blocking reads) ---------------------------------------------------------
+
+    def _park(
+        self, cmd: c.Get | c.Monitor, queue: str, timeout_ms: int, remaining: int = 0
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout_ms / 1000, self._timed_out)
+        self.parked = Parked(cmd, queue, timer, remaining)
+        self.server.add_waiter(queue, self)
+
+    def wake(self) -> bool:
+        """An item arrived on the queue this connection waits on; True if it took one."""
+        parked = self.parked
+        if parked is None or self.transport is None:
+            return False
+        now_ms = self.server.now_ms()
+        store = self.server.store
+        before = store.always_seq
+        try:
+            if isinstance(parked.command, c.Get):
+                item = self.session.get(parked.queue, parked.command.options, now_ms)
+                if item is None:
+                    return False
+                self._unpark()
+                self.out += replies.value(parked.command.key, item.flags, item.data)
+            else:
+                sent = self._monitor_batch(parked.queue, now_ms, parked.remaining)
+                if not sent:
+                    return False
+                parked.remaining -= sent
+                max_open = self.server.config.max_open_reads
+                if parked.remaining > 0 and self.session.open_count(parked.queue) < max_open:
+                    # Still monitoring: back in line for the next item.
+                    self.server.add_waiter(parked.queue, self)
+                    self._flush()
+                    return True
+                self._unpark()
+                self.out.append(replies.END)
+        except KestrelqError as exc:
+            self._unpark()
+            self._error(exc)
+        if store.always_seq != before:
+            self.need_seq = store.always_seq
+        self._process()
+        return True
+
+    def _timed_out(self) -> None:
+        if self.parked is None:
+            return
+        self._unpark()
+        self.out.append(replies.END)
+        self._process()
+
+    def _unpark(self) -> None:
+        parked, self.parked = self.parked, None
+        if parked is not None:
+            parked.timer.cancel()
+            self.server.remove_waiter(parked.queue, self)
+
+    def shutdown(self) -> None:
+        """Server shutdown: answer a parked read now, then close after the replies."""
+        if self.parked is not None:
+            self._unpark()
+            self.out.append(replies.END)
+        self.closing = True
+        self._flush()
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _flow_control(self) -> None:
+        if self.transport is None:
+            return
+        should_pause = self.parked is not None and self.parser.buffered > _PAUSE_BUFFER_BYTES
+        if should_pause and not self._paused:
+            self.transport.pause_reading()
+            self._paused = True
+        elif not should_pause and self._paused:
+            self.transport.resume_reading()
+            self._paused = False
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self.out:
+            if self.need_seq > self.server.store.synced_seq:
+                self.server.wait_for_sync(self)
+                return
+            self.server.bytes_written += sum(len(b) for b in self.out)
+            transport.writelines(self.out)
+            self.out.clear()
+        if self.closing:
+            transport.close()
+
+    def synced(self) -> None:
+        """The group fsync this connection waited for is done."""
+        self._flush()

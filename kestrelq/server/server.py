@@ -1,0 +1,406 @@
+"""The queue server: start-up (recover journals, bind), background ticks, shutdown.
+
+Shutdown runs in a fixed order, as uvicorn's does: stop accepting; answer parked reads and let
+each connection write what it owes; wait for connections to close (bounded); return their open
+reads to the queues; fsync and close the journals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from kestrelq import __version__
+from kestrelq.errors import InvalidQueueName, KestrelqError
+from kestrelq.journal.store import JournalStore, StoreLimits
+from kestrelq.queue import names
+from kestrelq.queue.collection import QueueCollection
+from kestrelq.queue.config import FsyncPolicy
+from kestrelq.server import config as config_mod
+from kestrelq.server.config import ServerConfig
+from kestrelq.server.connection import QueueProtocol
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.25
+
+
+class Server:
+    def __init__(self, config: ServerConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = JournalStore(
+            config.data_dir,
+            config.queue_fsync,
+            StoreLimits(
+                max_record_bytes=config.max_item_bytes + 64,
+                reserve_bytes=config.disk_reserve_bytes,
+                compact_min_bytes=config.compact_min_bytes,
+            ),
+            salvage=config.salvage,
+        )
+        self.collection = QueueCollection(
+            self.store, config.queue_defaults, dict(config.queues), notify=self.notify
+        )
+        self.connections: set[QueueProtocol] = set()
+        self.sync_waiters: set[QueueProtocol] = set()
+        self.waiters: dict[str, deque[QueueProtocol]] = {}
+        self.started_s = clock()
+        self.total_connections = 0
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.shutting_down = False
+        self.failed = False
+        self._dirty_queues: set[str] = set()
+        self._wake_scheduled = False
+        self._syncing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._stop = asyncio.Event()
+        self._all_closed = asyncio.Event()
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Open the data directory and rebuild every queue from its journal."""
+        started = time.monotonic()
+        store = self.store
+        store.open()
+        items = 0
+        for name in store.existing_names():
+            try:
+                names.validate(name)
+            except InvalidQueueName:
+                logger.warning("ignoring journal with an invalid queue name: %r", name)
+                continue
+            state = self.collection.queue(name)
+            for record in store.recover(name):
+                state.apply(record)
+            # Reads that were open when the server stopped go back to the head.
+            for xid in state.reopened_xids():
+                state.unremove(xid)
+            items += state.items
+        for name in list(store.needs_compaction):
+            self._compact(name, force=True)
+        store.needs_compaction.clear()
+        store.sync_all()
+        logger.info(
+            "recovered %d queues, %d items from %s in %.2f s",
+            len(self.collection.queues), items, self.config.data_dir,
+            time.monotonic() - started,
+        )  # fmt: skip
+
+    async def start(self) -> None:
+        self.recover()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: QueueProtocol(self),
+            self.config.host,
+            self.config.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self._spawn(self._tick())
+        if any(p.mode == "periodic" for p in self._policies()):
+            self._spawn(self._periodic_sync())
+        sockets = ", ".join(str(s.getsockname()[:2]) for s in self._server.sockets)
+        logger.info(
+            "kestrelq %s listening on %s (pid %d, fsync %s)",
+            __version__, sockets, os.getpid(), self.config.fsync,
+        )  # fmt: skip
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def serve(self, handle_signals: bool = True) -> int:
+        """Run until shutdown is requested; returns the process exit code."""
+        await self.start()
+        with self._signals(handle_signals):
+            await self._stop.wait()
+        await self.shutdown()
+        return 1 if self.failed else 0
+
+    @contextlib.contextmanager
+    def _signals(self, enabled: bool) -> Iterator[None]:
+        if not enabled:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        sigs = (signal.SIGTERM, signal.SIGINT)
+        for sig in sigs:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.shutting_down:
+            logger.warning("second %s: exiting now", sig.name)
+            os._exit(1)
+        self.request_shutdown(sig.name)
+
+    def request_shutdown(self, why: str) -> None:
+        if not self._stop.is_set():
+            logger.info("shutting down (%s)", why)
+            self._stop.set()
+
+    async def shutdown(self) -> None:
+        self.shutting_down = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            self._all_closed.clear()
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), self.config.shutdown_timeout_s)
+            except TimeoutError:
+                logger.warning("%d connections did not close in time", len(self.connections))
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+                conn.connection_lost(None)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        items, _ = self.collection.totals()
+        self.store.close()
+        logger.info("stopped (pid %d): %d items in %d queues journalled", os.getpid(), items,
+                    len(self.collection.queues))  # fmt: skip
+
+    def connection_closed(self) -> None:
+        if not self.connections:
+            self._all_closed.set()
+
+    # -- blocked readers -------------------------------------------------------------------
+
+    def add_waiter(self, queue: str, conn: QueueProtocol) -> None:
+        self.waiters.setdefault(queue, deque()).append(conn)
+
+    def remove_waiter(self, queue: str, conn: QueueProtocol) -> None:
+        waiting = self.waiters.get(queue)
+        if waiting is not None:
+            with contextlib.suppress(ValueError):
+                waiting.remove(conn)
+            if not waiting:
+                del self.waiters[queue]
+
+    def notify(self, queue: str) -> None:
+        """A queue gained an item: hand it to a blocked reader once the current command is done."""
+        if queue not in self.waiters:
+            return
+        self._dirty_queues.add(queue)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            asyncio.get_running_loop().call_soon(self._wake_waiters)
+
+    def _wake_waiters(self) -> None:
+        self._wake_scheduled = False
+        dirty, self._dirty_queues = self._dirty_queues, set()
+        for queue in dirty:
+            waiting = self.waiters.get(queue)
+            while waiting:
+                conn = waiting.popleft()
+                if not conn.wake():
+                    # Nothing left for it (or it vanished): first in line again, if alive.
+                    if conn.parked is not None and conn.transport is not None:
+                        waiting.appendleft(conn)
+                    break
+            if queue in self.waiters and not self.waiters[queue]:
+                del self.waiters[queue]
+
+    # -- durability ------------------------------------------------------------------------
+
+    def wait_for_sync(self, conn: QueueProtocol) -> None:
+        self.sync_waiters.add(conn)
+        if not self._syncing:
+            self._syncing = True
+            self._spawn(self._group_sync())
+
+    async def _group_sync(self) -> None:
+        loop = asyncio.get_running_loop()
+        store = self.store
+        try:
+            while self.sync_waiters:
+                fds, seq = store.take_dirty()
+                if fds:
+                    await loop.run_in_executor(None, store.fsync_fds, fds)
+                    store.fsyncs += 1
+                store.synced_seq = max(store.synced_seq, seq)
+                for conn in list(self.sync_waiters):
+                    if conn.need_seq <= store.synced_seq:
+                        self.sync_waiters.discard(conn)
+                        conn.synced()
+        except OSError:
+            # fsync failed: what the kernel still holds is unknown (fsyncgate). Stop, and let
+            # the supervisor restart us from the journal rather than acknowledge more writes.
+            logger.critical("fsync failed; stopping the server", exc_info=True)
+            self.failed = True
+            self.request_shutdown("fsync failure")
+        finally:
+            self._syncing = False
+
+    def _policies(self) -> list[FsyncPolicy]:
+        cfg = self.config
+        queue_cfgs = [cfg.queue_defaults, *cfg.queues.values()]
+        return [cfg.fsync] + [q.fsync for q in queue_cfgs if q.fsync is not None]
+
+    async def _periodic_sync(self) -> None:
+        periods = [p.period_ms for p in self._policies() if p.mode == "periodic"]
+        period_s = min(periods) / 1000
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period_s)
+            fds, _ = self.store.take_dirty(periodic=True)
+            if fds:
+                await loop.run_in_executor(None, self.store.fsync_fds, fds)
+                self.store.fsyncs += 1
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.housekeeping()
+            except KestrelqError:
+                logger.exception("housekeeping failed")
+
+    def housekeeping(self) -> None:
+        """Expire head items, time out stale open reads, compact, re-arm the disk reserve."""
+        now_ms = self.now_ms()
+        coll = self.collection
+        coll.flush_all_expired(now_ms)
+        coll.time_out_reads(now_ms)
+        for name in list(coll.queues):
+            self._compact(name)
+        if self.store.reserve_released:
+            self.store.ensure_reserve()
+
+    def _compact(self, name: str, force: bool = False) -> None:
+        state = self.collection.existing(name)
+        journal = self.store.journals.get(name)
+        if state is None or journal is None:
+            return
+        live_records = state.items + len(state.open_reads)
+        live_bytes = state.bytes + state.open_bytes
+        if force or journal.should_compact(live_bytes, live_records, idle=not state.items):
+            journal.rewrite(state.snapshot())
+
+    def reload(self) -> None:
+        """Re-read the config file: queue settings change, listeners and limits do not."""
+        if not self.config.config_file:
+            return
+        fresh = config_mod.load({"config_file": self.config.config_file})
+        self.config = self.config.__class__(
+            **{
+                **{f: getattr(self.config, f) for f in self.config.__dataclass_fields__},
+                "queue_defaults": fresh.queue_defaults,
+                "queues": fresh.queues,
+            }
+        )
+        self.collection.reconfigure(fresh.queue_defaults, dict(fresh.queues))
+        self.store.set_policies()
+        logger.info("reloaded queue settings from %s", self.config.config_file)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- stats -------------------------------------------------------------------------------
+
+    def stats_lines(self) -> list[tuple[str, object]]:
+        now = self.clock()
+        now_ms = int(now * 1000)
+        coll = self.collection
+        items, total_bytes = coll.totals()
+        c = coll.counters
+        lines: list[tuple[str, object]] = [
+            ("uptime", int(now - self.started_s)),
+            ("time", int(now)),
+            ("version", __version__),
+            ("curr_items", items),
+            ("total_items", c.total_items),
+            ("bytes", total_bytes),
+            ("curr_connections", len(self.connections)),
+            ("total_connections", self.total_connections),
+            ("cmd_get", c.cmd_get),
+            ("cmd_set", c.cmd_set),
+            ("cmd_peek", c.cmd_peek),
+            ("get_hits", c.get_hits),
+            ("get_misses", c.get_misses),
+            ("bytes_read", self.bytes_read),
+            ("bytes_written", self.bytes_written),
+            ("queue_creates", c.queue_creates),
+            ("queue_deletes", c.queue_deletes),
+            ("queue_expires", c.queue_expires),
+            ("fsync_policy", self.config.fsync),
+            ("fsyncs", self.store.fsyncs),
+            ("journal_bytes", sum(j.size for j in self.store.journals.values())),
+            ("disk_full", int(self.store.reserve_released)),
+        ]
+        for name in sorted(coll.queues):
+            lines += [(f"queue_{name}_{k}", v) for k, v in self.queue_stats(name, now_ms)]
+        return lines
+
+    def queue_stats(self, name: str, now_ms: int) -> list[tuple[str, object]]:
+        state = self.collection.queues[name]
+        journal = self.store.journals.get(name)
+        s = state.stats
+        pairs: list[tuple[str, object]] = [
+            ("items", state.items),
+            ("bytes", state.bytes),
+            ("total_items", s.total_items),
+            ("logsize", journal.size if journal else 0),
+            ("expired_items", s.expired_items),
+            ("mem_items", state.items),
+            ("mem_bytes", state.bytes),
+            ("age", state.age_ms(now_ms)),
+            ("discarded", s.discarded),
+            ("waiters", len(self.waiters.get(name, ()))),
+            ("open_transactions", len(state.open_reads)),
+            ("transactions", s.transactions),
+            ("canceled_transactions", s.canceled_transactions),
+            ("total_flushes", s.total_flushes),
+            ("journal_rewrites", journal.rewrites if journal else 0),
+            ("dead_lettered", s.dead_lettered),
+            ("timed_out_transactions", s.timed_out_transactions),
+        ]
+        children = self.collection.children(name)
+        if children:
+            pairs.append(("children", ",".join(children)))
+        return pairs
+
+    def dump_stats(self, queues: tuple[str, ...]) -> list[tuple[str, list[tuple[str, object]]]]:
+        now_ms = self.now_ms()
+        wanted = queues or tuple(sorted(self.collection.queues))
+        return [(q, self.queue_stats(q, now_ms)) for q in wanted if q in self.collection.queues]
+
+
+def run(config: ServerConfig) -> int:
+    """Run a server in this process until SIGTERM/SIGINT or `shutdown`."""
+    server = Server(config)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(server.serve())
+    # uvloop roughly halves the event loop's cost per message; it is optional.
+    return int(uvloop.run(server.serve()))
