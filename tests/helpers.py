@@ -5,9 +5,14 @@ Tests never sleep for readiness: they poll a condition until a deadline with `wa
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,3 +41,106 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+# -- a real queue server in a subprocess ------------------------------------------------------
+
+
+class ServerProcess:
+    """`python -m kestrelq serve` on a free port with its own data dir; restartable."""
+
+    def __init__(
+        self, data_dir: Path, *args: str, port: int = 0, env: dict[str, str] | None = None
+    ):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.args = list(args)
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+
+    def start(self, *extra: str, wait: bool = True) -> ServerProcess:
+        cmd = [sys.executable, "-m", "kestrelq", "--log-level", "DEBUG", "serve"]
+        cmd += ["--port", str(self.port), "--data-dir", str(self.data_dir), *self.args, *extra]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 20.0) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return request(self.port, b"version\r\n", timeout_s=1).startswith(b"VERSION")
+            except OSError:
+                return False
+
+        wait_until(ready, timeout_s, what=f"kestrelq on port {self.port}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise
+        return self.proc.returncode
+
+    def client(self, **kwargs: object) -> object:
+        from pymemcache.client.base import Client
+
+        opts: dict[str, object] = {"timeout": 10, "connect_timeout": 5}
+        opts.update(kwargs)
+        return Client(("127.0.0.1", self.port), **opts)
+
+
+def connect(port: int, timeout_s: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until(sock: socket.socket, terminator: bytes, limit_bytes: int = 1 << 26) -> bytes:
+    """Read until the data ends with `terminator` or the peer closes."""
+    data = b""
+    while not data.endswith(terminator) and len(data) < limit_bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Read until the peer closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def request(port: int, payload: bytes, timeout_s: float = 10.0) -> bytes:
+    """Send `payload`, half-close, and return everything the server says before closing."""
+    with connect(port, timeout_s) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return read_all(sock)
