@@ -11,9 +11,10 @@ import socket
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -144,3 +145,83 @@ def request(port: int, payload: bytes, timeout_s: float = 10.0) -> bytes:
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
         return read_all(sock)
+
+
+# ---- supervisord (issue 5: workers and supervisord) ----------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for kestrelq child processes: the repo importable, unbuffered output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class Supervisord:
+    """A real supervisord started by a test, reached over XML-RPC with its password."""
+
+    def __init__(self, conf: Path, http_port: int, log: Path, **env: str) -> None:
+        self.conf = conf
+        self.http_port = http_port
+        self.password = "test-" + os.urandom(6).hex()
+        self.log_path = log
+        environ = child_env(KESTRELQ_SUPERVISOR_PASSWORD=self.password, **env)
+        cmd = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)]
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
+
+    def wait_ready(self, timeout_s: float = 20.0) -> Supervisord:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"supervisord exited with {self.proc.returncode}:\n"
+                    + self.log_path.read_text(errors="replace")
+                )
+            return self.state() == "RUNNING"
+
+        wait_until(ready, timeout_s, what="supervisord")
+        return self
+
+    def rpc(self) -> Any:
+        url = f"http://kestrelq:{self.password}@127.0.0.1:{self.http_port}/RPC2"
+        return xmlrpc.client.ServerProxy(url).supervisor
+
+    def info(self, name: str) -> dict[str, Any]:
+        info: dict[str, Any] = self.rpc().getProcessInfo(name)
+        return info
+
+    def all_info(self) -> list[dict[str, Any]]:
+        infos: list[dict[str, Any]] = self.rpc().getAllProcessInfo()
+        return infos
+
+    def running(self, name: str, not_pid: int = 0) -> dict[str, Any] | None:
+        """The process info when `name` is RUNNING with a pid other than `not_pid`."""
+        try:
+            info = self.info(name)
+        except (OSError, xmlrpc.client.Fault):
+            return None
+        if info["statename"] == "RUNNING" and info["pid"] not in (0, not_pid):
+            return info
+        return None
+
+    def state(self) -> str:
+        try:
+            state: str = self.rpc().getState()["statename"]
+            return state
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM (supervisord stops every program in order), SIGKILL after `timeout_s`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
