@@ -225,3 +225,78 @@ class Supervisord:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+# ---- raw wire client (issue 2: server tests through real sockets) ---------------------------
+
+
+class Wire:
+    """One raw connection for exact-bytes tests: send bytes, read whole replies."""
+
+    def __init__(self, port: int, timeout_s: float = 10.0) -> None:
+        self.sock = connect(port, timeout_s)
+        self.buf = b""
+
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"server closed the connection; unread {self.buf!r}")
+        self.buf += chunk
+
+    def exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def line(self) -> bytes:
+        """One line, CRLF included."""
+        while b"\r\n" not in self.buf:
+            self._fill()
+        idx = self.buf.index(b"\r\n") + 2
+        data, self.buf = self.buf[:idx], self.buf[idx:]
+        return data
+
+    def reply(self) -> bytes:
+        """One complete reply: a VALUE block through END, STAT/dump_stats lines through END,
+        or one line."""
+        first = self.line()
+        if first.startswith(b"VALUE "):
+            size = int(first.split()[3])
+            return first + self.exact(size + 2) + self.line()
+        if first.startswith((b"STAT ", b"queue '")) or first == b"\r\n":
+            data = first
+            while not data.endswith(b"END\r\n"):
+                data += self.line()
+            return data
+        return first
+
+    def call(self, data: bytes) -> bytes:
+        self.send(data)
+        return self.reply()
+
+    def at_eof(self, timeout_s: float = 5.0) -> bool:
+        """True when the server closed the connection (after any unread bytes)."""
+        self.sock.settimeout(timeout_s)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
