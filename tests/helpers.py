@@ -300,3 +300,33 @@ class Wire:
             return True
         except TimeoutError:
             return False
+
+
+def render_test_stack(root: Path, **overrides: Any) -> tuple[Path, Any]:
+    """Render conf/stack.toml into root/conf for a test: free ports, this Python, repo app/.
+
+    Data, logs and the socket land in root/var/host (the description's relative paths).
+    Returns (conf dir, the Stack used); `overrides` are extra `Overrides` fields.
+    """
+    from kestrelq.supervisord.stack import (
+        Overrides,
+        apply_overrides,
+        load_stack,
+        make_dirs,
+        render_stack,
+        write_files,
+    )
+
+    out = root / "conf"
+    paths = {"app_dir": str(REPO / "app"), **overrides.pop("paths", {})}
+    fields: dict[str, Any] = {
+        "port": free_port(),
+        "http_port": free_port(),
+        "python": sys.executable,
+        "paths": paths,
+    }
+    fields.update(overrides)
+    stack = apply_overrides(load_stack(REPO / "conf" / "stack.toml"), Overrides(**fields))
+    write_files(out, render_stack(stack))
+    make_dirs(out, stack)
+    return out, stack
