@@ -102,7 +102,7 @@ class Journal:
         view = memoryview(data)
         try:
             while view:
-                written = os.write(self.fd, view)
+                written = self.store.write_fn(self.fd, view)
                 view = view[written:]
                 self.size += written
         except OSError as exc:
@@ -182,8 +182,11 @@ class JournalStore:
         policy_for: Callable[[str], FsyncPolicy],
         limits: StoreLimits = StoreLimits(),
         salvage: bool = False,
+        write_fn: Callable[[int, memoryview], int] = os.write,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # The one seam for failing appends (ENOSPC, EIO) in tests.
+        self.write_fn = write_fn
         self.policy_for = policy_for
         self.limits = limits
         self.salvage = salvage

@@ -1,0 +1,204 @@
+"""Journal format and files: round trips, torn tails, damage, salvage, disk full, compaction."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from kestrelq.errors import JournalCorrupt, JournalFull
+from kestrelq.journal import format as fmt
+from kestrelq.journal.store import JournalStore, StoreLimits
+from kestrelq.queue.config import FsyncPolicy
+from kestrelq.queue.item import Item
+
+RECORDS: list[fmt.Record] = [
+    fmt.Add(Item(b"hello", 7, 1000, 2000, 0)),
+    fmt.Add(Item(b"", 0, 1, 0, 3)),
+    fmt.Add(Item(b"\x00\xff" * 100, 2**32 - 1, 2**40, 0, 1)),
+    fmt.REMOVE,
+    fmt.Open(1),
+    fmt.Open(2**63),
+    fmt.Confirm(5),
+    fmt.Unremove(6),
+    fmt.FLUSH,
+]
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
+def test_round_trip(record: fmt.Record) -> None:
+    data = fmt.encode(record)
+    assert fmt.decode(data, 0, 1 << 20) == (record, len(data))
+    # Every proper prefix is "need more bytes", never a wrong record.
+    for cut in range(len(data)):
+        assert fmt.decode(data[:cut], 0, 1 << 20) is None
+
+
+@pytest.mark.parametrize("position", range(fmt.HEADER.size, 30))
+def test_any_flipped_byte_is_detected(position: int) -> None:
+    data = bytearray(fmt.encode(fmt.Add(Item(b"payload-bytes", 1, 2, 3, 0))))
+    data[position] ^= 0x40
+    with pytest.raises(fmt.BadRecord):
+        fmt.decode(bytes(data), 0, 1 << 20)
+
+
+def store_at(path: Path, **kw: object) -> JournalStore:
+    store = JournalStore(
+        path, lambda name: FsyncPolicy("never"), StoreLimits(reserve_bytes=0), **kw
+    )  # type: ignore[arg-type]
+    store.open()
+    return store
+
+
+def write(path: Path, records: list[fmt.Record]) -> Path:
+    store = store_at(path)
+    log = store.log_for("q")
+    for record in records:
+        log(record, False)
+    store.close()
+    return path / "q.kqj"
+
+
+def recovered(path: Path, **kw: object) -> list[fmt.Record]:
+    store = store_at(path, **kw)
+    try:
+        return list(store.recover("q"))
+    finally:
+        store.close()
+
+
+def test_write_then_recover(tmp_path: Path) -> None:
+    write(tmp_path, RECORDS)
+    assert recovered(tmp_path) == RECORDS
+
+
+def test_torn_tail_at_every_offset_is_cut_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = write(tmp_path, RECORDS[:3])
+    whole = journal.read_bytes()
+    last_start = len(whole) - len(fmt.encode(RECORDS[2]))
+    for cut in range(last_start, len(whole)):
+        journal.write_bytes(whole[:cut])
+        with caplog.at_level(logging.WARNING):
+            assert recovered(tmp_path) == RECORDS[:2]
+        assert journal.stat().st_size == last_start  # the torn bytes are gone
+    assert "torn tail" in caplog.text
+
+
+def test_zero_filled_tail_is_a_torn_tail(tmp_path: Path) -> None:
+    journal = write(tmp_path, RECORDS[:2])
+    with open(journal, "ab") as f:
+        f.write(b"\0" * 4096)
+    assert recovered(tmp_path) == RECORDS[:2]
+
+
+def test_damage_mid_file_refuses_with_file_and_offset(tmp_path: Path) -> None:
+    journal = write(tmp_path, RECORDS)
+    data = bytearray(journal.read_bytes())
+    offset = len(fmt.MAGIC) + len(fmt.encode(RECORDS[0]))
+    data[offset + 12] ^= 0xFF  # inside the second record's payload
+    journal.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt) as info:
+        recovered(tmp_path)
+    assert info.value.offset == offset
+    assert str(journal) in str(info.value)
+    assert "--salvage" in str(info.value)
+
+
+def test_salvage_skips_the_damaged_record(tmp_path: Path) -> None:
+    journal = write(tmp_path, RECORDS)
+    data = bytearray(journal.read_bytes())
+    offset = len(fmt.MAGIC) + len(fmt.encode(RECORDS[0]))
+    data[offset + 12] ^= 0xFF
+    journal.write_bytes(bytes(data))
+    assert recovered(tmp_path, salvage=True) == [RECORDS[0], *RECORDS[2:]]
+
+
+def test_not_a_journal(tmp_path: Path) -> None:
+    (tmp_path / "q.kqj").write_bytes(b"something else entirely")
+    with pytest.raises(JournalCorrupt, match="not a kestrelq journal"):
+        recovered(tmp_path)
+
+
+def test_write_failure_leaves_no_partial_record(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def flaky_write(fd: int, data: memoryview) -> int:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.write(fd, data[:3])  # a partial write, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+    store = store_at(tmp_path, write_fn=flaky_write)
+    log = store.log_for("q")  # call 1: the magic header
+    log(RECORDS[0], False)  # call 2
+    with pytest.raises(JournalFull):
+        log(RECORDS[1], False)  # call 3 fails after 3 bytes
+    log(RECORDS[2], False)
+    store.close()
+    assert recovered(tmp_path) == [RECORDS[0], RECORDS[2]]
+
+
+def test_disk_full_releases_reserve_for_reads_only(tmp_path: Path) -> None:
+    full = {"on": False}
+
+    def write_fn(fd: int, data: memoryview) -> int:
+        # Only the reserve is left on the "disk": writes fail until it is freed.
+        if full["on"] and (tmp_path / ".reserve").exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+    store = JournalStore(
+        tmp_path,
+        lambda n: FsyncPolicy("always"),
+        StoreLimits(reserve_bytes=4096),
+        write_fn=write_fn,
+    )
+    store.open()
+    assert (tmp_path / ".reserve").stat().st_size == 4096
+    log = store.log_for("q")
+    log(RECORDS[0], False)
+    full["on"] = True  # from now on writes fail while the reserve exists
+    with pytest.raises(JournalFull):
+        log(RECORDS[0], False)
+    assert not store.reserve_released
+    log(fmt.REMOVE, True)  # a read: frees the reserve, then succeeds
+    assert store.reserve_released and not (tmp_path / ".reserve").exists()
+    with pytest.raises(JournalFull, match="new items refused"):
+        log(RECORDS[0], False)
+    full["on"] = False  # consumers drained; space came back
+    assert store.ensure_reserve()
+    log(RECORDS[0], False)
+    store.close()
+    assert recovered(tmp_path) == [RECORDS[0], fmt.REMOVE, RECORDS[0]]
+
+
+def test_compaction_rewrites_to_live_state(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path, lambda n: FsyncPolicy("never"),
+                         StoreLimits(reserve_bytes=0, compact_min_bytes=1024))  # fmt: skip
+    store.open()
+    log = store.log_for("q")
+    for _ in range(100):
+        log(fmt.Add(Item(b"x" * 100)), False)
+        log(fmt.REMOVE, False)
+    journal = store.journals["q"]
+    assert journal.should_compact(live_bytes=0, live_records=0, idle=False)
+    assert journal.rewrite([fmt.Add(Item(b"live"))])
+    assert journal.size == len(fmt.MAGIC) + len(fmt.encode(fmt.Add(Item(b"live"))))
+    log(fmt.Add(Item(b"after")), False)
+    store.close()
+    assert recovered(tmp_path) == [fmt.Add(Item(b"live")), fmt.Add(Item(b"after"))]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_data_dir_is_locked(tmp_path: Path) -> None:
+    first = store_at(tmp_path)
+    with pytest.raises(Exception, match="in use by another kestrelq server"):
+        store_at(tmp_path)
+    first.close()
+    store_at(tmp_path).close()

@@ -1,0 +1,200 @@
+"""The sans-IO parser: commands in, typed commands or RemoteProtocolError out."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kestrelq.errors import ItemTooLarge, ProtocolError, RemoteProtocolError
+from kestrelq.protocol import commands as c
+from kestrelq.protocol.parser import ServerConnection, State
+from kestrelq.queue.collection import GetOptions
+
+
+def parse_all(data: bytes, **limits: int) -> list[c.Command | ProtocolError]:
+    conn = ServerConnection(**limits)
+    conn.receive_data(data)
+    out: list[c.Command | ProtocolError] = []
+    while True:
+        try:
+            cmd = conn.next_command()
+        except ProtocolError as exc:
+            out.append(exc)
+            if exc.close:
+                return out
+            continue
+        if cmd is None:
+            return out
+        out.append(cmd)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        pytest.param(b"get q\r\n", c.Get(b"q", "q", GetOptions()), id="plain"),
+        pytest.param(b"GETS q\n", c.Get(b"q", "q", GetOptions()), id="gets-upper-lf"),
+        pytest.param(
+            b"get q/t=500/close/open\r\n",
+            c.Get(b"q/t=500/close/open", "q", GetOptions(500, open=True, close=True)),
+            id="close-open-timeout",
+        ),
+        pytest.param(
+            b"get q/open/t=5/close\r\n",
+            c.Get(b"q/open/t=5/close", "q", GetOptions(5, open=True, close=True)),
+            id="any-order",
+        ),
+        pytest.param(
+            b"get q/abort\r\n", c.Get(b"q/abort", "q", GetOptions(abort=True)), id="abort"
+        ),
+        pytest.param(
+            b"get q/peek/t=1\r\n", c.Get(b"q/peek/t=1", "q", GetOptions(1, peek=True)), id="peek"
+        ),
+        pytest.param(
+            b"get q/t=-5/bogus\r\n", c.Get(b"q/t=-5/bogus", "q", GetOptions()), id="neg-t-unknown"
+        ),
+        pytest.param(b"get a+b\r\n", c.Get(b"a+b", "a+b", GetOptions()), id="fanout-child"),
+        pytest.param(b"delete q\r\n", c.Delete("q"), id="delete"),
+        pytest.param(b"delete q noreply\r\n", c.Delete("q", True), id="delete-noreply"),
+        pytest.param(b"flush q\r\n", c.Flush("q"), id="flush"),
+        pytest.param(b"flush_all\r\n", c.FlushAll(), id="flush_all"),
+        pytest.param(b"flush_expired q\r\n", c.FlushExpired("q"), id="flush_expired"),
+        pytest.param(b"flush_all_expired\r\n", c.FlushAllExpired(), id="flush_all_expired"),
+        pytest.param(b"stats\r\n", c.Stats(), id="stats"),
+        pytest.param(b"dump_stats a b\r\n", c.DumpStats(("a", "b")), id="dump_stats"),
+        pytest.param(b"version\r\n", c.Version(), id="version"),
+        pytest.param(b"reload\r\n", c.Reload(), id="reload"),
+        pytest.param(b"shutdown\r\n", c.Shutdown(), id="shutdown"),
+        pytest.param(b"quit\r\n", c.Quit(), id="quit"),
+        pytest.param(b"monitor q 5\r\n", c.Monitor("q", 5, 0), id="monitor"),
+        pytest.param(b"monitor q 5 3\r\n", c.Monitor("q", 5, 3), id="monitor-max"),
+        pytest.param(b"confirm q 2\r\n", c.Confirm("q", 2), id="confirm"),
+    ],
+)
+def test_commands(line: bytes, expected: c.Command) -> None:
+    assert parse_all(line) == [expected]
+
+
+def test_set_with_block_split_across_reads() -> None:
+    conn = ServerConnection()
+    data = b"set q 7 0 5\r\nhello\r\nset q 0 100 0 noreply\r\n\r\n"
+    commands = []
+    for i in range(len(data)):
+        conn.receive_data(data[i : i + 1])
+        while (cmd := conn.next_command()) is not None:
+            commands.append(cmd)
+    assert commands == [c.Set("q", 7, 0, b"hello"), c.Set("q", 0, 100, b"", noreply=True)]
+
+
+def test_binary_data_with_crlf_inside() -> None:
+    payload = b"a\r\nb\r\n\x00\xff"
+    assert parse_all(b"set q 0 0 %d\r\n%s\r\n" % (len(payload), payload)) == [
+        c.Set("q", 0, 0, payload)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "close"),
+    [
+        pytest.param(b"bogus\r\n", "unknown command 'bogus'", True, id="unknown"),
+        pytest.param(b"\r\n", "empty command line", True, id="empty-line"),
+        pytest.param(b"add q 0 0 1\r\nx\r\n", "unknown command 'add'", True, id="add"),
+        pytest.param(b"set q 0 0\r\n", "bad command line format", True, id="set-short"),
+        pytest.param(b"set q 0 0 1 x\r\n", "bad command line format", True, id="set-extra"),
+        pytest.param(b"set q x 0 1\r\n", "bad flags", True, id="set-flags"),
+        pytest.param(b"set q 0 0 -1\r\n", "data length out of range", True, id="set-neg-len"),
+        pytest.param(b"set q 0 0 3\r\nabcd\r\n", "bad data chunk", True, id="bad-chunk"),
+        pytest.param(b"set ../x 0 0 1\r\nx\r\n", "bad queue name", False, id="set-dotdot"),
+        pytest.param(b"get ../x\r\n", "bad queue name", True, id="get-dotdot"),
+        pytest.param(b"get /open\r\n", "empty queue name", True, id="get-empty-name"),
+        pytest.param(b"get\r\n", "get needs a key", False, id="get-no-key"),
+        pytest.param(b"get q/t=abc\r\n", "bad timeout", True, id="bad-timeout"),
+        pytest.param(
+            b"get q/open/peek\r\n",
+            "peek and abort cannot be combined with open or close",
+            True,
+            id="open-peek",
+        ),
+        pytest.param(
+            b"get q/close/abort\r\n",
+            "peek and abort cannot be combined with open or close",
+            True,
+            id="close-abort",
+        ),
+        pytest.param(
+            b"get q/peek/abort\r\n", "peek cannot be combined with abort", True, id="peek-abort"
+        ),
+        pytest.param(b"delete\r\n", "delete needs a queue name", False, id="delete-no-name"),
+        pytest.param(b"get " + b"q" * 129 + b"\r\n", "queue name longer", True, id="long-name"),
+        pytest.param(b"get q\xc3\xa9\r\n", "bad queue name", True, id="non-ascii"),
+    ],
+)
+def test_errors(data: bytes, reason: str, close: bool) -> None:
+    out = parse_all(data)
+    assert isinstance(out[0], RemoteProtocolError)
+    assert out[0].reason.startswith(reason)
+    assert out[0].close is close
+
+
+def test_line_too_long_is_refused_without_a_newline() -> None:
+    conn = ServerConnection(max_line_bytes=64)
+    conn.receive_data(b"get " + b"x" * 100)
+    with pytest.raises(RemoteProtocolError, match="line too long"):
+        conn.next_command()
+    assert conn.state is State.CLOSED
+
+
+def test_oversize_item_is_skipped_and_connection_stays_in_step() -> None:
+    conn = ServerConnection(max_item_bytes=10)
+    conn.receive_data(b"set q 0 0 20\r\n" + b"x" * 15)
+    assert conn.next_command() is None  # still skipping: no reply until the block is gone
+    conn.receive_data(b"x" * 5 + b"\r\nversion\r\n")
+    with pytest.raises(ItemTooLarge):
+        conn.next_command()
+    assert conn.next_command() == c.Version()
+
+
+def test_bad_name_set_skips_its_block() -> None:
+    out = parse_all(b"set a.b 0 0 3\r\nabc\r\nversion\r\n")
+    assert isinstance(out[0], RemoteProtocolError)
+    assert out[1] == c.Version()
+
+
+def test_line_split_at_every_offset_is_linear_and_correct() -> None:
+    conn = ServerConnection()
+    data = b"get q/open\r\n" * 50
+    got = []
+    for i in range(len(data)):
+        conn.receive_data(data[i : i + 1])
+        while (cmd := conn.next_command()) is not None:
+            got.append(cmd)
+    assert len(got) == 50
+
+
+def _run(chunks: list[bytes]) -> None:
+    """The fuzz invariant: commands, None, or a ProtocolError; never anything else."""
+    conn = ServerConnection(max_line_bytes=256, max_item_bytes=1024)
+    for chunk in chunks:
+        conn.receive_data(chunk)
+        for _ in range(10_000):
+            try:
+                if conn.next_command() is None:
+                    break
+            except ProtocolError as exc:
+                if exc.close:
+                    return
+
+
+_alphabet = st.sampled_from(
+    [b"set ", b"get ", b"q", b"/open", b"/close", b"/t=", b"1", b"0", b" ", b"\r\n", b"\n",
+     b"noreply", b"peek", b"abort", b"+", b"-", b"\xff", b"\x00", b"monitor ", b"confirm "]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.lists(_alphabet, max_size=40).map(b"".join)))
+def test_fuzz_whole_and_split(data: bytes) -> None:
+    _run([data])
+    for cut in range(0, len(data) + 1, max(1, len(data) // 17)):
+        _run([data[:cut], data[cut:]])
+    _run([data[i : i + 1] for i in range(len(data))])

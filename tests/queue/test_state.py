@@ -1,0 +1,298 @@
+"""The pure queue core: every mutation logs first, and replaying the log rebuilds the state."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from kestrelq.errors import (
+    ItemRejected,
+    JournalFull,
+    QueueFull,
+    ReadWhileOpen,
+    TooManyOpenReads,
+)
+from kestrelq.journal.format import Record
+from kestrelq.queue.collection import GetOptions, QueueCollection, Session
+from kestrelq.queue.config import QueueConfig
+from kestrelq.queue.item import Item
+from kestrelq.queue.state import QueueState
+
+OPEN = GetOptions(open=True)
+CLOSE_OPEN = GetOptions(open=True, close=True)
+CLOSE = GetOptions(close=True)
+ABORT = GetOptions(abort=True)
+PEEK = GetOptions(peek=True)
+PLAIN = GetOptions()
+
+
+class MemoryStorage:
+    """Journals as lists of records, with a switch to refuse writes like a full disk."""
+
+    def __init__(self) -> None:
+        self.logs: dict[str, list[Record]] = {}
+        self.full = False
+        self.dropped: list[str] = []
+
+    def log_for(self, name: str):  # type: ignore[no-untyped-def]
+        log = self.logs.setdefault(name, [])
+
+        def append(record: Record, essential: bool) -> None:
+            if self.full and not essential:
+                raise JournalFull("disk full")
+            log.append(record)
+
+        return append
+
+    def drop(self, name: str) -> None:
+        self.dropped.append(name)
+        self.logs.pop(name, None)
+
+
+def make(config: QueueConfig = QueueConfig(), **overrides: QueueConfig):  # type: ignore[no-untyped-def]
+    storage = MemoryStorage()
+    notified: list[str] = []
+    coll = QueueCollection(storage, config, overrides, notify=notified.append)
+    return coll, storage, notified
+
+
+def item(data: bytes, now_ms: int = 1000, **kw: int) -> Item:
+    return Item(data, added_ms=now_ms, **kw)
+
+
+def replayed(storage: MemoryStorage, name: str, config: QueueConfig = QueueConfig()) -> QueueState:
+    state = QueueState(name, config, lambda r, e: None)
+    for record in storage.logs[name]:
+        state.apply(record)
+    return state
+
+
+def same(a: QueueState, b: QueueState) -> None:
+    assert list(a.ready) == list(b.ready)
+    assert {x: r.item for x, r in a.open_reads.items()} == {
+        x: r.item for x, r in b.open_reads.items()
+    }
+    assert a.bytes == b.bytes
+
+
+def test_fifo_and_replay() -> None:
+    coll, storage, notified = make()
+    for i in range(5):
+        coll.add("q", item(b"m%d" % i), 1000)
+    s = Session(coll)
+    assert s.get("q", PLAIN, 1000) == item(b"m0")
+    assert s.get("q", OPEN, 1000) == item(b"m1", deliveries=1)
+    assert s.get("q", PEEK, 1000) == item(b"m2")
+    assert notified == ["q"] * 5
+    same(coll.queue("q"), replayed(storage, "q"))
+
+
+def test_close_confirms_and_abort_returns_to_head() -> None:
+    coll, storage, _ = make()
+    for i in range(3):
+        coll.add("q", item(b"m%d" % i), 0)
+    s = Session(coll)
+    assert s.get("q", OPEN, 0).data == b"m0"  # type: ignore[union-attr]
+    assert s.get("q", ABORT, 0) is None
+    assert s.get("q", OPEN, 0).data == b"m0"  # type: ignore[union-attr]
+    assert s.get("q", CLOSE_OPEN, 0).data == b"m1"  # type: ignore[union-attr]
+    assert s.get("q", CLOSE, 0) is None
+    assert [i.data for i in coll.queue("q").ready] == [b"m2"]
+    same(coll.queue("q"), replayed(storage, "q"))
+
+
+def test_close_and_abort_with_nothing_open_are_harmless() -> None:
+    coll, _, _ = make()
+    s = Session(coll)
+    assert s.get("q", CLOSE, 0) is None
+    assert s.get("q", ABORT, 0) is None
+    assert s.get("q", CLOSE_OPEN, 0) is None
+
+
+def test_open_limit_and_plain_get_with_open_read() -> None:
+    coll, _, _ = make()
+    coll.add("q", item(b"a"), 0)
+    coll.add("q", item(b"b"), 0)
+    s = Session(coll, max_open_reads=1)
+    s.get("q", OPEN, 0)
+    with pytest.raises(TooManyOpenReads):
+        s.get("q", OPEN, 0)
+    with pytest.raises(ReadWhileOpen):
+        s.get("q", PLAIN, 0)
+    assert s.get("q", PEEK, 0) == item(b"b")  # peek while open is allowed (Kestrel)
+
+
+def test_disconnect_returns_open_reads_in_order() -> None:
+    coll, storage, notified = make()
+    for i in range(4):
+        coll.add("q", item(b"m%d" % i), 0)
+    s = Session(coll, max_open_reads=3)
+    for _ in range(3):
+        s.get("q", OPEN, 0)
+    s.release_all()
+    assert notified == ["q"] * 7  # 4 adds, 3 returns: each may wake a blocked reader
+    assert [i.data for i in coll.queue("q").ready] == [b"m0", b"m1", b"m2", b"m3"]
+    assert [i.deliveries for i in coll.queue("q").ready] == [1, 1, 1, 0]
+    same(coll.queue("q"), replayed(storage, "q"))
+
+
+def test_restart_reopens_reads_at_the_head() -> None:
+    coll, storage, _ = make()
+    for i in range(3):
+        coll.add("q", item(b"m%d" % i), 0)
+    s = Session(coll, max_open_reads=2)
+    s.get("q", OPEN, 0)
+    s.get("q", OPEN, 0)
+    state = replayed(storage, "q")
+    assert len(state.open_reads) == 2
+    for xid in state.reopened_xids():
+        state.unremove(xid)
+    assert [i.data for i in state.ready] == [b"m0", b"m1", b"m2"]
+
+
+def test_confirm_command_all_or_nothing() -> None:
+    coll, _, _ = make()
+    for i in range(3):
+        coll.add("q", item(b"m%d" % i), 0)
+    s = Session(coll, max_open_reads=3)
+    for _ in range(2):
+        s.get("q", OPEN, 0)
+    assert not s.confirm("q", 3)
+    assert not s.confirm("q", 0)
+    assert s.confirm("q", 2)
+    assert not coll.queue("q").open_reads
+
+
+def test_limits() -> None:
+    coll, _, _ = make(QueueConfig(max_items=2, max_item_size=4))
+    coll.add("q", item(b"a"), 0)
+    coll.add("q", item(b"b"), 0)
+    with pytest.raises(QueueFull):
+        coll.add("q", item(b"c"), 0)
+    with pytest.raises(ItemRejected):
+        coll.add("r", item(b"toolong"), 0)
+
+
+def test_max_bytes() -> None:
+    coll, _, _ = make(QueueConfig(max_bytes=5))
+    coll.add("q", item(b"abc"), 0)
+    with pytest.raises(QueueFull):
+        coll.add("q", item(b"def"), 0)
+
+
+def test_discard_old_when_full() -> None:
+    coll, storage, _ = make(QueueConfig(max_items=2, discard_old_when_full=True))
+    for name in (b"a", b"b", b"c"):
+        coll.add("q", item(name), 0)
+    state = coll.queue("q")
+    assert [i.data for i in state.ready] == [b"b", b"c"]
+    assert state.stats.discarded == 1
+    same(state, replayed(storage, "q"))
+
+
+def test_expiry_at_head_and_expire_to() -> None:
+    coll, storage, notified = make(q=QueueConfig(expire_to="later"))
+    coll.add("q", item(b"old", 0, expires_ms=500), 0)
+    coll.add("q", item(b"new", 0), 0)
+    s = Session(coll)
+    assert s.get("q", PLAIN, 1000) == item(b"new", 0)
+    moved = coll.queue("later").ready
+    assert [i.data for i in moved] == [b"old"] and moved[0].expires_ms == 0
+    assert "later" in notified
+    assert coll.counters.queue_expires == 1
+    same(coll.queue("q"), replayed(storage, "q"))
+    same(coll.queue("later"), replayed(storage, "later"))
+
+
+def test_max_age_caps_expiry() -> None:
+    coll, _, _ = make(QueueConfig(max_age_ms=100))
+    coll.add("q", item(b"a", 1000, expires_ms=10_000), 1000)
+    assert coll.queue("q").ready[0].expires_ms == 1100
+    assert coll.flush_all_expired(1101) == 1
+
+
+def test_dead_letter_after_max_deliveries() -> None:
+    coll, storage, _ = make(q=QueueConfig(max_deliveries=2))
+    coll.add("q", item(b"poison"), 0)
+    coll.add("q", item(b"fine"), 0)
+    for _ in range(2):
+        s = Session(coll)
+        assert s.get("q", OPEN, 0).data == b"poison"  # type: ignore[union-attr]
+        s.get("q", ABORT, 0)
+    s = Session(coll)
+    assert s.get("q", OPEN, 0).data == b"fine"  # type: ignore[union-attr]
+    dead = coll.queue("q_dead").ready
+    assert [i.data for i in dead] == [b"poison"] and dead[0].deliveries == 0
+    assert coll.queue("q").stats.dead_lettered == 1
+    same(coll.queue("q"), replayed(storage, "q", QueueConfig(max_deliveries=2)))
+
+
+def test_open_timeout_returns_read_and_late_close_is_harmless() -> None:
+    coll, _, notified = make(QueueConfig(open_timeout_ms=100))
+    coll.add("q", item(b"a"), 0)
+    s = Session(coll)
+    s.get("q", OPEN, 0)
+    coll.time_out_reads(50)
+    assert coll.queue("q").open_reads
+    coll.time_out_reads(100)
+    assert notified[-1] == "q"
+    assert [i.data for i in coll.queue("q").ready] == [b"a"]
+    other = Session(coll)
+    assert other.get("q", OPEN, 100).data == b"a"  # type: ignore[union-attr]
+    # The first reader's late close must not confirm the other reader's item.
+    s.get("q", CLOSE, 200)
+    assert len(coll.queue("q").open_reads) == 1
+
+
+def test_fanout_copies_to_known_children() -> None:
+    coll, _, _ = make()
+    coll.add("feed", item(b"before"), 0)
+    coll.queue("feed+a")
+    coll.queue("feed+b")
+    coll.add("feed", item(b"after"), 0)
+    assert [i.data for i in coll.queue("feed+a").ready] == [b"after"]
+    assert [i.data for i in coll.queue("feed+b").ready] == [b"after"]
+    assert [i.data for i in coll.queue("feed").ready] == [b"before", b"after"]
+    coll.delete("feed+a")
+    coll.add("feed", item(b"third"), 0)
+    assert "feed+a" not in coll.queues
+    assert coll.children("feed") == ["feed+b"]
+
+
+def test_flush_keeps_open_reads() -> None:
+    coll, storage, _ = make()
+    for i in range(3):
+        coll.add("q", item(b"m%d" % i), 0)
+    s = Session(coll)
+    s.get("q", OPEN, 0)
+    assert coll.queue("q").flush() == 2
+    assert len(coll.queue("q").open_reads) == 1
+    same(coll.queue("q"), replayed(storage, "q"))
+
+
+def test_disk_full_refuses_adds_but_not_reads() -> None:
+    coll, storage, _ = make()
+    coll.add("q", item(b"a"), 0)
+    storage.full = True
+    with pytest.raises(JournalFull):
+        coll.add("q", item(b"b"), 0)
+    assert [i.data for i in coll.queue("q").ready] == [b"a"]  # nothing half-done
+    s = Session(coll)
+    assert s.get("q", CLOSE_OPEN, 0).data == b"a"  # type: ignore[union-attr]
+    assert s.get("q", CLOSE, 0) is None
+    same(coll.queue("q"), replayed(storage, "q"))
+
+
+def test_snapshot_rebuilds_state_with_delivery_counts() -> None:
+    coll, _, _ = make()
+    for i in range(3):
+        coll.add("q", item(b"m%d" % i), 0)
+    s = Session(coll)
+    s.get("q", OPEN, 0)
+    state = coll.queue("q")
+    rebuilt = QueueState("q", QueueConfig(), lambda r, e: None)
+    for record in state.snapshot():
+        rebuilt.apply(record)
+    same(state, rebuilt)
+    assert rebuilt.open_reads[1].item == replace(item(b"m0"), deliveries=1)
