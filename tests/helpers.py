@@ -186,16 +186,18 @@ class Supervisord:
         wait_until(ready, timeout_s, what="supervisord")
         return self
 
-    def rpc(self) -> Any:
+    def call(self, method: str, *args: Any) -> Any:
+        """One XML-RPC call `supervisor.<method>(*args)` on a fresh, closed-after connection."""
         url = f"http://kestrelq:{self.password}@127.0.0.1:{self.http_port}/RPC2"
-        return xmlrpc.client.ServerProxy(url).supervisor
+        with xmlrpc.client.ServerProxy(url) as proxy:
+            return getattr(proxy.supervisor, method)(*args)
 
     def info(self, name: str) -> dict[str, Any]:
-        info: dict[str, Any] = self.rpc().getProcessInfo(name)
+        info: dict[str, Any] = self.call("getProcessInfo", name)
         return info
 
     def all_info(self) -> list[dict[str, Any]]:
-        infos: list[dict[str, Any]] = self.rpc().getAllProcessInfo()
+        infos: list[dict[str, Any]] = self.call("getAllProcessInfo")
         return infos
 
     def running(self, name: str, not_pid: int = 0) -> dict[str, Any] | None:
@@ -210,7 +212,7 @@ class Supervisord:
 
     def state(self) -> str:
         try:
-            state: str = self.rpc().getState()["statename"]
+            state: str = self.call("getState")["statename"]
             return state
         except OSError:
             return ""
