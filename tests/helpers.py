@@ -304,6 +304,14 @@ class Wire:
             return False
 
 
+def server_stats(port: int) -> dict[str, str]:
+    """The `stats` reply of the server on `port` as a dict (STAT name -> value)."""
+    with Wire(port) as wire:
+        reply = wire.call(b"stats\r\n")
+    pairs = (line.split(" ", 2)[1:] for line in reply.decode().splitlines() if line != "END")
+    return {name: value for name, value in pairs}
+
+
 def render_test_stack(root: Path, **overrides: Any) -> tuple[Path, Any]:
     """Render conf/stack.toml into root/conf for a test: free ports, this Python, repo app/.
 
