@@ -251,8 +251,8 @@ class QueueProtocol(asyncio.Protocol):
             item = self.session.get(queue, GetOptions(open=True), now_ms)
             if item is None:
                 break
+            # Each item is a whole get reply (its own END); one more END closes the stream.
             self.out += replies.value(key, item.flags, item.data)
-            self.out.append(replies.END)  # Kestrel closes each monitored item like a get
             sent += 1
         return sent
 
