@@ -424,7 +424,7 @@ MONITOR_BUG = pytest.mark.xfail(strict=True, reason="server bug: monitor sends E
 
 def read_monitor(w: Wire) -> list[bytes]:
     """Items of a monitor stream: VALUE blocks each with its END, then one more END."""
-    items = []
+    items: list[bytes] = []
     for _ in range(1000):
         reply = w.reply()
         if reply == b"END\r\n":
