@@ -419,9 +419,6 @@ def test_quit_closes_without_reply(server: ServerProcess) -> None:
 # -- monitor and confirm ------------------------------------------------------------------------
 
 
-MONITOR_BUG = pytest.mark.xfail(strict=True, reason="server bug: monitor sends END twice per item")
-
-
 def read_monitor(w: Wire) -> list[bytes]:
     """Items of a monitor stream: VALUE blocks each with its END, then one more END."""
     items: list[bytes] = []
@@ -434,7 +431,6 @@ def read_monitor(w: Wire) -> list[bytes]:
     raise AssertionError("monitor stream did not end")
 
 
-@MONITOR_BUG
 def test_monitor_default_limit_is_one_open_read(server: ServerProcess) -> None:
     with Wire(server.port) as w:
         for data in (b"a", b"b", b"c"):
@@ -447,7 +443,6 @@ def test_monitor_default_limit_is_one_open_read(server: ServerProcess) -> None:
         assert w.call(b"get m\r\n") == value("m", b"b")
 
 
-@MONITOR_BUG
 def test_monitor_streams_up_to_max_items(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path / "data", "--max-open-reads", "10").start()
     try:
@@ -464,7 +459,6 @@ def test_monitor_streams_up_to_max_items(tmp_path: Path) -> None:
         assert srv.stop() == 0
 
 
-@MONITOR_BUG
 def test_monitor_waits_for_items_within_its_window(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path / "data", "--max-open-reads", "10").start()
     try:
