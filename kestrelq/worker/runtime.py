@@ -144,16 +144,16 @@ class Worker:
 
     def run(self) -> int:
         """Run until stopped (or the queue is empty in burst mode); returns the exit code."""
-        logger.info(
-            "worker pid %d consuming queue %r at %s:%d (wait %d ms%s)",
-            os.getpid(),
-            self.queue,
-            self.host,
-            self.port,
-            self.wait_ms,
-            ", burst" if self.burst else "",
-        )
         with self._signals():
+            logger.info(
+                "worker pid %d consuming queue %r at %s:%d (wait %d ms%s)",
+                os.getpid(),
+                self.queue,
+                self.host,
+                self.port,
+                self.wait_ms,
+                ", burst" if self.burst else "",
+            )
             try:
                 self._loop()
             except ColdShutdown:
@@ -207,7 +207,8 @@ class Worker:
             value = self._command(key)
         except (OSError, MemcacheError) as exc:
             self._connection_lost(exc)
-            self._backoff()
+            if not self._stopping():
+                self._backoff()
             return None
         # The reply proves the bundled /close was applied.
         self._confirm_pending = False
