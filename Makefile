@@ -52,9 +52,49 @@ serve: install
 	$(VENV)/bin/kestrelq serve --data-dir var/queue
 
 # ---- supervisord configuration and host mode (issue 5) -----------------------------------------
-.PHONY: conf conf-check
+# conf/ is rendered from conf/stack.toml by `kestrelq conf` and committed; conf-check (part of
+# `make test`) fails when the committed files differ from a fresh rendering.
+HOST_VAR := var/host
+HOST_PASSWORD := $(HOST_VAR)/run/supervisor.password
+SUPERVISORCTL := $(VENV)/bin/supervisorctl -c conf/supervisord.conf
+
+.PHONY: conf conf-check host-up host-status host-down
 conf: install
+	$(VENV)/bin/kestrelq conf --out conf
+
 conf-check: install
+	$(VENV)/bin/kestrelq conf --out conf --check
+
+# The password of supervisord's status page on 127.0.0.1:9001 (user kestrelq), made once.
+$(HOST_PASSWORD):
+	@mkdir -p $(@D)
+	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(16))' > $@
+
+# supervisord (daemonized, no root) on the committed conf/: the queue on 127.0.0.1:22133 and
+# the workers; journals, logs, socket and pid file under var/host/. .venv/bin goes first on
+# PATH because the programs run `python3`.
+host-up: install conf-check $(HOST_PASSWORD)
+	@mkdir -p $(HOST_VAR)/run $(HOST_VAR)/log $(HOST_VAR)/queue
+	@if $(SUPERVISORCTL) pid >/dev/null 2>&1; then echo "supervisord is already running"; else \
+		PATH="$(abspath $(VENV))/bin:$$PATH" \
+		KESTRELQ_SUPERVISOR_PASSWORD="$$(cat $(HOST_PASSWORD))" \
+		$(VENV)/bin/supervisord -c conf/supervisord.conf; fi
+	@for i in $$(seq 100); do \
+		$(SUPERVISORCTL) status queue 2>/dev/null | grep -q RUNNING && break; sleep 0.1; done
+	@$(SUPERVISORCTL) status || true
+	@echo
+	@echo "Send a message:  cd app && ../$(PY) send.py 'hello'"
+	@echo "Worker output:   tail -f $(HOST_VAR)/log/work_worker_00.log"
+	@echo "Status page:     http://127.0.0.1:9001/ (user kestrelq, password in $(HOST_PASSWORD))"
+
+host-status: install
+	$(SUPERVISORCTL) status
+
+# supervisorctl shutdown returns before the programs are down: wait for the pid file to go.
+host-down: install
+	@$(SUPERVISORCTL) shutdown || true
+	@for i in $$(seq 600); do [ -e $(HOST_VAR)/run/supervisord.pid ] || break; sleep 0.1; done
+	@[ ! -e $(HOST_VAR)/run/supervisord.pid ] && echo "supervisord stopped"
 
 # ---- Containers (issue 3) ---------------------------------------------------------------------
 # The Docker engine, Compose v2 and the base image are set up by scripts/ (idempotent; the
