@@ -17,8 +17,13 @@ All integers are little-endian. The ops mirror Kestrel's (ADDX, REMOVE, REMOVE_T
 CONFIRM_REMOVE, UNREMOVE) plus FLUSH, with a checksum per record as LevelDB's log does. An ADD
 carries the flags and the delivery count, which Kestrel's journal had no room for.
 
-A compacted journal is itself made of ordinary records (ADD, then OPEN for each open read,
-then ADD for each ready item), so replay has no special case.
+Segments and checkpoints: a queue's journal is a series of segment files. Every segment
+starts with a checkpoint, the queue's state in records: CHECKPOINT (forget everything), then
+SNAP_ADD + OPEN for each open read, SNAP_ADD for each item held in memory, and BEHIND when
+more items are only on disk: "`count` more items follow, the ADD records from (segment,
+offset) on". Replay therefore reads only the newest segment; older segments are kept only while
+BEHIND points into them. SNAP_ADD differs from ADD only so that the reader of a read-behind
+region can skip snapshot copies of items it must not see twice.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ MAGIC = b"KQJ\x01"
 HEADER = struct.Struct("<II")  # length, crc32
 ADD_FIELDS = struct.Struct("<Iqqi")  # flags, added_ms, expires_ms, deliveries
 XID = struct.Struct("<Q")
+BEHIND_FIELDS = struct.Struct("<QQQQ")  # segment, offset, count, bytes
 RECORD_OVERHEAD = HEADER.size + 1
 
 
@@ -44,11 +50,36 @@ class Opcode(IntEnum):
     CONFIRM = 4
     UNREMOVE = 5
     FLUSH = 6
+    CHECKPOINT = 7
+    SNAP_ADD = 8
+    BEHIND = 9
 
 
 @dataclass(frozen=True, slots=True)
 class Add:
     item: Item
+
+
+@dataclass(frozen=True, slots=True)
+class SnapAdd:
+    """An item of a checkpoint (same meaning as Add, skipped by the read-behind reader)."""
+
+    item: Item
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A snapshot of the queue starts here: forget all earlier state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Behind:
+    """`count` items (`bytes` of data) not in memory: the ADD records from (segment, offset)."""
+
+    segment: int
+    offset: int
+    count: int
+    bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +113,11 @@ class Flush:
     """Every ready item was removed (open reads stay)."""
 
 
-Record = Add | Remove | Open | Confirm | Unremove | Flush
+Record = Add | Remove | Open | Confirm | Unremove | Flush | SnapAdd | Checkpoint | Behind
 
 REMOVE = Remove()
 FLUSH = Flush()
+CHECKPOINT = Checkpoint()
 
 
 def _frame(op: Opcode, payload: bytes) -> bytes:
@@ -96,9 +128,14 @@ def _frame(op: Opcode, payload: bytes) -> bytes:
 def encode(record: Record) -> bytes:
     """The bytes of one framed record."""
     match record:
-        case Add(item):
+        case Add(item) | SnapAdd(item):
+            op = Opcode.ADD if isinstance(record, Add) else Opcode.SNAP_ADD
             fields = ADD_FIELDS.pack(item.flags, item.added_ms, item.expires_ms, item.deliveries)
-            return _frame(Opcode.ADD, fields + item.data)
+            return _frame(op, fields + item.data)
+        case Checkpoint():
+            return _frame(Opcode.CHECKPOINT, b"")
+        case Behind(segment, offset, count, size):
+            return _frame(Opcode.BEHIND, BEHIND_FIELDS.pack(segment, offset, count, size))
         case Remove():
             return _frame(Opcode.REMOVE, b"")
         case Open(xid):
@@ -114,6 +151,12 @@ def encode(record: Record) -> bytes:
 class BadRecord(Exception):
     """The bytes at an offset are not a valid record (checksum, opcode or length)."""
 
+
+_BARE: dict[int, Record] = {
+    Opcode.REMOVE: REMOVE,
+    Opcode.FLUSH: FLUSH,
+    Opcode.CHECKPOINT: CHECKPOINT,
+}
 
 _XID_OPS: dict[int, type[Open] | type[Confirm] | type[Unremove]] = {
     Opcode.OPEN: Open,
@@ -142,16 +185,20 @@ def decode(buf: bytes | memoryview, offset: int, max_length: int) -> tuple[Recor
     if zlib.crc32(body) != crc:
         raise BadRecord("checksum mismatch")
     op = body[0]
-    if op == Opcode.ADD:
+    if op == Opcode.ADD or op == Opcode.SNAP_ADD:
         if length < 1 + ADD_FIELDS.size:
             raise BadRecord("short ADD record")
         flags, added_ms, expires_ms, deliveries = ADD_FIELDS.unpack_from(body, 1)
-        data = bytes(body[1 + ADD_FIELDS.size :])
-        return Add(Item(data, flags, added_ms, expires_ms, deliveries)), stop
-    if op == Opcode.REMOVE or op == Opcode.FLUSH:
+        item = Item(bytes(body[1 + ADD_FIELDS.size :]), flags, added_ms, expires_ms, deliveries)
+        return (Add(item) if op == Opcode.ADD else SnapAdd(item)), stop
+    if op in _BARE:
         if length != 1:
             raise BadRecord("payload on a record that has none")
-        return (REMOVE if op == Opcode.REMOVE else FLUSH), stop
+        return _BARE[op], stop
+    if op == Opcode.BEHIND:
+        if length != 1 + BEHIND_FIELDS.size:
+            raise BadRecord("bad BEHIND record length")
+        return Behind(*BEHIND_FIELDS.unpack_from(body, 1)), stop
     cls = _XID_OPS.get(op)
     if cls is None:
         raise BadRecord(f"unknown opcode {op}")

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kestrelq.errors import JournalCorrupt, JournalError, JournalFull, JournalWriteFailed
-from kestrelq.journal.format import MAGIC, RECORD_OVERHEAD, BadRecord, Record, decode, encode
+from kestrelq.journal.format import MAGIC, RECORD_OVERHEAD, Add, BadRecord, Record, decode, encode
 from kestrelq.queue.config import FsyncPolicy
+from kestrelq.queue.item import Item
 
 logger = logging.getLogger(__name__)
 
@@ -49,27 +50,59 @@ _WRITE_CHUNK_BYTES = 1 << 20
 class StoreLimits:
     max_record_bytes: int = (64 << 20) + 64
     reserve_bytes: int = 8 << 20
-    compact_min_bytes: int = 16 << 20
-    idle_compact_bytes: int = 64 << 10
+    segment_bytes: int = 64 << 20  # start a new segment after this much growth
+    idle_compact_bytes: int = 64 << 10  # an empty queue's segment is rewritten past this
+
+
+def segment_name(name: str, number: int) -> str:
+    return f"{name}.{number:010d}{SUFFIX}"
+
+
+def parse_segment_name(filename: str) -> tuple[str, int] | None:
+    """(queue, segment number) of a journal file name, None for anything else."""
+    if not filename.endswith(SUFFIX):
+        return None
+    queue, dot, number = filename[: -len(SUFFIX)].rpartition(".")
+    if not dot or not number.isdigit():
+        return None
+    return queue, int(number)
 
 
 class Journal:
-    """The journal file of one queue."""
+    """The journal of one queue: its segment files, appends, checkpoints, read-behind."""
 
-    def __init__(self, store: JournalStore, name: str, policy: FsyncPolicy) -> None:
+    def __init__(
+        self, store: JournalStore, name: str, policy: FsyncPolicy, segments: list[int]
+    ) -> None:
         self.store = store
         self.name = name
-        self.path = store.data_dir / f"{name}{SUFFIX}"
         self.policy = policy
+        self.segments = sorted(segments) or [1]
+        self.sizes: dict[int, int] = {}
+        self.current = self.segments[-1]
         self.fd = -1
         self.size = 0
-        self.records = 0
-        self.rewrites = 0
-        self._open()
+        self.base_size = 0
+        self.last_offset = 0
+        self.pointer = (self.current, len(MAGIC))
+        self.rotations = 0
+        self._open_current()
 
-    def _open(self) -> None:
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        self.size = os.fstat(self.fd).st_size
+    def path(self, number: int | None = None) -> Path:
+        return self.store.data_dir / segment_name(
+            self.name, self.current if number is None else number
+        )
+
+    @property
+    def total_size(self) -> int:
+        return sum(self.sizes.get(n, 0) for n in self.segments[:-1]) + self.size
+
+    def _open_current(self) -> None:
+        for number in self.segments[:-1]:
+            self.sizes[number] = self.path(number).stat().st_size
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        self.fd = os.open(self.path(), flags, 0o644)
+        self.size = self.base_size = os.fstat(self.fd).st_size
         if self.size < len(MAGIC):
             # New file, or one torn inside its header: start it cleanly.
             os.ftruncate(self.fd, 0)
@@ -77,19 +110,22 @@ class Journal:
             self._write(MAGIC)
             self.store.fsync_dir()
 
+    # -- appending -------------------------------------------------------------------------
+
     def append(self, record: Record, essential: bool) -> None:
         """Write one record, or raise JournalFull / JournalWriteFailed having written nothing."""
         store = self.store
         if store.reserve_released and not essential:
             raise JournalFull("disk full: new items refused until space is freed")
         data = encode(record)
+        offset = self.size
         try:
             self._write(data)
         except JournalFull:
             if not essential or not store.release_reserve():
                 raise
             self._write(data)
-        self.records += 1
+        self.last_offset = offset
         store.seq += 1
         if self.policy.mode == "always":
             store.always_seq = store.seq
@@ -109,56 +145,129 @@ class Journal:
             self._cut_back(start)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise JournalFull("disk full") from exc
-            raise JournalWriteFailed(f"{self.path}: {exc.strerror}") from exc
+            raise JournalWriteFailed(f"{self.path()}: {exc.strerror}") from exc
 
     def _cut_back(self, size: int) -> None:
         try:
             os.ftruncate(self.fd, size)
         except OSError:
-            logger.exception("could not cut %s back to %d bytes", self.path, size)
+            logger.exception("could not cut %s back to %d bytes", self.path(), size)
         self.size = size
 
-    def should_compact(self, live_bytes: int, live_records: int, idle: bool) -> bool:
-        live = live_bytes + live_records * (RECORD_OVERHEAD + 24) + len(MAGIC)
-        limits = self.store.limits
-        if idle and live_records == 0:
-            return self.size > limits.idle_compact_bytes
-        return self.size >= limits.compact_min_bytes and self.size > 2 * live
+    # -- read-behind (the queue's BehindReader) --------------------------------------------
 
-    def rewrite(self, records: Iterable[Record]) -> bool:
-        """Replace the file by `records` (the live state). False if there was no room."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
+    def mark(self) -> None:
+        self.pointer = (self.current, self.last_offset)
+
+    def seek(self, segment: int, offset: int) -> None:
+        self.pointer = (segment, offset)
+
+    def position(self) -> tuple[int, int]:
+        return self.pointer
+
+    def read(self, count: int, max_bytes: int) -> list[Item]:
+        items: list[Item] = []
+        size = 0
+        for record, segment, end in self._scan(*self.pointer):
+            if isinstance(record, Add):
+                items.append(record.item)
+                size += len(record.item.data)
+                self.pointer = (segment, end)
+                if len(items) >= count or size >= max_bytes:
+                    return items
+        if len(items) < count:
+            raise JournalCorrupt(str(self.path(self.pointer[0])), self.pointer[1],
+                                 f"{count - len(items)} items behind are missing")  # fmt: skip
+        return items
+
+    def _scan(self, segment: int, offset: int) -> Iterator[tuple[Record, int, int]]:
+        """Records from (segment, offset) to the end of the journal, with where each ends."""
+        for number in self.segments:
+            if number < segment:
+                continue
+            start = offset if number == segment else len(MAGIC)
+            for record, end in self.store.records(self.path(number), start, repair=False):
+                yield record, number, end
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def replay(self) -> Iterator[Record]:
+        """The records of the newest segment; `last_offset` tracks each one for mark()."""
+        start = len(MAGIC)
+        for record, end in self.store.records(self.path(), start, repair=True):
+            self.last_offset = start
+            yield record
+            start = end
+        self.size = os.fstat(self.fd).st_size
+
+    def verify_behind(self) -> None:
+        """Check every record an item behind will be read from (they are not replayed)."""
+        for _ in self._scan(*self.pointer):
+            pass
+
+    # -- segments --------------------------------------------------------------------------
+
+    def should_rotate(self, empty: bool, behind: bool) -> bool:
+        limits = self.store.limits
+        if self.size - self.base_size >= limits.segment_bytes:
+            return True
+        if empty and self.size > max(limits.idle_compact_bytes, self.base_size):
+            return True
+        keep_from = self.pointer[0] if behind else self.current
+        return self.segments[0] < keep_from
+
+    def rotate(self, records: Iterable[Record], behind: bool) -> bool:
+        """Start a new segment with `records` (a checkpoint); drop segments nothing needs.
+
+        Returns False, keeping the current segment, if the new one could not be written.
+        """
+        number = self.current + 1
+        final = self.path(number)
+        tmp = final.with_name(final.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         size = 0
         try:
             chunk = bytearray(MAGIC)
-            count = 0
             for record in records:
                 chunk += encode(record)
-                count += 1
                 if len(chunk) >= _WRITE_CHUNK_BYTES:
                     size += _write_all(fd, chunk)
                     chunk.clear()
             size += _write_all(fd, chunk)
             os.fsync(fd)
+            os.fsync(self.fd)  # the old segment may still hold items behind
         except OSError as exc:
             os.close(fd)
             tmp.unlink(missing_ok=True)
-            logger.warning("compaction of %s failed (%s); keeping the old journal", self.path, exc)
+            logger.warning("new segment for %s failed (%s); keeping the old one", self.name, exc)
             return False
         os.close(fd)
-        old_size = self.size
-        os.replace(tmp, self.path)
+        os.replace(tmp, final)
         self.store.fsync_dir()
+        old_total = self.total_size
         os.close(self.fd)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        self.size = size
-        self.records = count
-        self.rewrites += 1
+        self.sizes[self.current] = self.size
+        self.fd = os.open(final, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self.current = number
+        self.segments.append(number)
+        self.size = self.base_size = size
+        self.rotations += 1
         self.store.dirty_always.discard(self)
         self.store.dirty_periodic.discard(self)
-        logger.info("compacted journal %s: %d -> %d bytes", self.name, old_size, size)
+        keep_from = self.pointer[0] if behind else number
+        for old in [n for n in self.segments if n < keep_from]:
+            self.path(old).unlink(missing_ok=True)
+            self.segments.remove(old)
+            self.sizes.pop(old, None)
+        self.store.fsync_dir()
+        logger.info("journal %s: segment %d, %d -> %d bytes on disk",
+                    self.name, number, old_total, self.total_size)  # fmt: skip
         return True
+
+    def delete(self) -> None:
+        self.close()
+        for number in self.segments:
+            self.path(number).unlink(missing_ok=True)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -199,6 +308,7 @@ class JournalStore:
         self.dirty_periodic: set[Journal] = set()
         self.reserve_released = False
         self.needs_compaction: set[str] = set()
+        self._found: dict[str, list[int]] = {}
         self._lock_fd = -1
         self._dir_fd = -1
 
@@ -216,6 +326,7 @@ class JournalStore:
         self._dir_fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         for tmp in self.data_dir.glob(f"*{SUFFIX}.tmp"):
             tmp.unlink()
+        self._found = self._scan_dir()
         self.ensure_reserve()
 
     def close(self) -> None:
@@ -229,49 +340,71 @@ class JournalStore:
         self._dir_fd = self._lock_fd = -1
 
     def existing_names(self) -> list[str]:
-        return sorted(p.name[: -len(SUFFIX)] for p in self.data_dir.glob(f"*{SUFFIX}"))
+        return sorted(self._found)
+
+    def _scan_dir(self) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        for path in self.data_dir.iterdir():
+            parsed = parse_segment_name(path.name)
+            if parsed is not None:
+                found.setdefault(parsed[0], []).append(parsed[1])
+        return found
 
     # -- Storage protocol ----------------------------------------------------------------------
 
-    def log_for(self, name: str) -> Callable[[Record, bool], None]:
+    def journal(self, name: str) -> Journal:
         journal = self.journals.get(name)
         if journal is None:
-            journal = self.journals[name] = Journal(self, name, self.policy_for(name))
-        return journal.append
+            segments = self._found.pop(name, [])
+            journal = self.journals[name] = Journal(self, name, self.policy_for(name), segments)
+        return journal
+
+    def log_for(self, name: str) -> Callable[[Record, bool], None]:
+        return self.journal(name).append
+
+    def behind_for(self, name: str) -> Journal:
+        return self.journal(name)
 
     def drop(self, name: str) -> None:
         journal = self.journals.pop(name, None)
         if journal is not None:
             self.dirty_always.discard(journal)
             self.dirty_periodic.discard(journal)
-            journal.close()
-        (self.data_dir / f"{name}{SUFFIX}").unlink(missing_ok=True)
+            journal.delete()
         self.fsync_dir()
 
     def set_policies(self) -> None:
         for name, journal in self.journals.items():
             journal.policy = self.policy_for(name)
 
-    # -- recovery ----------------------------------------------------------------------------
+    # -- reading -------------------------------------------------------------------------------
 
     def recover(self, name: str) -> Iterator[Record]:
-        """Yield the records of a queue's journal, repairing a torn tail as it goes."""
-        path = self.data_dir / f"{name}{SUFFIX}"
-        with open(path, "r+b") as f:
+        """The records of a queue's newest segment, repairing a torn tail."""
+        return self.journal(name).replay()
+
+    def records(self, path: Path, start: int, repair: bool) -> Iterator[tuple[Record, int]]:
+        """(record, end offset) from `start` to the end of one segment file.
+
+        With `repair`, a torn tail is cut off the file (the newest segment after a crash);
+        without, it is damage like any other.
+        """
+        with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size <= len(MAGIC):
+            if size <= len(MAGIC) and repair:
                 return
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 view = memoryview(mapped)
                 try:
                     if view[: len(MAGIC)] != MAGIC:
                         raise JournalCorrupt(str(path), 0, "not a kestrelq journal")
-                    yield from self._records(path, view, size)
+                    yield from self._records(path, view, start, size, repair)
                 finally:
                     view.release()
 
-    def _records(self, path: Path, view: memoryview, size: int) -> Iterator[Record]:
-        offset = len(MAGIC)
+    def _records(
+        self, path: Path, view: memoryview, offset: int, size: int, repair: bool
+    ) -> Iterator[tuple[Record, int]]:
         max_len = self.limits.max_record_bytes
         while offset < size:
             try:
@@ -282,27 +415,28 @@ class JournalStore:
                 problem = str(exc)
             if decoded is not None:
                 record, offset = decoded
-                yield record
+                yield record, offset
                 continue
             resume = _next_valid(view, offset + 1, max_len)
-            if resume is None:
+            if resume is None and repair:
                 logger.warning(
                     "%s: torn tail at offset %d (%s): cutting off %d bytes; "
                     "DATA WRITTEN AFTER THE LAST FSYNC MAY HAVE BEEN LOST",
                     path, offset, problem, size - offset,
                 )  # fmt: skip
                 os.truncate(path, offset)
-                journal = self.journals.get(path.name[: -len(SUFFIX)])
-                if journal is not None:
-                    journal.size = offset
                 return
             if not self.salvage:
                 raise JournalCorrupt(str(path), offset, problem)
             logger.error(
                 "%s: damaged record at offset %d (%s): salvage skips %d bytes",
-                path, offset, problem, resume - offset,
+                path, offset, problem, (resume or size) - offset,
             )  # fmt: skip
-            self.needs_compaction.add(path.name[: -len(SUFFIX)])
+            parsed = parse_segment_name(path.name)
+            if parsed is not None:
+                self.needs_compaction.add(parsed[0])
+            if resume is None:
+                return
             offset = resume
 
     # -- durability --------------------------------------------------------------------------

@@ -17,11 +17,13 @@ from kestrelq.errors import ReadWhileOpen, TooManyOpenReads
 from kestrelq.queue import names
 from kestrelq.queue.config import QueueConfig
 from kestrelq.queue.item import Item
-from kestrelq.queue.state import LogFn, QueueState
+from kestrelq.queue.state import BehindReader, LogFn, QueueState
 
 
 class Storage(Protocol):
     def log_for(self, name: str) -> LogFn: ...
+
+    def behind_for(self, name: str) -> BehindReader | None: ...
 
     def drop(self, name: str) -> None: ...
 
@@ -94,6 +96,7 @@ class QueueCollection:
                 self._storage.log_for(name),
                 on_expired=functools.partial(self._expire, name),
                 on_dead=functools.partial(self._dead_letter, name),
+                behind=self._storage.behind_for(name),
             )
             self.queues[name] = state
             parent = names.fanout_parent(name)

@@ -51,6 +51,7 @@ class QueueConfig:
     max_deliveries: int = 0
     dead_letter: str = ""
     open_timeout_ms: int = 0
+    max_memory_bytes: int = 16 << 20  # ready items held in memory; the rest read behind
     fsync: FsyncPolicy | None = None  # None: the server's policy
 
     def dead_letter_queue(self, name: str) -> str:

@@ -15,6 +15,12 @@ deque and keeps it under a transaction id (xid) until it is confirmed (gone) or 
 at the head). Xids are never reused while the server runs, so a confirm for an open read that
 already timed out can never confirm somebody else's item.
 
+Read-behind: a queue holds at most `max_memory_bytes` of ready items in memory. Once an add
+would pass that, the item is only journalled and counted as *behind*; from then on every add
+goes behind (order!) until the reader has caught up. As the memory part drains below half, it
+is refilled from the journal through the injected `BehindReader`, which knows where the first
+behind ADD record is. So a backlog of millions costs disk, not RAM.
+
 Expired items are only removed from the head (as Kestrel does), on every add, remove, peek and
 on the periodic sweep. Items that must go elsewhere (expire-to, dead-letter) are handed to a
 callback *before* they are removed here, so a failure to store them elsewhere leaves them where
@@ -26,17 +32,22 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from kestrelq.errors import ItemRejected, QueueFull
 from kestrelq.journal.format import (
+    CHECKPOINT,
     FLUSH,
     REMOVE,
     Add,
+    Behind,
+    Checkpoint,
     Confirm,
     Flush,
     Open,
     Record,
     Remove,
+    SnapAdd,
     Unremove,
 )
 from kestrelq.queue.config import QueueConfig
@@ -45,6 +56,24 @@ from kestrelq.queue.item import Item
 # log(record, essential): essential records free the disk reserve if they must (see Storage).
 LogFn = Callable[[Record, bool], None]
 MoveFn = Callable[[Item], None]
+
+
+class BehindReader(Protocol):
+    """Reads items that are only in the journal, in order (see read-behind above)."""
+
+    def mark(self) -> None:
+        """The ADD record logged (or replayed) last is the first item behind."""
+
+    def seek(self, segment: int, offset: int) -> None:
+        """The first item behind is the ADD record at this position (from a checkpoint)."""
+
+    def position(self) -> tuple[int, int]:
+        """Where the first item behind is, for a checkpoint."""
+        ...
+
+    def read(self, count: int, max_bytes: int) -> list[Item]:
+        """Up to `count` next items behind, at least one, stopping past `max_bytes`."""
+        ...
 
 
 @dataclass(slots=True)
@@ -80,14 +109,18 @@ class QueueState:
         log: LogFn,
         on_expired: MoveFn = _no_move,
         on_dead: MoveFn = _no_move,
+        behind: BehindReader | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self.ready: deque[Item] = deque()
         self.open_reads: dict[int, OpenRead] = {}
-        self.bytes = 0
+        self.mem_bytes = 0
+        self.behind_items = 0
+        self.behind_bytes = 0
         self.stats = QueueStats()
         self._log = log
+        self._behind = behind
         self._on_expired = on_expired
         self._on_dead = on_dead
         self._next_xid = 1
@@ -96,7 +129,11 @@ class QueueState:
 
     @property
     def items(self) -> int:
-        return len(self.ready)
+        return len(self.ready) + self.behind_items
+
+    @property
+    def bytes(self) -> int:
+        return self.mem_bytes + self.behind_bytes
 
     @property
     def open_bytes(self) -> int:
@@ -109,13 +146,17 @@ class QueueState:
         return max(0, now_ms - self.stats.last_fetched_added_ms)
 
     def snapshot(self) -> Iterator[Record]:
-        """Records that rebuild this state from nothing: the body of a compacted journal."""
+        """Records that rebuild this state from nothing: the checkpoint of a new segment."""
+        yield CHECKPOINT
         for xid, read in self.open_reads.items():
             item = read.item
-            yield Add(replace(item, deliveries=max(0, item.deliveries - 1)))
+            yield SnapAdd(replace(item, deliveries=max(0, item.deliveries - 1)))
             yield Open(xid)
         for item in self.ready:
-            yield Add(item)
+            yield SnapAdd(item)
+        if self.behind_items and self._behind is not None:
+            segment, offset = self._behind.position()
+            yield Behind(segment, offset, self.behind_items, self.behind_bytes)
 
     # -- mutations (log first, then change) ----------------------------------------------
 
@@ -142,7 +183,7 @@ class QueueState:
     def remove(self, now_ms: int) -> Item | None:
         """Take the head item for good (plain get)."""
         self.discard_expired(now_ms)
-        if not self.ready:
+        if self._head() is None:
             return None
         item = self._remove_head()
         self.stats.last_fetched_added_ms = item.added_ms
@@ -150,14 +191,13 @@ class QueueState:
 
     def peek(self, now_ms: int) -> Item | None:
         self.discard_expired(now_ms)
-        return self.ready[0] if self.ready else None
+        return self._head()
 
     def open(self, now_ms: int) -> tuple[int, Item] | None:
         """Start a reliable read of the head item; returns (xid, item)."""
         self.discard_expired(now_ms)
         limit = self.config.max_deliveries
-        while self.ready:
-            head = self.ready[0]
+        while (head := self._head()) is not None:
             if limit and head.deliveries >= limit:
                 # Given out `limit` times and never confirmed: a poison message.
                 self._on_dead(replace(head, deliveries=0))
@@ -192,7 +232,7 @@ class QueueState:
 
     def flush(self) -> int:
         """Remove every ready item; open reads are left alone (Kestrel)."""
-        count = len(self.ready)
+        count = self.items
         if count:
             self._log(FLUSH, True)
             self._apply_flush()
@@ -202,8 +242,12 @@ class QueueState:
     def discard_expired(self, now_ms: int, limit: int = 0) -> int:
         """Remove expired items from the head; returns how many."""
         count = 0
-        while self.ready and self.ready[0].expired(now_ms) and (not limit or count < limit):
-            self._on_expired(replace(self.ready[0], expires_ms=0, deliveries=0))
+        while (
+            (head := self._head()) is not None
+            and head.expired(now_ms)
+            and (not limit or count < limit)
+        ):
+            self._on_expired(replace(head, expires_ms=0, deliveries=0))
             self._remove_head()
             self.stats.expired_items += 1
             count += 1
@@ -229,11 +273,13 @@ class QueueState:
             case Add(item):
                 self._append(item)
                 self.stats.total_items += 1
+            case SnapAdd(item):
+                self._append_memory(item)
             case Remove():
-                if self.ready:
+                if self._head() is not None:
                     self._pop_head()
             case Open(xid):
-                if self.ready:
+                if self._head() is not None:
                     self._apply_open(xid, 0)
                 self._next_xid = max(self._next_xid, xid + 1)
             case Confirm(xid):
@@ -243,6 +289,13 @@ class QueueState:
                     self._apply_unremove(xid)
             case Flush():
                 self._apply_flush()
+            case Checkpoint():
+                self._apply_flush()
+                self.open_reads.clear()
+            case Behind(segment, offset, count, size):
+                if self._behind is not None:
+                    self._behind.seek(segment, offset)
+                    self.behind_items, self.behind_bytes = count, size
 
     def reopened_xids(self) -> list[int]:
         """Open reads found after a replay, newest first (so unremoving keeps their order)."""
@@ -253,18 +306,47 @@ class QueueState:
     def _full(self, incoming_bytes: int) -> bool:
         cfg = self.config
         return bool(
-            (cfg.max_items and len(self.ready) >= cfg.max_items)
-            or (cfg.max_bytes and self.bytes + incoming_bytes > cfg.max_bytes and self.ready)
+            (cfg.max_items and self.items >= cfg.max_items)
+            or (cfg.max_bytes and self.bytes + incoming_bytes > cfg.max_bytes and self.items)
         )
 
     def _append(self, item: Item) -> None:
+        size = len(item.data)
+        behind = self._behind
+        if behind is not None and (
+            self.behind_items
+            or (self.ready and self.mem_bytes + size > self.config.max_memory_bytes)
+        ):
+            if not self.behind_items:
+                behind.mark()
+            self.behind_items += 1
+            self.behind_bytes += size
+        else:
+            self._append_memory(item)
+
+    def _append_memory(self, item: Item) -> None:
         self.ready.append(item)
-        self.bytes += len(item.data)
+        self.mem_bytes += len(item.data)
+
+    def _head(self) -> Item | None:
+        if not self.ready and self.behind_items:
+            self._refill()
+        return self.ready[0] if self.ready else None
 
     def _pop_head(self) -> Item:
         item = self.ready.popleft()
-        self.bytes -= len(item.data)
+        self.mem_bytes -= len(item.data)
+        if self.behind_items and self.mem_bytes < self.config.max_memory_bytes // 2:
+            self._refill()
         return item
+
+    def _refill(self) -> None:
+        assert self._behind is not None
+        room = max(1, self.config.max_memory_bytes - self.mem_bytes)
+        for item in self._behind.read(self.behind_items, room):
+            self._append_memory(item)
+            self.behind_items -= 1
+            self.behind_bytes -= len(item.data)
 
     def _remove_head(self) -> Item:
         self._log(REMOVE, True)
@@ -277,11 +359,11 @@ class QueueState:
     def _apply_unremove(self, xid: int) -> None:
         read = self.open_reads.pop(xid)
         self.ready.appendleft(read.item)
-        self.bytes += len(read.item.data)
+        self.mem_bytes += len(read.item.data)
 
     def _apply_flush(self) -> None:
         self.ready.clear()
-        self.bytes = 0
+        self.mem_bytes = self.behind_items = self.behind_bytes = 0
 
     def _take_xid(self) -> int:
         xid = self._next_xid

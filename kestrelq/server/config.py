@@ -47,7 +47,7 @@ class ServerConfig:
     max_line_bytes: int = 2048
     max_item_bytes: int = 64 << 20
     disk_reserve_bytes: int = 8 << 20
-    compact_min_bytes: int = 16 << 20
+    segment_bytes: int = 64 << 20
     salvage: bool = False
     shutdown_timeout_s: float = 10.0
     config_file: str = ""

@@ -118,10 +118,12 @@ class QueueProtocol(asyncio.Protocol):
         self._process()
 
     def eof_received(self) -> bool | None:
-        # The client is done sending: answer what it sent (a parked read included), then close.
+        # The client is done sending: answer what it sent, then close. One that is blocked in
+        # a get has gone away (a socket close looks the same as a half-close): like Kestrel,
+        # cancel its wait, so that an item never goes to a reader that is not there.
         self.eof = True
         self._process()
-        return True
+        return self.parked is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server

@@ -42,7 +42,7 @@ class Server:
             StoreLimits(
                 max_record_bytes=config.max_item_bytes + 64,
                 reserve_bytes=config.disk_reserve_bytes,
-                compact_min_bytes=config.compact_min_bytes,
+                segment_bytes=config.segment_bytes,
             ),
             salvage=config.salvage,
         )
@@ -86,12 +86,14 @@ class Server:
             state = self.collection.queue(name)
             for record in store.recover(name):
                 state.apply(record)
+            if state.behind_items:
+                store.journal(name).verify_behind()
             # Reads that were open when the server stopped go back to the head.
             for xid in state.reopened_xids():
                 state.unremove(xid)
             items += state.items
         for name in list(store.needs_compaction):
-            self._compact(name, force=True)
+            self._rotate(name, force=True)
         store.needs_compaction.clear()
         store.sync_all()
         logger.info(
@@ -290,19 +292,20 @@ class Server:
         coll.flush_all_expired(now_ms)
         coll.time_out_reads(now_ms)
         for name in list(coll.queues):
-            self._compact(name)
+            self._rotate(name)
         if self.store.reserve_released:
             self.store.ensure_reserve()
 
-    def _compact(self, name: str, force: bool = False) -> None:
+    def _rotate(self, name: str, force: bool = False) -> None:
+        """Start a new journal segment when the old ones hold mostly dead records."""
         state = self.collection.existing(name)
         journal = self.store.journals.get(name)
         if state is None or journal is None:
             return
-        live_records = state.items + len(state.open_reads)
-        live_bytes = state.bytes + state.open_bytes
-        if force or journal.should_compact(live_bytes, live_records, idle=not state.items):
-            journal.rewrite(state.snapshot())
+        empty = not state.items and not state.open_reads
+        behind = bool(state.behind_items)
+        if force or journal.should_rotate(empty, behind):
+            journal.rotate(state.snapshot(), behind)
 
     def reload(self) -> None:
         """Re-read the config file: queue settings change, listeners and limits do not."""
@@ -354,7 +357,7 @@ class Server:
             ("queue_expires", c.queue_expires),
             ("fsync_policy", self.config.fsync),
             ("fsyncs", self.store.fsyncs),
-            ("journal_bytes", sum(j.size for j in self.store.journals.values())),
+            ("journal_bytes", sum(j.total_size for j in self.store.journals.values())),
             ("disk_full", int(self.store.reserve_released)),
         ]
         for name in sorted(coll.queues):
@@ -369,10 +372,10 @@ class Server:
             ("items", state.items),
             ("bytes", state.bytes),
             ("total_items", s.total_items),
-            ("logsize", journal.size if journal else 0),
+            ("logsize", journal.total_size if journal else 0),
             ("expired_items", s.expired_items),
-            ("mem_items", state.items),
-            ("mem_bytes", state.bytes),
+            ("mem_items", len(state.ready)),
+            ("mem_bytes", state.mem_bytes),
             ("age", state.age_ms(now_ms)),
             ("discarded", s.discarded),
             ("waiters", len(self.waiters.get(name, ()))),
@@ -380,7 +383,7 @@ class Server:
             ("transactions", s.transactions),
             ("canceled_transactions", s.canceled_transactions),
             ("total_flushes", s.total_flushes),
-            ("journal_rewrites", journal.rewrites if journal else 0),
+            ("journal_rotations", journal.rotations if journal else 0),
             ("dead_lettered", s.dead_lettered),
             ("timed_out_transactions", s.timed_out_transactions),
         ]

@@ -15,6 +15,8 @@ from kestrelq.journal.store import JournalStore, StoreLimits
 from kestrelq.queue.config import FsyncPolicy
 from kestrelq.queue.item import Item
 
+SEGMENT_1 = "q.0000000001.kqj"
+
 RECORDS: list[fmt.Record] = [
     fmt.Add(Item(b"hello", 7, 1000, 2000, 0)),
     fmt.Add(Item(b"", 0, 1, 0, 3)),
@@ -59,7 +61,7 @@ def write(path: Path, records: list[fmt.Record]) -> Path:
     for record in records:
         log(record, False)
     store.close()
-    return path / "q.kqj"
+    return path / SEGMENT_1
 
 
 def recovered(path: Path, **kw: object) -> list[fmt.Record]:
@@ -119,7 +121,7 @@ def test_salvage_skips_the_damaged_record(tmp_path: Path) -> None:
 
 
 def test_not_a_journal(tmp_path: Path) -> None:
-    (tmp_path / "q.kqj").write_bytes(b"something else entirely")
+    (tmp_path / SEGMENT_1).write_bytes(b"something else entirely")
     with pytest.raises(JournalCorrupt, match="not a kestrelq journal"):
         recovered(tmp_path)
 
@@ -178,22 +180,48 @@ def test_disk_full_releases_reserve_for_reads_only(tmp_path: Path) -> None:
     assert recovered(tmp_path) == [RECORDS[0], fmt.REMOVE, RECORDS[0]]
 
 
-def test_compaction_rewrites_to_live_state(tmp_path: Path) -> None:
-    store = JournalStore(tmp_path, lambda n: FsyncPolicy("never"),
-                         StoreLimits(reserve_bytes=0, compact_min_bytes=1024))  # fmt: skip
+def test_rotation_starts_a_segment_with_a_checkpoint_and_drops_old_ones(tmp_path: Path) -> None:
+    limits = StoreLimits(reserve_bytes=0, segment_bytes=1024)
+    store = JournalStore(tmp_path, lambda n: FsyncPolicy("never"), limits)
     store.open()
     log = store.log_for("q")
-    for _ in range(100):
+    for _ in range(20):
         log(fmt.Add(Item(b"x" * 100)), False)
         log(fmt.REMOVE, False)
     journal = store.journals["q"]
-    assert journal.should_compact(live_bytes=0, live_records=0, idle=False)
-    assert journal.rewrite([fmt.Add(Item(b"live"))])
-    assert journal.size == len(fmt.MAGIC) + len(fmt.encode(fmt.Add(Item(b"live"))))
+    assert journal.should_rotate(empty=True, behind=False)
+    snapshot = [fmt.CHECKPOINT, fmt.SnapAdd(Item(b"live"))]
+    assert journal.rotate(snapshot, behind=False)
+    assert journal.segments == [2]
+    assert sorted(p.name for p in tmp_path.glob("*.kqj")) == ["q.0000000002.kqj"]
     log(fmt.Add(Item(b"after")), False)
+    assert not journal.should_rotate(empty=False, behind=False)
     store.close()
-    assert recovered(tmp_path) == [fmt.Add(Item(b"live")), fmt.Add(Item(b"after"))]
+    store = store_at(tmp_path)
+    assert list(store.recover("q")) == [*snapshot, fmt.Add(Item(b"after"))]
+    store.close()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_segments_stay_while_items_behind_point_into_them(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    log = store.log_for("q")
+    journal = store.journals["q"]
+    log(fmt.Add(Item(b"first")), False)
+    log(fmt.Add(Item(b"behind-1")), False)
+    journal.mark()  # the item just logged is the first one behind
+    log(fmt.Add(Item(b"behind-2")), False)
+    position = journal.position()
+    checkpoint = [fmt.CHECKPOINT, fmt.SnapAdd(Item(b"first")), fmt.Behind(*position, 2, 16)]
+    assert journal.rotate(checkpoint, behind=True)
+    assert journal.segments == [1, 2]  # segment 1 still holds the items behind
+    log(fmt.Add(Item(b"behind-3")), False)
+    assert [i.data for i in journal.read(2, 1 << 20)] == [b"behind-1", b"behind-2"]
+    assert [i.data for i in journal.read(1, 1 << 20)] == [b"behind-3"]  # across segments
+    assert journal.should_rotate(empty=False, behind=False)  # nothing behind any more
+    assert journal.rotate([fmt.CHECKPOINT], behind=False)
+    assert journal.segments == [3]
+    store.close()
 
 
 def test_data_dir_is_locked(tmp_path: Path) -> None:

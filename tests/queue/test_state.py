@@ -13,7 +13,7 @@ from kestrelq.errors import (
     ReadWhileOpen,
     TooManyOpenReads,
 )
-from kestrelq.journal.format import Record
+from kestrelq.journal.format import Add, Record
 from kestrelq.queue.collection import GetOptions, QueueCollection, Session
 from kestrelq.queue.config import QueueConfig
 from kestrelq.queue.item import Item
@@ -25,6 +25,33 @@ CLOSE = GetOptions(close=True)
 ABORT = GetOptions(abort=True)
 PEEK = GetOptions(peek=True)
 PLAIN = GetOptions()
+
+
+class ListBehind:
+    """A BehindReader over a list of records: positions are (0, index)."""
+
+    def __init__(self, log: list[Record]) -> None:
+        self.log = log
+        self.index = 0
+        self.last = -1  # the record appended or replayed last, as a journal tracks it
+
+    def mark(self) -> None:
+        self.index = self.last if self.last >= 0 else len(self.log) - 1
+
+    def seek(self, segment: int, offset: int) -> None:
+        self.index = offset
+
+    def position(self) -> tuple[int, int]:
+        return 0, self.index
+
+    def read(self, count: int, max_bytes: int) -> list[Item]:
+        items: list[Item] = []
+        while len(items) < count and (not items or sum(len(i.data) for i in items) < max_bytes):
+            record = self.log[self.index]
+            self.index += 1
+            if isinstance(record, Add):
+                items.append(record.item)
+        return items
 
 
 class MemoryStorage:
@@ -45,6 +72,9 @@ class MemoryStorage:
 
         return append
 
+    def behind_for(self, name: str) -> ListBehind:
+        return ListBehind(self.logs.setdefault(name, []))  # live: `last` is the list's end
+
     def drop(self, name: str) -> None:
         self.dropped.append(name)
         self.logs.pop(name, None)
@@ -61,11 +91,16 @@ def item(data: bytes, now_ms: int = 1000, **kw: int) -> Item:
     return Item(data, added_ms=now_ms, **kw)
 
 
-def replayed(storage: MemoryStorage, name: str, config: QueueConfig = QueueConfig()) -> QueueState:
-    state = QueueState(name, config, lambda r, e: None)
-    for record in storage.logs[name]:
-        state.apply(record)
+def replay_into(state: QueueState, behind: ListBehind, start: int = 0) -> QueueState:
+    for index in range(start, len(behind.log)):
+        behind.last = index
+        state.apply(behind.log[index])
     return state
+
+
+def replayed(storage: MemoryStorage, name: str, config: QueueConfig = QueueConfig()) -> QueueState:
+    behind = ListBehind(storage.logs[name])
+    return replay_into(QueueState(name, config, lambda r, e: None, behind=behind), behind)
 
 
 def same(a: QueueState, b: QueueState) -> None:
@@ -296,3 +331,50 @@ def test_snapshot_rebuilds_state_with_delivery_counts() -> None:
         rebuilt.apply(record)
     same(state, rebuilt)
     assert rebuilt.open_reads[1].item == replace(item(b"m0"), deliveries=1)
+
+
+def test_read_behind_keeps_a_window_in_memory_and_replays() -> None:
+    coll, storage, _ = make(QueueConfig(max_memory_bytes=50))
+    for i in range(100):
+        coll.add("q", item(b"m%08d" % i), 0)  # 9 bytes each
+    state = coll.queue("q")
+    assert state.items == 100 and state.bytes == 900
+    assert len(state.ready) <= 6 and state.behind_items >= 94
+    s = Session(coll)
+    got = [s.get("q", PLAIN, 0).data for _ in range(30)]  # type: ignore[union-attr]
+    assert got == [b"m%08d" % i for i in range(30)]
+    assert state.mem_bytes <= 50 + 9
+
+    config = QueueConfig(max_memory_bytes=50)
+    again = replayed(storage, "q", config)
+    same(state, again)
+    assert (again.items, again.behind_items) == (state.items, state.behind_items)
+
+    # A checkpoint (the start of a new segment) rebuilds it too, pointing into the old log.
+    log = storage.logs["q"]
+    checkpoint_at = len(log)
+    log.extend(state.snapshot())
+    behind = ListBehind(log)
+    from_checkpoint = QueueState("q", config, lambda r, e: None, behind=behind)
+    replay_into(from_checkpoint, behind, checkpoint_at)
+    same(state, from_checkpoint)
+    rest = [from_checkpoint.remove(0).data for _ in range(70)]  # type: ignore[union-attr]
+    assert rest == [b"m%08d" % i for i in range(30, 100)]
+    assert from_checkpoint.items == 0 and from_checkpoint.remove(0) is None
+
+
+def test_read_behind_with_open_reads_flush_and_limits() -> None:
+    coll, storage, _ = make(QueueConfig(max_memory_bytes=20, max_items=10))
+    for i in range(10):
+        coll.add("q", item(b"x%d" % i), 0)
+    with pytest.raises(QueueFull):  # limits count items behind too
+        coll.add("q", item(b"over"), 0)
+    s = Session(coll, max_open_reads=3)
+    assert [s.get("q", OPEN, 0).data for _ in range(3)] == [b"x0", b"x1", b"x2"]  # type: ignore[union-attr]
+    state = coll.queue("q")
+    assert state.flush() == 7
+    assert state.items == 0 and state.behind_items == 0
+    coll.add("q", item(b"after"), 0)
+    s.release_all()
+    assert [i.data for i in state.ready] == [b"x0", b"x1", b"x2", b"after"]
+    same(state, replayed(storage, "q", QueueConfig(max_memory_bytes=20)))

@@ -15,6 +15,7 @@ import pytest
 from helpers import ServerProcess, Wire, server_stats, wait_until
 
 from kestrelq import __version__
+from kestrelq.journal.store import segment_name
 
 VERSION = f"VERSION {__version__}\r\n".encode()
 MAX_ITEM_BYTES = 1024
@@ -201,7 +202,7 @@ def test_128_byte_name_and_every_allowed_character_work(srv: ServerProcess) -> N
                 w.call(f"get {name}\r\n".encode()) == f"VALUE {name} 0 1\r\nx\r\nEND\r\n".encode()
             )
     files = {p.name for p in srv.data_dir.iterdir()}
-    assert {f"{longest}.kqj", f"{odd}.kqj"} <= files
+    assert {segment_name(longest, 1), segment_name(odd, 1)} <= files
     assert all(p.resolve().parent == srv.data_dir.resolve() for p in srv.data_dir.iterdir())
 
 

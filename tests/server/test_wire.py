@@ -14,6 +14,7 @@ import pytest
 from helpers import ServerProcess, Wire, server_stats, wait_until
 
 from kestrelq import __version__
+from kestrelq.journal.store import segment_name
 
 
 def put(wire: Wire, queue: str, data: bytes, flags: int = 0, exptime: int = 0) -> bytes:
@@ -255,9 +256,9 @@ def test_peek_with_timeout_waits_for_an_item(server: ServerProcess) -> None:
 def test_delete_removes_queue_and_journal(server: ServerProcess) -> None:
     with Wire(server.port) as w:
         assert put(w, "gone", b"a") == b"STORED\r\n"
-        assert (server.data_dir / "gone.kqj").exists()
+        assert (server.data_dir / segment_name("gone", 1)).exists()
         assert w.call(b"delete gone\r\n") == b"DELETED\r\n"
-        assert not (server.data_dir / "gone.kqj").exists()
+        assert not (server.data_dir / segment_name("gone", 1)).exists()
         assert "queue_gone_items" not in server_stats(server.port)
         assert w.call(b"delete never_existed\r\n") == b"DELETED\r\n"
         assert w.call(b"get gone\r\n") == b"END\r\n"
