@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,15 @@ class Stack:
 
     def restart_after_kill(self, name: str) -> tuple[int, int]:
         """kill -9 a RUNNING program; wait until supervisord runs it again. (old, new) pid."""
-        old = wait_until(lambda: self.sup.running(name), 30, what=f"{name} RUNNING")["pid"]
+        before = wait_until(lambda: self.sup.running(name), 30, what=f"{name} RUNNING")
+        assert before is not None
+        old: int = before["pid"]
         os.kill(old, signal.SIGKILL)
-        new = wait_until(lambda: self.sup.running(name, not_pid=old), 30, what=f"{name} restarted")[
-            "pid"
-        ]
+        after = wait_until(
+            lambda: self.sup.running(name, not_pid=old), 30, what=f"{name} restarted"
+        )
+        assert after is not None
+        new: int = after["pid"]
         return old, new
 
 
@@ -76,7 +81,7 @@ def start_stack(root: Path, workers: int) -> Stack:
     ).wait_ready()
     names = [f"work_worker:work_worker_{n:02d}" for n in range(workers)]
     for name in [QUEUE, *names]:
-        wait_until(lambda name=name: sup.running(name), 30, what=f"{name} RUNNING")
+        wait_until(partial(sup.running, name), 30, what=f"{name} RUNNING")
     return Stack(sup, stack.port, root, handled, names)
 
 

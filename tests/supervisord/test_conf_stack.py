@@ -16,6 +16,7 @@ from supervisor.options import ServerOptions
 
 from kestrelq.supervisord.stack import (
     Overrides,
+    Stack,
     StackError,
     apply_overrides,
     drift,
@@ -28,7 +29,7 @@ from kestrelq.supervisord.stack import (
 CONF = REPO / "conf"
 
 
-def committed_stack():  # type: ignore[no-untyped-def]
+def committed_stack() -> Stack:
     return load_stack(CONF / "stack.toml")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_host_stack_runs_and_workers_handle_what_send_py_sends(tmp_path: Path) -
     try:
         sup.wait_ready()
         for name in ("queue:queue", "work_worker:work_worker_00", "work_worker:work_worker_01"):
-            wait_until(lambda name=name: sup.running(name), 30, what=f"{name} RUNNING")
+            wait_until(partial(sup.running, name), 30, what=f"{name} RUNNING")
         status = supervisorctl(conf / "supervisord.conf", "status")
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("RUNNING") == 4, status.stdout  # queue, 2 workers, listener
