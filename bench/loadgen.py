@@ -1,0 +1,337 @@
+"""A pipelined asyncio load generator over the raw memcache text protocol.
+
+pymemcache spends tens of microseconds of Python per call, so one client process cannot show
+what the server itself can do. Here M connections each keep K commands in flight: the K
+commands go out in one write and their K replies are read back before the next batch. The
+client's cost per message drops roughly K-fold, and the server's CPU per message (read from
+/proc by the caller) becomes the number to compare with memcached's.
+
+    python -m bench.loadgen --port 22133 --kind kestrelq --messages 100000 --depth 32
+
+Latencies here are per batch (the round trip of K pipelined commands), not per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+from bench import procstat
+from bench.drivers import QUEUE, make_payload, parse_id
+from bench.runner import percentile
+from bench.servers import HOST
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STORED = b"STORED\r\n"
+
+
+class LoadgenError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadPhase:
+    messages: int
+    seconds: float
+    batch_p50_us: float
+    batch_p99_us: float
+    server_cpu_us_per_msg: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class LoadResult:
+    kind: str
+    mode: str
+    connections: int
+    depth: int
+    size: int
+    enqueue: LoadPhase
+    dequeue: LoadPhase
+    returned: int
+    missing: int
+    corrupt: int
+    duplicates: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0 and self.corrupt == 0 and self.duplicates == 0
+
+
+def _batches(ids: range, depth: int) -> list[range]:
+    return [ids[i : i + depth] for i in range(0, len(ids), depth)]
+
+
+async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(HOST, port, limit=1 << 24)
+
+
+async def _read_value(reader: asyncio.StreamReader) -> bytes | None:
+    """One reply to a `get`: the data block, or None for a bare END (miss or empty queue)."""
+    line = await reader.readline()
+    if line == b"END\r\n":
+        return None
+    parts = line.split()
+    if len(parts) < 4 or parts[0] != b"VALUE":
+        raise LoadgenError(f"unexpected reply to get: {line[:200]!r}")
+    n = int(parts[3])
+    block = await reader.readexactly(n + 2)
+    end = await reader.readline()
+    if end != b"END\r\n":
+        raise LoadgenError(f"no END after value: {end[:200]!r}")
+    return block[:n]
+
+
+async def _put_conn(
+    port: int, kind: str, queue: str, ids: range, size: int, depth: int, lat: list[float]
+) -> None:
+    reader, writer = await _open(port)
+    try:
+        for batch in _batches(ids, depth):
+            parts = []
+            for i in batch:
+                key = f"k{i}" if kind == "memcached" else queue
+                parts.append(
+                    b"set %s 0 0 %d\r\n%s\r\n" % (key.encode(), size, make_payload(i, size))
+                )
+            t0 = time.perf_counter_ns()
+            writer.write(b"".join(parts))
+            expected = STORED * len(batch)
+            # Fixed-size replies: read them all at once; anything else is a failure to report.
+            try:
+                got = await reader.readexactly(len(expected))
+            except asyncio.IncompleteReadError as exc:
+                raise LoadgenError(f"connection closed during set: {exc.partial[:200]!r}") from None
+            lat.append((time.perf_counter_ns() - t0) / 1000.0)
+            if got != expected:
+                raise LoadgenError(f"set not STORED: {got[:200]!r}")
+    finally:
+        writer.close()
+
+
+async def _take_conn(
+    port: int,
+    kind: str,
+    key: str,
+    own_ids: range,
+    depth: int,
+    lat: list[float],
+    out: list[bytes],
+) -> None:
+    reader, writer = await _open(port)
+    try:
+        if kind == "memcached":
+            for batch in _batches(own_ids, depth):
+                t0 = time.perf_counter_ns()
+                writer.write(b"".join(b"get k%d\r\n" % i for i in batch))
+                for _ in batch:
+                    value = await _read_value(reader)
+                    if value is None:
+                        raise LoadgenError("memcached lost a key (cache too small?)")
+                    out.append(value)
+                lat.append((time.perf_counter_ns() - t0) / 1000.0)
+            return
+        command = b"get %s\r\n" % key.encode()
+        drained = False
+        while not drained:
+            t0 = time.perf_counter_ns()
+            writer.write(command * depth)
+            for _ in range(depth):
+                value = await _read_value(reader)
+                if value is None:
+                    # All producers are done, so an empty reply means the queue is drained.
+                    drained = True
+                else:
+                    out.append(value)
+            lat.append((time.perf_counter_ns() - t0) / 1000.0)
+    finally:
+        writer.close()
+
+
+async def _gather(coros: list[Awaitable[T]]) -> list[T]:
+    return list(await asyncio.gather(*coros))
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
+    if use_uvloop:
+        try:
+            import uvloop
+
+            return uvloop.run(main())
+        except ImportError:
+            log.info("uvloop is not installed; using the default event loop")
+    return asyncio.run(main())
+
+
+def _phase(messages: int, seconds: float, lat: list[float], cpu_ns: int | None) -> LoadPhase:
+    return LoadPhase(
+        messages=messages,
+        seconds=seconds,
+        batch_p50_us=percentile(lat, 50),
+        batch_p99_us=percentile(lat, 99),
+        server_cpu_us_per_msg=None if cpu_ns is None or not messages else cpu_ns / 1000 / messages,
+    )
+
+
+def enqueue(
+    port: int,
+    kind: str,
+    messages: int,
+    size: int,
+    connections: int,
+    depth: int,
+    *,
+    queue: str = QUEUE,
+    pid: int | None = None,
+    use_uvloop: bool = True,
+) -> LoadPhase:
+    """Send `messages` sets over `connections` connections, `depth` in flight on each."""
+    lat: list[float] = []
+
+    async def main() -> list[None]:
+        return await _gather(
+            [
+                _put_conn(port, kind, queue, range(c, messages, connections), size, depth, lat)
+                for c in range(connections)
+            ]
+        )
+
+    cpu0 = procstat.cpu_ns(pid) if pid else None
+    t0 = time.perf_counter()
+    _run(main, use_uvloop)
+    seconds = time.perf_counter() - t0
+    cpu = procstat.cpu_ns(pid) - cpu0 if pid and cpu0 is not None else None
+    return _phase(messages, seconds, lat, cpu)
+
+
+def dequeue(
+    port: int,
+    kind: str,
+    messages: int,
+    connections: int,
+    depth: int,
+    *,
+    mode: str = "plain",
+    queue: str = QUEUE,
+    pid: int | None = None,
+    use_uvloop: bool = True,
+) -> tuple[LoadPhase, list[bytes]]:
+    """Drain the queue (or read back memcached's keys); return the phase and what came back."""
+    lat: list[float] = []
+    out: list[bytes] = []
+    key = f"{queue}/close/open" if mode == "reliable" else queue
+
+    async def main() -> list[None]:
+        return await _gather(
+            [
+                _take_conn(port, kind, key, range(c, messages, connections), depth, lat, out)
+                for c in range(connections)
+            ]
+        )
+
+    cpu0 = procstat.cpu_ns(pid) if pid else None
+    t0 = time.perf_counter()
+    _run(main, use_uvloop)
+    seconds = time.perf_counter() - t0
+    cpu = procstat.cpu_ns(pid) - cpu0 if pid and cpu0 is not None else None
+    return _phase(len(out), seconds, lat, cpu), out
+
+
+def verify(values: list[bytes], messages: int, size: int) -> tuple[int, int, int]:
+    """(missing, corrupt, duplicates) of what came back against ids 0..messages-1."""
+    seen: set[int] = set()
+    corrupt = duplicates = 0
+    for v in values:
+        try:
+            i = parse_id(v)
+        except ValueError:
+            corrupt += 1
+            continue
+        if v != make_payload(i, size) or not 0 <= i < messages:
+            corrupt += 1
+            continue
+        if i in seen:
+            duplicates += 1
+        seen.add(i)
+    return messages - len(seen), corrupt, duplicates
+
+
+def run(
+    port: int,
+    kind: str,
+    messages: int,
+    size: int,
+    connections: int,
+    depth: int,
+    *,
+    mode: str = "plain",
+    pid: int | None = None,
+    use_uvloop: bool = True,
+) -> LoadResult:
+    enq = enqueue(port, kind, messages, size, connections, depth, pid=pid, use_uvloop=use_uvloop)
+    deq, values = dequeue(
+        port, kind, messages, connections, depth, mode=mode, pid=pid, use_uvloop=use_uvloop
+    )
+    missing, corrupt, duplicates = verify(values, messages, size)
+    return LoadResult(
+        kind=kind,
+        mode=mode,
+        connections=connections,
+        depth=depth,
+        size=size,
+        enqueue=enq,
+        dequeue=deq,
+        returned=len(values),
+        missing=missing,
+        corrupt=corrupt,
+        duplicates=duplicates,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--kind", choices=("kestrelq", "memcached"), default="kestrelq")
+    parser.add_argument("--mode", choices=("plain", "reliable"), default="plain")
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--depth", type=int, default=32)
+    parser.add_argument("--pid", type=int, help="server pid, to report its CPU per message")
+    parser.add_argument("--no-uvloop", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = run(
+        args.port,
+        args.kind,
+        args.messages,
+        args.size,
+        args.connections,
+        args.depth,
+        mode=args.mode,
+        pid=args.pid,
+        use_uvloop=not args.no_uvloop,
+    )
+    out = asdict(result)
+    out["enqueue"]["rate"] = result.enqueue.rate
+    out["dequeue"]["rate"] = result.dequeue.rate
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0 if result.complete else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

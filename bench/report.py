@@ -1,0 +1,219 @@
+"""Turn repeated runs into medians, ratios to kestrelq, a Markdown table and a PNG chart."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.drivers import OP_NAMES
+from bench.runner import PhaseResult, RunResult
+
+# Which kestrelq mode a peer's row is held against: its closest equivalent.
+REFERENCE_MODE = {"kv": "plain", "plain": "plain", "reliable": "reliable"}
+
+
+@dataclass
+class Row:
+    """The median over the repeats of one (server, mode, clients) run."""
+
+    label: str
+    kind: str
+    mode: str
+    clients: int
+    runs: int
+    verified: int
+    enq_rate: float
+    enq_p50: float
+    enq_p99: float
+    enq_cpu: float
+    deq_rate: float
+    deq_p50: float
+    deq_p99: float
+    deq_cpu: float
+    peak_rss_mb: float
+    enq_ratio: float | None = None
+    deq_ratio: float | None = None
+
+    @property
+    def ops(self) -> tuple[str, str]:
+        return OP_NAMES[(self.kind, self.mode)]
+
+
+def _median(results: list[RunResult], get: Callable[[RunResult], float]) -> float:
+    return statistics.median(get(r) for r in results)
+
+
+def _phase(getter: Callable[[RunResult], PhaseResult]) -> tuple[Callable[[RunResult], float], ...]:
+    return (
+        lambda r: getter(r).rate,
+        lambda r: getter(r).percentile(50),
+        lambda r: getter(r).percentile(99),
+        lambda r: getter(r).cpu_us_per_msg,
+    )
+
+
+def aggregate(results: Iterable[RunResult], ref_label: str) -> list[Row]:
+    groups: dict[tuple[str, str, int], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.server_label, r.config.mode, r.config.clients), []).append(r)
+    rows: list[Row] = []
+    for (label, mode, clients), rs in groups.items():
+        enq = [_median(rs, f) for f in _phase(lambda r: r.enqueue)]
+        deq = [_median(rs, f) for f in _phase(lambda r: r.dequeue)]
+        rows.append(
+            Row(
+                label=label,
+                kind=rs[0].config.kind,
+                mode=mode,
+                clients=clients,
+                runs=len(rs),
+                verified=sum(1 for r in rs if r.complete),
+                enq_rate=enq[0],
+                enq_p50=enq[1],
+                enq_p99=enq[2],
+                enq_cpu=enq[3],
+                deq_rate=deq[0],
+                deq_p50=deq[1],
+                deq_p99=deq[2],
+                deq_cpu=deq[3],
+                peak_rss_mb=_median(rs, lambda r: r.peak_rss_kb / 1024.0),
+            )
+        )
+    by_key = {(r.label, r.mode, r.clients): r for r in rows}
+    for row in rows:
+        ref = by_key.get((ref_label, REFERENCE_MODE[row.mode], row.clients))
+        if ref is not None and ref.enq_rate > 0 and ref.deq_rate > 0:
+            row.enq_ratio = row.enq_rate / ref.enq_rate
+            row.deq_ratio = row.deq_rate / ref.deq_rate
+    return rows
+
+
+def _fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def table(rows: list[Row], ref_label: str) -> str:
+    head = (
+        "| server | mode | C | enqueue op | enq msg/s | enq vs ref | enq p50 µs | enq p99 µs "
+        "| enq CPU µs/msg | dequeue op | deq msg/s | deq vs ref | deq p50 µs | deq p99 µs "
+        "| deq CPU µs/msg | peak RSS MB | verified |"
+    )
+    lines = [head, "|" + "---|" * 17]
+    for r in rows:
+        put_op, take_op = r.ops
+        lines.append(
+            f"| {r.label} | {r.mode} | {r.clients} | {put_op} | {r.enq_rate:,.0f} "
+            f"| {_fmt_ratio(r.enq_ratio)} | {r.enq_p50:.0f} | {r.enq_p99:.0f} | {r.enq_cpu:.1f} "
+            f"| {take_op} | {r.deq_rate:,.0f} | {_fmt_ratio(r.deq_ratio)} | {r.deq_p50:.0f} "
+            f"| {r.deq_p99:.0f} | {r.deq_cpu:.1f} | {r.peak_rss_mb:.1f} | {r.verified}/{r.runs} |"
+        )
+    note = (
+        f"\n'vs ref' is the row's median rate divided by {ref_label}'s in the matching mode "
+        "(memcached's get against plain `get q`; beanstalkd's reserve+delete against "
+        "`get q/close/open`). Latency is per operation as the client saw it; CPU is the "
+        "server's, all threads, over the phase."
+    )
+    return "\n".join(lines) + "\n" + note + "\n"
+
+
+@dataclass
+class Check:
+    name: str
+    value: float
+    target: float
+    # "ge": value must be at least target; "le": at most.
+    sense: str = "ge"
+    detail: str = field(default="")
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.target if self.sense == "ge" else self.value <= self.target
+
+
+def target_checks(rows: list[Row], ref_label: str) -> list[Check]:
+    """The issue's throughput targets that the client matrix can judge."""
+    by_key = {(r.label, r.mode, r.clients): r for r in rows}
+    checks: list[Check] = []
+    for c in sorted({r.clients for r in rows}):
+        mc = by_key.get(("memcached", "kv", c))
+        bs = by_key.get(("beanstalkd", "reliable", c))
+        kq_plain = by_key.get((ref_label, "plain", c))
+        kq_rel = by_key.get((ref_label, "reliable", c))
+        # Both modes enqueue with the same `set`; the plain run is judged when there is one.
+        kq_set = kq_plain or kq_rel
+        if mc and kq_set and mc.enq_rate:
+            checks.append(
+                Check(f"C={c}: {ref_label} set / memcached set", kq_set.enq_rate / mc.enq_rate, 0.9)
+            )
+        if mc and kq_rel and mc.deq_rate:
+            checks.append(
+                Check(
+                    f"C={c}: {ref_label} get q/close/open / memcached get",
+                    kq_rel.deq_rate / mc.deq_rate,
+                    0.9,
+                )
+            )
+        if bs and kq_rel and bs.deq_rate:
+            checks.append(
+                Check(
+                    f"C={c}: {ref_label} get q/close/open / beanstalkd reserve+delete",
+                    kq_rel.deq_rate / bs.deq_rate,
+                    1.5,
+                )
+            )
+    return checks
+
+
+def checks_table(checks: list[Check]) -> str:
+    if not checks:
+        return "(no targets could be judged from this run)\n"
+    lines = ["| target | measured | needed | result |", "|---|---|---|---|"]
+    for c in checks:
+        op = ">=" if c.sense == "ge" else "<="
+        verdict = "PASS" if c.passed else "FAIL"
+        lines.append(f"| {c.name} | {c.value:.2f} | {op} {c.target:g} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[Row], path: Path, title: str) -> None:
+    """Grouped bars: throughput and p99 per server variant, one bar per client count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants: list[tuple[str, str]] = []
+    for r in rows:
+        if (r.label, r.mode) not in variants:
+            variants.append((r.label, r.mode))
+    counts = sorted({r.clients for r in rows})
+    by_key = {(r.label, r.mode, r.clients): r for r in rows}
+    fig, axes = plt.subplots(2, 2, figsize=(max(10, 1.3 * len(variants) + 4), 9))
+    panels: tuple[tuple[Any, str, Callable[[Row], float]], ...] = (
+        (axes[0][0], "enqueue msg/s", lambda r: r.enq_rate),
+        (axes[0][1], "dequeue msg/s", lambda r: r.deq_rate),
+        (axes[1][0], "enqueue p99 latency (µs)", lambda r: r.enq_p99),
+        (axes[1][1], "dequeue p99 latency (µs)", lambda r: r.deq_p99),
+    )
+    width = 0.8 / max(1, len(counts))
+    names = [f"{label}\n{mode}" for label, mode in variants]
+    for ax, ylabel, get in panels:
+        for j, c in enumerate(counts):
+            xs = [i + (j - (len(counts) - 1) / 2) * width for i in range(len(variants))]
+            ys = [
+                get(by_key[(lab, mode, c)]) if (lab, mode, c) in by_key else 0.0
+                for lab, mode in variants
+            ]
+            ax.bar(xs, ys, width=width, label=f"C={c}")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(range(len(variants)))
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,202 @@
+"""Start and stop the servers under test on 127.0.0.1, each on a free port and in a temp dir.
+
+Every server is a real process from its own package (kestrelq from this checkout, the peers
+from Debian's packages), started fresh for each run so that peak RSS and CPU belong to that
+run alone. Readiness is a real request answered on the port, never a sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+KINDS = ("kestrelq", "memcached", "beanstalkd", "redis")
+
+# What each protocol answers to a harmless request: the readiness probe.
+_PROBES: dict[str, tuple[bytes, bytes]] = {
+    "kestrelq": (b"version\r\n", b"VERSION "),
+    "memcached": (b"version\r\n", b"VERSION "),
+    "beanstalkd": (b"list-tubes\r\n", b"OK "),
+    "redis": (b"PING\r\n", b"+PONG"),
+}
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    """A port the kernel just gave out, so tests and benches never collide with a live stack."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def probe(kind: str, port: int, timeout_s: float = 1.0) -> bool:
+    request, expected = _PROBES[kind]
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout_s) as s:
+            s.sendall(request)
+            reply = b""
+            while len(reply) < len(expected):
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply.startswith(expected)
+    except OSError:
+        return False
+
+
+def missing_binaries() -> list[str]:
+    return [b for b in ("memcached", "beanstalkd", "redis-server") if shutil.which(b) is None]
+
+
+@dataclass
+class ServerSpec:
+    """One server configuration: which program, and for kestrelq which fsync policy."""
+
+    kind: str
+    fsync: str = ""
+    extra_args: tuple[str, ...] = ()
+    # Enough memory for the run's data: memcached evicts silently once its cache is full.
+    memory_mb: int = 64
+    max_item_bytes: int = 65535
+
+    @property
+    def label(self) -> str:
+        return f"kestrelq fsync={self.fsync}" if self.kind == "kestrelq" else self.kind
+
+
+@dataclass
+class ServerProc:
+    spec: ServerSpec
+    port: int
+    data_dir: Path
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        """Stop the process with sig, SIGKILL after timeout_s; return its exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop on signal %d; killing it", self.spec.label, sig)
+                self.popen.kill()
+                self.popen.wait(timeout=timeout_s)
+        return self.popen.returncode
+
+    def log_tail(self, limit: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except FileNotFoundError:
+            return ""
+
+
+def command(spec: ServerSpec, port: int, data_dir: Path) -> list[str]:
+    if spec.kind == "kestrelq":
+        cmd = [sys.executable, "-m", "kestrelq", "serve", "--host", HOST, "--port", str(port)]
+        cmd += ["--data-dir", str(data_dir)]
+        if spec.fsync:
+            cmd += ["--fsync", spec.fsync]
+        return cmd + list(spec.extra_args)
+    if spec.kind == "memcached":
+        cmd = ["memcached", "-l", HOST, "-p", str(port), "-U", "0", "-m", str(spec.memory_mb)]
+        cmd += ["-I", f"{max(spec.max_item_bytes + 1024, 1024 * 1024)}"]
+        if os.geteuid() == 0:
+            # memcached refuses to run as root unless told which user to stay.
+            cmd += ["-u", "root"]
+        return cmd + list(spec.extra_args)
+    if spec.kind == "beanstalkd":
+        # The binlog on, with beanstalkd's default fsync policy (no -f/-F flag).
+        cmd = ["beanstalkd", "-l", HOST, "-p", str(port), "-b", str(data_dir)]
+        cmd += ["-z", str(max(spec.max_item_bytes, 65535))]
+        return cmd + list(spec.extra_args)
+    if spec.kind == "redis":
+        # appendonly with redis' default appendfsync everysec; no RDB snapshots.
+        cmd = ["redis-server", "--port", str(port), "--bind", HOST, "--save", ""]
+        cmd += ["--appendonly", "yes", "--dir", str(data_dir), "--daemonize", "no"]
+        return cmd + list(spec.extra_args)
+    raise ValueError(f"unknown server kind {spec.kind!r}")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # kestrelq runs from this checkout whether or not it is installed in the interpreter.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    for key in ("KESTRELQ_HOST", "KESTRELQ_PORT", "KESTRELQ_DATA_DIR", "KESTRELQ_FSYNC"):
+        # The command line decides; an exported variable from a dev shell must not.
+        env.pop(key, None)
+    return env
+
+
+def start(
+    spec: ServerSpec,
+    work_dir: Path,
+    *,
+    port: int | None = None,
+    data_dir: Path | None = None,
+    ready_timeout_s: float = 30.0,
+    attempts: int = 3,
+) -> ServerProc:
+    """Start spec's server and return once it answers on its port.
+
+    Another process may grab the free port between our probe and the server's bind; that
+    shows as an early exit, and we try again on a new port.
+    """
+    last_error = ""
+    for attempt in range(attempts):
+        p = port if port is not None else free_port()
+        ddir = data_dir if data_dir is not None else work_dir / f"{spec.kind}-data-{p}"
+        ddir.mkdir(parents=True, exist_ok=True)
+        log_path = work_dir / f"{spec.kind}-{p}-{attempt}.log"
+        with open(log_path, "wb") as logf:
+            popen = subprocess.Popen(
+                command(spec, p, ddir),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(REPO_ROOT),
+                env=_env(),
+            )
+        proc = ServerProc(spec, p, ddir, log_path, popen)
+        if wait_ready(proc, ready_timeout_s):
+            return proc
+        last_error = proc.log_tail()
+        proc.stop(signal.SIGKILL)
+        if port is not None:
+            break
+    raise ServerStartError(f"{spec.label} did not become ready; log tail:\n{last_error}")
+
+
+def wait_ready(proc: ServerProc, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            return False
+        if probe(proc.spec.kind, proc.port):
+            return True
+        time.sleep(delay)  # poll interval between readiness probes, not a stand-in for them
+        delay = min(delay * 2, 0.1)
+    return False
