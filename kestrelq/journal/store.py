@@ -135,12 +135,15 @@ class Journal:
 
     def _write(self, data: bytes) -> None:
         start = self.size
-        view = memoryview(data)
         try:
-            while view:
-                written = self.store.write_fn(self.fd, view)
-                view = view[written:]
-                self.size += written
+            written = self.store.write_fn(self.fd, data)
+            self.size += written
+            if written < len(data):  # a short write: go on from where it stopped
+                view = memoryview(data)[written:]
+                while view:
+                    written = self.store.write_fn(self.fd, view)
+                    view = view[written:]
+                    self.size += written
         except OSError as exc:
             self._cut_back(start)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -291,7 +294,7 @@ class JournalStore:
         policy_for: Callable[[str], FsyncPolicy],
         limits: StoreLimits = StoreLimits(),
         salvage: bool = False,
-        write_fn: Callable[[int, memoryview], int] = os.write,
+        write_fn: Callable[[int, bytes | memoryview], int] = os.write,
     ) -> None:
         self.data_dir = Path(data_dir)
         # The one seam for failing appends (ENOSPC, EIO) in tests.

@@ -47,13 +47,38 @@ def _int(token: bytes, what: str, lo: int, hi: int) -> int:
 
 
 def _queue(token: bytes, *, close: bool) -> str:
+    name = _name_cache.get(token)
+    if name is not None:
+        return name
     try:
-        return names.decode(token)
+        name = names.decode(token)
     except InvalidQueueName as exc:
         raise RemoteProtocolError(str(exc), close=close) from None
+    if len(_name_cache) >= _CACHE_MAX:
+        _name_cache.clear()
+    _name_cache[token] = name
+    return name
+
+
+# Workers send the same few keys over and over (`jobs/close/open/t=1000`): parsed keys and
+# queue names are cached. Both results are immutable, and the caches are bounded.
+_CACHE_MAX = 4096
+_get_cache: dict[bytes, c.Get] = {}
+_name_cache: dict[bytes, str] = {}
 
 
 def parse_get_key(key: bytes) -> c.Get:
+    """`queue/opt/opt...` (cached); see `_parse_get_key`."""
+    cached = _get_cache.get(key)
+    if cached is None:
+        cached = _parse_get_key(key)
+        if len(_get_cache) >= _CACHE_MAX:
+            _get_cache.clear()
+        _get_cache[key] = cached
+    return cached
+
+
+def _parse_get_key(key: bytes) -> c.Get:
     """`queue/opt/opt...`: options in any order; unknown ones are ignored, as Kestrel does."""
     name, _, rest = key.partition(b"/")
     if not name:
@@ -164,9 +189,9 @@ class ServerConnection:
         if size > self.max_item_bytes:
             return self._skip(size, ItemTooLarge(size, self.max_item_bytes))
         try:
-            queue = names.decode(args[0])
-        except InvalidQueueName as exc:
-            return self._skip(size, RemoteProtocolError(str(exc), close=False))
+            queue = _queue(args[0], close=False)
+        except RemoteProtocolError as exc:
+            return self._skip(size, exc)
         self._pending_set = (queue, flags, exptime, size, noreply)
         self.state = State.BLOCK
         return self._finish_set()

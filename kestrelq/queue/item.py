@@ -19,5 +19,9 @@ class Item:
     expires_ms: int = 0
     deliveries: int = 0
 
+    def delivered(self) -> Item:
+        """This item, handed out once more (dataclasses.replace is slow on the hot path)."""
+        return Item(self.data, self.flags, self.added_ms, self.expires_ms, self.deliveries + 1)
+
     def expired(self, now_ms: int) -> bool:
         return self.expires_ms != 0 and self.expires_ms < now_ms

@@ -354,7 +354,7 @@ class QueueState:
 
     def _apply_open(self, xid: int, now_ms: int) -> None:
         item = self._pop_head()
-        self.open_reads[xid] = OpenRead(replace(item, deliveries=item.deliveries + 1), now_ms)
+        self.open_reads[xid] = OpenRead(item.delivered(), now_ms)
 
     def _apply_unremove(self, xid: int) -> None:
         read = self.open_reads.pop(xid)

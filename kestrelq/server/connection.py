@@ -353,7 +353,7 @@ class QueueProtocol(asyncio.Protocol):
             if self.need_seq > self.server.store.synced_seq:
                 self.server.wait_for_sync(self)
                 return
-            self.server.bytes_written += sum(len(b) for b in self.out)
+            self.server.bytes_written += sum(map(len, self.out))
             transport.writelines(self.out)
             self.out.clear()
         if self.closing:
