@@ -73,11 +73,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def request(host: str, port: int, line: bytes, timeout: float) -> bytes:
-    """Send one command line and read the reply through its END (or an error line)."""
+    """Send one command line and read its whole reply: STAT lines or a VALUE block up to END,
+    or a single error line."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(line + b"\r\n")
         data = b""
-        while not (data.endswith(b"END\r\n") or data.endswith(b"ERROR\r\n") or b"ERROR " in data):
+        while not _reply_complete(data):
             chunk = sock.recv(65536)
             if not chunk:
                 break
@@ -85,62 +86,80 @@ def request(host: str, port: int, line: bytes, timeout: float) -> bytes:
         return data
 
 
+def _reply_complete(data: bytes) -> bool:
+    first, sep, rest = data.partition(b"\r\n")
+    if not sep:
+        return False
+    if first.startswith(b"VALUE "):
+        # The data block may itself contain "END\r\n": count its bytes instead.
+        length = int(first.rsplit(b" ", 1)[1])
+        return len(rest) >= length + len(b"\r\nEND\r\n")
+    if first.startswith((b"STAT ", b"queue '")):
+        return data.endswith(b"\r\nEND\r\n")
+    return True
+
+
 def _client_error(args: argparse.Namespace, exc: OSError) -> int:
     print(f"kestrelq: cannot reach {args.host}:{args.port}: {exc}", file=sys.stderr)
     return 1
 
 
-def format_stats(reply: bytes) -> str:
-    """Render a `stats` reply as a server summary and a table of queues."""
-    server: dict[str, str] = {}
-    queues: dict[str, dict[str, str]] = {}
+def parse_stats(reply: bytes) -> dict[str, str]:
+    """`STAT name value` lines as a dict."""
+    stats: dict[str, str] = {}
     for raw in reply.decode(errors="replace").splitlines():
         parts = raw.split(" ", 2)
-        if len(parts) != 3 or parts[0] != "STAT":
-            continue
-        key, value = parts[1], parts[2]
-        if key.startswith("queue_"):
-            for stat in (*_QUEUE_COLUMNS, "open_transactions", "children"):
-                if key.endswith("_" + stat):
-                    queues.setdefault(key[6 : -len(stat) - 1], {})[stat] = value
-                    break
-        else:
-            server[key] = value
+        if len(parts) == 3 and parts[0] == "STAT":
+            stats[parts[1]] = parts[2]
+    return stats
+
+
+def parse_dump_stats(reply: bytes) -> dict[str, dict[str, str]]:
+    """Kestrel's `dump_stats` brace format: per queue, unambiguous even for names with `_`."""
+    queues: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in reply.decode(errors="replace").splitlines():
+        if raw.startswith("queue '") and raw.endswith("' {"):
+            current = queues.setdefault(raw[len("queue '") : -len("' {")], {})
+        elif raw == "}":
+            current = None
+        elif current is not None and "=" in raw:
+            key, _, value = raw.strip().partition("=")
+            current[key] = value
+    return queues
+
+
+def format_stats(server: dict[str, str], queues: dict[str, dict[str, str]]) -> str:
+    """A server summary line and a table of queues."""
     out = [
         f"kestrelq {server.get('version', '?')}  up {server.get('uptime', '?')} s  "
         f"connections {server.get('curr_connections', '?')}  "
         f"items {server.get('curr_items', '?')}  fsync {server.get('fsync_policy', '?')} "
         f"({server.get('fsyncs', '?')} fsyncs)  journals {server.get('journal_bytes', '?')} B"
     ]
-    header = ("queue", "items", "bytes", "open", "waiters", "age_ms", "total", "dead")
-    rows = [header]
+    header = ("queue", "items", "bytes", "in_memory", "open", "waiters", "age_ms", "total", "dead")
+    keys = ("items", "bytes", "mem_items", "open_transactions", "waiters", "age",
+            "total_items", "dead_lettered")  # fmt: skip
+    rows: list[tuple[str, ...]] = [header]
     for name in sorted(queues):
-        q = queues[name]
-        rows.append((
-            name, q.get("items", "0"), q.get("bytes", "0"), q.get("open_transactions", "0"),
-            q.get("waiters", "0"), q.get("age", "0"), q.get("total_items", "0"),
-            q.get("dead_lettered", "0"),
-        ))  # fmt: skip
+        rows.append((name, *(queues[name].get(k, "0") for k in keys)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
-        cells = [row[0].ljust(widths[0])] + [
-            v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)
-        ]
+        cells = [row[0].ljust(widths[0])]
+        cells += [v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)]
         out.append("  ".join(cells))
     if len(rows) == 1:
         out.append("(no queues)")
     return "\n".join(out)
 
 
-_QUEUE_COLUMNS = ("items", "bytes", "waiters", "age", "total_items", "dead_lettered")
-
-
 def _stats(args: argparse.Namespace) -> int:
     try:
-        reply = request(args.host, args.port, b"stats", args.timeout)
+        server = parse_stats(request(args.host, args.port, b"stats", args.timeout))
+        queues = parse_dump_stats(request(args.host, args.port, b"dump_stats", args.timeout))
     except OSError as exc:
         return _client_error(args, exc)
-    print(format_stats(reply))
+    print(format_stats(server, queues))
     return 0
 
 
