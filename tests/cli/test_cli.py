@@ -1,0 +1,61 @@
+"""`kestrelq stats` and `kestrelq peek` against a real server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from helpers import ServerProcess, Wire, free_port
+
+
+def kestrelq(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kestrelq", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_stats_table_per_queue(server: ServerProcess) -> None:
+    with Wire(server.port) as w:
+        for data in (b"one", b"two"):
+            assert w.call(b"set jobs_high 0 0 3\r\n" + data + b"\r\n") == b"STORED\r\n"
+        assert w.call(b"get jobs_high/open\r\n").startswith(b"VALUE")
+        result = kestrelq("stats", "--port", str(server.port))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("kestrelq ") and "fsync always" in lines[0]
+    assert lines[1].split() == [
+        "queue", "items", "bytes", "in_memory", "open", "waiters", "age_ms", "total", "dead"
+    ]  # fmt: skip
+    # items 1 (3 bytes, in memory), 1 open read, 0 waiters, age, 2 ever added, 0 dead
+    name, items, size, mem, open_, waiters, _age, total, dead = lines[2].split()
+    assert (name, items, size, mem, open_, waiters, total, dead) == (
+        "jobs_high", "1", "3", "1", "1", "0", "2", "0"
+    )  # fmt: skip
+
+
+def test_peek_shows_head_without_taking_it(server: ServerProcess) -> None:
+    payload = b"first line\r\nEND\r\nstill the item"
+    with Wire(server.port) as w:
+        assert w.call(b"set q 5 0 %d\r\n%s\r\n" % (len(payload), payload)) == b"STORED\r\n"
+    result = kestrelq("peek", "q", "--port", str(server.port))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"q: head item, {len(payload)} bytes, flags 5"
+    assert "still the item" in result.stdout
+    empty = kestrelq("peek", "other", "--port", str(server.port))
+    assert empty.stdout.strip() == "other: empty"
+    with Wire(server.port) as w:
+        assert w.call(b"get q\r\n").startswith(b"VALUE q 5 %d" % len(payload))
+
+
+def test_unreachable_server_is_a_clear_error() -> None:
+    result = kestrelq("stats", "--port", str(free_port()), "--timeout", "2")
+    assert result.returncode == 1
+    assert "cannot reach 127.0.0.1:" in result.stderr
+
+
+def test_bad_config_stops_serve_with_a_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nfsync = "sometimes"\n')
+    result = kestrelq("serve", "--config", str(bad), "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "fsync must be always, never or milliseconds" in result.stderr
