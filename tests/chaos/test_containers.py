@@ -71,6 +71,27 @@ def test_stack_shape(stack: Stack) -> None:
     assert status_page(stack.worker_status_port, stack.password) == 200
 
 
+def test_healthchecks_see_a_dead_program(stack: Stack) -> None:
+    """The images' healthchecks fail while a program is down, and pass again after."""
+    ok = stack.run("exec", "-T", "queue", "kestrelq-healthcheck", check=False)
+    assert ok.returncode == 0 and ok.stdout.startswith("VERSION "), ok
+    stack.exec("queue", "supervisorctl", "stop", "queue")
+    try:
+        down = stack.run("exec", "-T", "queue", "kestrelq-healthcheck", check=False)
+        assert down.returncode == 1 and "unhealthy" in down.stderr, down
+    finally:
+        stack.exec("queue", "supervisorctl", "start", "queue")
+    assert stack.run("exec", "-T", "queue", "kestrelq-healthcheck", check=False).returncode == 0
+
+    stack.exec("worker", "supervisorctl", "stop", "work_worker:work_worker_00")
+    try:
+        # The worker image's healthcheck command: non-zero while a program is STOPPED.
+        assert stack.run("exec", "-T", "worker", "supervisorctl", "status", check=False).returncode
+    finally:
+        stack.exec("worker", "supervisorctl", "start", "work_worker:work_worker_00")
+    stack.wait_all_running()
+
+
 def test_kill_queue_server_inside_container(stack: Stack) -> None:
     """kill -9 the server process; supervisord restarts it; the journal had every STORED item."""
     scenario = "kill -9 queue server"
