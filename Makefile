@@ -153,6 +153,21 @@ test: base-image
 
 
 # ---- Benchmarks (issue 4) ---------------------------------------------------------------------
+# kestrelq against memcached, beanstalkd (binlog) and redis (appendonly) on 127.0.0.1, each on a
+# free port: table, chart and JSON in bench/results/. Extra flags: make bench BENCH_ARGS="-n 50000".
+# `python -m bench --help` lists the scenarios (--fsync-scale, --backlog N, --fairness).
+BENCH_ARGS ?=
+
+.PHONY: bench bench-quick bench-targets
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: install
+	$(PY) -m bench --quick $(BENCH_ARGS)
+
+# Every target of issue 4 in one run: the matrix, group commit, a 1,000,000-item backlog, fairness.
+bench-targets: install
+	$(PY) -m bench --fsync-scale --backlog 1000000 --fairness $(BENCH_ARGS)
 
 .PHONY: clean
 clean:

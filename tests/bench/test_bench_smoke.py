@@ -1,0 +1,62 @@
+"""The whole harness end to end with tiny numbers: every server, the load generator, every
+scenario. It proves the harness runs and checks what it measures, not how fast anything is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+SERVERS = ("kestrelq fsync=never", "kestrelq fsync=always", "memcached", "beanstalkd", "redis")
+
+
+def test_bench_runs_every_server_and_verifies_every_message(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "bench",
+        "--messages", "60", "--repeat", "1", "--clients", "1,2",
+        "--fsync", "never,always",
+        "--loadgen-messages", "300", "--loadgen-depth", "8",
+        "--fsync-scale", "--fsync-scale-messages", "64",
+        "--backlog", "300", "--compaction-wait", "0",
+        "--fairness", "--fairness-seconds", "0.3", "--fairness-big-mib", "1",
+        "--out", str(out), "--name", "smoke",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    md = (out / "smoke.md").read_text()
+    for label in SERVERS:
+        assert f"| {label} |" in md, label
+    for section in ("## Targets", "## Client matrix", "## Pipelined load generator"):
+        assert section in md
+    for section in ("## fsync scaling", "## backlog", "## fairness"):
+        assert section in md
+    assert "## Errors" not in md
+    # Progress lines went to stderr while it ran, one per run.
+    assert proc.stderr.count("[") >= 16 and "kestrelq fsync=always reliable C=2" in proc.stderr
+
+    png = (out / "smoke.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+    raw = json.loads((out / "smoke.json").read_text())
+    matrix = raw["matrix"]
+    # kestrelq: 2 fsync x 2 modes; memcached, beanstalkd, redis plain + reliable; x 2 counts.
+    assert len(matrix) == (4 + 1 + 1 + 2) * 2
+    for row in matrix:
+        assert row["verified"] == row["runs"] == 1, row
+        assert row["enq_rate"] > 0 and row["deq_rate"] > 0 and row["peak_rss_mb"] > 0, row
+        assert row["enq_p99"] >= row["enq_p50"] > 0, row
+    assert all(r["verified"] == 1 for r in raw["loadgen"])
+    assert {r["label"] for r in raw["loadgen"]} == {
+        "memcached", "kestrelq fsync=never", "kestrelq fsync=always"
+    }  # fmt: skip
+    assert raw["fsync scaling"]["always_missing"] == 0 == raw["fsync scaling"]["never_missing"]
+    assert raw["backlog"]["missing"] == 0 and raw["backlog"]["corrupt"] == 0
+    assert raw["backlog"]["first_item_s"] >= raw["backlog"]["ready_s"] > 0
+    assert raw["fairness"]["with_big_items_big_mib_per_s"] > 0
+    assert raw["fairness"]["alone_small_msgs"] > 0
+    assert raw["errors"] == []

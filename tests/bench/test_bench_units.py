@@ -1,0 +1,148 @@
+"""The harness's own arithmetic and checks: what it reports must be right before it is fast."""
+
+from __future__ import annotations
+
+import time
+from array import array
+from pathlib import Path
+
+import pytest
+
+from bench import procstat, report
+from bench.beanstalk import Beanstalk
+from bench.drivers import make_payload, parse_id
+from bench.runner import RunConfig, RunResult, _summarise, percentile, share
+from bench.servers import ServerSpec, start
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        pytest.param([], 50, 0.0, id="empty"),
+        pytest.param([5.0], 99, 5.0, id="one"),
+        pytest.param([float(v) for v in range(1, 101)], 50, 50.0, id="p50-of-100"),
+        pytest.param([float(v) for v in range(1, 101)], 99, 99.0, id="p99-of-100"),
+        pytest.param([float(v) for v in range(100, 0, -1)], 100, 100.0, id="unsorted-max"),
+    ],
+)
+def test_percentile_is_nearest_rank(values: list[float], q: float, expected: float) -> None:
+    assert percentile(values, q) == expected
+
+
+@pytest.mark.parametrize(("messages", "clients"), [(10, 1), (10, 3), (7, 4), (3, 5)])
+def test_shares_cover_every_id_once(messages: int, clients: int) -> None:
+    ids = [i for c in range(clients) for i in share(messages, clients, c)]
+    assert sorted(ids) == list(range(messages))
+
+
+@pytest.mark.parametrize("size", [13, 64, 1024])
+def test_payload_carries_its_id_and_size(size: int) -> None:
+    data = make_payload(123456, size)
+    assert len(data) == size
+    assert parse_id(data) == 123456
+    assert make_payload(123457, size) != data
+
+
+def _row(ids: list[int], corrupt: int = 0) -> tuple[object, ...]:
+    got = array("q", ids)
+    lat = array("q", [1000] * len(ids))
+    return (
+        (0, 1_000_000_000, 2_000_000_000, 3_000_000_000),
+        lat.tobytes(),
+        lat.tobytes(),
+        got.tobytes(),
+        corrupt,
+    )
+
+
+def test_summary_flags_lost_duplicated_and_foreign_ids() -> None:
+    cfg = RunConfig("kestrelq", "plain", 2, 5, 64)
+    good = _summarise(cfg, "x", [_row([0, 2, 4]), _row([1, 3])], (0, 10, 30), 1024)
+    assert good.complete
+    assert good.enqueue.rate == pytest.approx(5.0)
+    assert good.enqueue.cpu_us_per_msg == pytest.approx(10 / 1000 / 5)
+    assert good.dequeue.percentile(99) == pytest.approx(1.0)
+
+    bad = _summarise(cfg, "x", [_row([0, 2, 2]), _row([1, 99])], (0, 0, 0), 0)
+    assert not bad.complete
+    assert (bad.missing, bad.duplicates, bad.corrupt) == (2, 1, 1)
+
+
+def _fake_result(
+    label: str, kind: str, mode: str, clients: int, enq: float, deq: float
+) -> RunResult:
+    cfg = RunConfig(kind, mode, clients, 100, 64)
+    ids = list(range(100))
+    rows = [_row(ids)]
+    r = _summarise(cfg, label, rows, (0, 0, 0), 2048)
+    r.enqueue.seconds = 100 / enq
+    r.dequeue.seconds = 100 / deq
+    return r
+
+
+def test_aggregate_takes_medians_and_ratios_to_the_reference() -> None:
+    ref = "kestrelq fsync=never"
+    results = [
+        _fake_result(ref, "kestrelq", "plain", 1, 1000, 2000),
+        _fake_result(ref, "kestrelq", "plain", 1, 3000, 2000),
+        _fake_result(ref, "kestrelq", "plain", 1, 2000, 2000),
+        _fake_result(ref, "kestrelq", "reliable", 1, 2000, 1000),
+        _fake_result("memcached", "memcached", "kv", 1, 4000, 4000),
+        _fake_result("beanstalkd", "beanstalkd", "reliable", 1, 500, 500),
+    ]
+    rows = {(r.label, r.mode): r for r in report.aggregate(results, ref)}
+    kq = rows[(ref, "plain")]
+    assert kq.runs == 3 and kq.verified == 3
+    assert kq.enq_rate == pytest.approx(2000)
+    assert rows[("memcached", "kv")].enq_ratio == pytest.approx(2.0)
+    assert rows[("beanstalkd", "reliable")].deq_ratio == pytest.approx(0.5)
+    checks = {c.name: c for c in report.target_checks(list(rows.values()), ref)}
+    assert checks[f"C=1: {ref} set / memcached set"].value == pytest.approx(0.5)
+    assert not checks[f"C=1: {ref} set / memcached set"].passed
+    assert checks[f"C=1: {ref} get q/close/open / beanstalkd reserve+delete"].passed
+    table = report.table(list(rows.values()), ref)
+    assert table.count("\n| ") == 4 and "2.00x" in table
+
+
+def test_check_sense() -> None:
+    assert report.Check("a", 1.0, 0.9).passed
+    assert not report.Check("a", 0.8, 0.9).passed
+    assert report.Check("b", 40.0, 50.0, "le").passed
+    assert not report.Check("b", 60.0, 50.0, "le").passed
+
+
+def test_cpu_reading_grows_with_work_and_memory_is_read() -> None:
+    import os
+
+    pid = os.getpid()
+    before = procstat.cpu_ns(pid)
+    deadline = time.perf_counter() + 0.05
+    while time.perf_counter() < deadline:
+        pass  # burn CPU on purpose: the reading must see it
+    assert procstat.cpu_ns(pid) - before >= 20_000_000
+    assert procstat.peak_rss_kb(pid) >= procstat.rss_kb(pid) > 0
+
+
+def test_dir_size_counts_nested_files(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"x" * 1000)
+    (tmp_path / "g").write_bytes(b"y" * 24)
+    assert procstat.dir_size(tmp_path) == 1024
+
+
+def test_beanstalk_client_against_real_beanstalkd(tmp_path: Path) -> None:
+    server = start(ServerSpec("beanstalkd"), tmp_path)
+    try:
+        client = Beanstalk("127.0.0.1", server.port)
+        ids = [client.put(make_payload(i, 32)) for i in range(3)]
+        assert len(set(ids)) == 3
+        assert client.stats_job_count() == 3
+        got = []
+        while (job := client.reserve(0)) is not None:
+            client.delete(job[0])
+            got.append(parse_id(job[1]))
+        assert got == [0, 1, 2]
+        assert client.stats_job_count() == 0
+        client.close()
+    finally:
+        server.stop()
