@@ -31,12 +31,22 @@ import fcntl
 import logging
 import mmap
 import os
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from kestrelq.errors import JournalCorrupt, JournalError, JournalFull, JournalWriteFailed
-from kestrelq.journal.format import MAGIC, RECORD_OVERHEAD, Add, BadRecord, Record, decode, encode
+from kestrelq.journal.format import (
+    HEADER,
+    MAGIC,
+    RECORD_OVERHEAD,
+    Add,
+    BadRecord,
+    Record,
+    decode,
+    encode,
+)
 from kestrelq.queue.config import FsyncPolicy
 from kestrelq.queue.item import Item
 
@@ -179,8 +189,10 @@ class Journal:
                 if len(items) >= count or size >= max_bytes:
                     return items
         if len(items) < count:
-            raise JournalCorrupt(str(self.path(self.pointer[0])), self.pointer[1],
-                                 f"{count - len(items)} items behind are missing")  # fmt: skip
+            problem = f"{count - len(items)} items behind are missing"
+            if not self.store.salvage:
+                raise JournalCorrupt(str(self.path(self.pointer[0])), self.pointer[1], problem)
+            logger.error("journal %s: %s (salvaged damage)", self.name, problem)
         return items
 
     def _scan(self, segment: int, offset: int) -> Iterator[tuple[Record, int, int]]:
@@ -204,9 +216,21 @@ class Journal:
         self.size = os.fstat(self.fd).st_size
 
     def verify_behind(self) -> None:
-        """Check every record an item behind will be read from (they are not replayed)."""
-        for _ in self._scan(*self.pointer):
-            pass
+        """Check the checksum of every record an item behind will be read from.
+
+        Those records are not replayed at start-up (that is the point of read-behind), but a
+        damaged one must stop the start now, not fail a consumer hours later.
+        """
+        segment, offset = self.pointer
+        for number in self.segments[:-1]:
+            if number >= segment:
+                start = offset if number == segment else len(MAGIC)
+                try:
+                    self.store.verify(self.path(number), start)
+                except JournalCorrupt as exc:
+                    if not self.store.salvage:
+                        raise
+                    logger.error("%s; salvage: items behind it will be skipped", exc)
 
     # -- segments --------------------------------------------------------------------------
 
@@ -404,6 +428,30 @@ class JournalStore:
                     yield from self._records(path, view, start, size, repair)
                 finally:
                     view.release()
+
+    def verify(self, path: Path, start: int) -> None:
+        """Check lengths and checksums from `start` to the end of a segment, fast."""
+        max_len = self.limits.max_record_bytes
+        header = HEADER
+        crc32 = zlib.crc32
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                size = len(view)
+                offset = start
+                while offset < size:
+                    if offset + header.size > size:
+                        raise JournalCorrupt(str(path), offset, "record cut short")
+                    length, crc = header.unpack_from(view, offset)
+                    body_start = offset + header.size
+                    end = body_start + length
+                    if not 0 < length <= max_len or end > size:
+                        raise JournalCorrupt(str(path), offset, f"impossible length {length}")
+                    if crc32(view[body_start:end]) != crc:
+                        raise JournalCorrupt(str(path), offset, "checksum mismatch")
+                    offset = end
+            finally:
+                view.release()
 
     def _records(
         self, path: Path, view: memoryview, offset: int, size: int, repair: bool

@@ -343,10 +343,14 @@ class QueueState:
     def _refill(self) -> None:
         assert self._behind is not None
         room = max(1, self.config.max_memory_bytes - self.mem_bytes)
-        for item in self._behind.read(self.behind_items, room):
+        items = self._behind.read(self.behind_items, room)
+        for item in items:
             self._append_memory(item)
             self.behind_items -= 1
             self.behind_bytes -= len(item.data)
+        if not items:
+            # Only a salvaged, damaged journal comes up short: what it lost is gone.
+            self.behind_items = self.behind_bytes = 0
 
     def _remove_head(self) -> Item:
         self._log(REMOVE, True)
