@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 from kestrelq import __version__
 from kestrelq.errors import (
     ItemRejected,
+    JournalCorrupt,
     JournalError,
     JournalFull,
     KestrelqError,
@@ -61,6 +62,8 @@ def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
         return replies.error("CLIENT_ERROR", str(exc)), False
     if isinstance(exc, JournalFull):
         return replies.error("SERVER_ERROR", str(exc)), False
+    if isinstance(exc, JournalCorrupt):
+        return replies.error("SERVER_ERROR", f"journal damaged: {exc.path} at {exc.offset}"), False
     if isinstance(exc, JournalError):
         return replies.error("SERVER_ERROR", f"journal write failed: {exc}"), False
     return replies.error("SERVER_ERROR", str(exc)), False

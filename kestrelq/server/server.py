@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kestrelq import __version__
-from kestrelq.errors import InvalidQueueName, KestrelqError
+from kestrelq.errors import InvalidQueueName
 from kestrelq.journal.store import JournalStore, StoreLimits
 from kestrelq.queue import names
 from kestrelq.queue.collection import QueueCollection
@@ -282,8 +282,10 @@ class Server:
             await asyncio.sleep(TICK_S)
             try:
                 self.housekeeping()
-            except KestrelqError:
-                logger.exception("housekeeping failed")
+            except Exception:
+                # This loop must outlive any one failure (a full disk during a segment switch,
+                # say): it is what expires items and bounds the journal.
+                logger.exception("housekeeping failed; retrying at the next tick")
 
     def housekeeping(self) -> None:
         """Expire head items, time out stale open reads, compact, re-arm the disk reserve."""
