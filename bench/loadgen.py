@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -69,6 +70,48 @@ class LoadResult:
     @property
     def complete(self) -> bool:
         return self.missing == 0 and self.corrupt == 0 and self.duplicates == 0
+
+
+@dataclass
+class Tally:
+    """What came back, checked as it arrives: ids in arrival order, count of bad bodies.
+
+    Keeping ids rather than bodies lets a drain of a million 1 KB items verify itself in a
+    few megabytes instead of a gigabyte.
+    """
+
+    size: int
+    ids: array[int] = field(default_factory=lambda: array("q"))
+    corrupt: int = 0
+
+    def add(self, value: bytes) -> None:
+        try:
+            i = parse_id(value)
+        except ValueError:
+            self.corrupt += 1
+            return
+        if value != make_payload(i, self.size):
+            self.corrupt += 1
+            return
+        self.ids.append(i)
+
+    @property
+    def returned(self) -> int:
+        return len(self.ids) + self.corrupt
+
+    def verify(self, messages: int) -> tuple[int, int, int]:
+        """(missing, corrupt, duplicates) against ids 0..messages-1."""
+        seen: set[int] = set()
+        corrupt = self.corrupt
+        duplicates = 0
+        for i in self.ids:
+            if not 0 <= i < messages:
+                corrupt += 1
+                continue
+            if i in seen:
+                duplicates += 1
+            seen.add(i)
+        return messages - len(seen), corrupt, duplicates
 
 
 def _batches(ids: range, depth: int) -> list[range]:
@@ -129,7 +172,7 @@ async def _take_conn(
     own_ids: range,
     depth: int,
     lat: list[float],
-    out: list[bytes],
+    out: Tally,
 ) -> None:
     reader, writer = await _open(port)
     try:
@@ -141,7 +184,7 @@ async def _take_conn(
                     value = await _read_value(reader)
                     if value is None:
                         raise LoadgenError("memcached lost a key (cache too small?)")
-                    out.append(value)
+                    out.add(value)
                 lat.append((time.perf_counter_ns() - t0) / 1000.0)
             return
         command = b"get %s\r\n" % key.encode()
@@ -155,7 +198,7 @@ async def _take_conn(
                     # All producers are done, so an empty reply means the queue is drained.
                     drained = True
                 else:
-                    out.append(value)
+                    out.add(value)
             lat.append((time.perf_counter_ns() - t0) / 1000.0)
     finally:
         writer.close()
@@ -224,14 +267,15 @@ def dequeue(
     connections: int,
     depth: int,
     *,
+    size: int,
     mode: str = "plain",
     queue: str = QUEUE,
     pid: int | None = None,
     use_uvloop: bool = True,
-) -> tuple[LoadPhase, list[bytes]]:
+) -> tuple[LoadPhase, Tally]:
     """Drain the queue (or read back memcached's keys); return the phase and what came back."""
     lat: list[float] = []
-    out: list[bytes] = []
+    out = Tally(size)
     key = f"{queue}/close/open" if mode == "reliable" else queue
 
     async def main() -> list[None]:
@@ -247,26 +291,7 @@ def dequeue(
     _run(main, use_uvloop)
     seconds = time.perf_counter() - t0
     cpu = procstat.cpu_ns(pid) - cpu0 if pid and cpu0 is not None else None
-    return _phase(len(out), seconds, lat, cpu), out
-
-
-def verify(values: list[bytes], messages: int, size: int) -> tuple[int, int, int]:
-    """(missing, corrupt, duplicates) of what came back against ids 0..messages-1."""
-    seen: set[int] = set()
-    corrupt = duplicates = 0
-    for v in values:
-        try:
-            i = parse_id(v)
-        except ValueError:
-            corrupt += 1
-            continue
-        if v != make_payload(i, size) or not 0 <= i < messages:
-            corrupt += 1
-            continue
-        if i in seen:
-            duplicates += 1
-        seen.add(i)
-    return messages - len(seen), corrupt, duplicates
+    return _phase(out.returned, seconds, lat, cpu), out
 
 
 def run(
@@ -282,10 +307,18 @@ def run(
     use_uvloop: bool = True,
 ) -> LoadResult:
     enq = enqueue(port, kind, messages, size, connections, depth, pid=pid, use_uvloop=use_uvloop)
-    deq, values = dequeue(
-        port, kind, messages, connections, depth, mode=mode, pid=pid, use_uvloop=use_uvloop
+    deq, tally = dequeue(
+        port,
+        kind,
+        messages,
+        connections,
+        depth,
+        size=size,
+        mode=mode,
+        pid=pid,
+        use_uvloop=use_uvloop,
     )
-    missing, corrupt, duplicates = verify(values, messages, size)
+    missing, corrupt, duplicates = tally.verify(messages)
     return LoadResult(
         kind=kind,
         mode=mode,
@@ -294,7 +327,7 @@ def run(
         size=size,
         enqueue=enq,
         dequeue=deq,
-        returned=len(values),
+        returned=tally.returned,
         missing=missing,
         corrupt=corrupt,
         duplicates=duplicates,

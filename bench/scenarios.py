@@ -75,8 +75,8 @@ def fsync_scale(work_dir: Path, messages: int, producers: int = 16, size: int = 
                 server.port, "kestrelq", messages, size, producers, 1, pid=server.pid
             )
             after = _fsyncs(server.port)
-            _deq, values = loadgen.dequeue(server.port, "kestrelq", messages, 4, 64)
-            missing, corrupt, dups = loadgen.verify(values, messages, size)
+            _deq, tally = loadgen.dequeue(server.port, "kestrelq", messages, 4, 64, size=size)
+            missing, corrupt, dups = tally.verify(messages)
             ok = ok and missing == 0 and corrupt == 0 and dups == 0
             fsyncs = float("nan") if before is None or after is None else float(after - before)
             rows[policy] = {
@@ -175,10 +175,12 @@ def backlog(
         n["rss_restarted_mb"] = procstat.rss_kb(server.pid) / 1024
         n["hwm_restarted_mb"] = procstat.peak_rss_kb(server.pid) / 1024
         n["disk_peak_mb"] = max(n["disk_full_mb"], procstat.dir_size(data_dir) / MIB)
-        deq, values = loadgen.dequeue(server.port, "kestrelq", items, 4, 64, pid=server.pid)
+        deq, tally = loadgen.dequeue(
+            server.port, "kestrelq", items, 4, 64, size=size, pid=server.pid
+        )
         if first is not None:
-            values.append(first)
-        missing, corrupt, dups = loadgen.verify(values, items, size)
+            tally.add(first)
+        missing, corrupt, dups = tally.verify(items)
         n["drain_rate"] = deq.rate
         n.update(missing=missing, corrupt=corrupt, duplicates=dups)
         n["disk_drained_mb"] = procstat.dir_size(data_dir) / MIB

@@ -146,3 +146,20 @@ def test_beanstalk_client_against_real_beanstalkd(tmp_path: Path) -> None:
         client.close()
     finally:
         server.stop()
+
+
+def test_loadgen_tally_counts_missing_corrupt_and_duplicates() -> None:
+    from bench.loadgen import Tally
+
+    tally = Tally(32)
+    for i in (0, 1, 1, 3):
+        tally.add(make_payload(i, 32))
+    tally.add(b"not a message at all, no id here")
+    tally.add(make_payload(2, 32)[:-1] + b"!")  # right id, wrong bytes
+    tally.add(make_payload(7, 32))  # an id this run never sent
+    assert tally.returned == 7
+    assert tally.verify(4) == (1, 3, 1)
+    clean = Tally(16)
+    for i in range(5):
+        clean.add(make_payload(i, 16))
+    assert clean.verify(5) == (0, 0, 0)
