@@ -9,6 +9,7 @@ refused with an error reply while reads go on, and writes work again once there 
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -340,23 +341,23 @@ def test_disk_full_refuses_writes_serves_reads_then_recovers(
     srv.log_path = tmp_path / "server.log"  # the log must not live on the full disk
     srv.start()
     try:
-        item = b"d" * (16 << 10)
         stored: list[bytes] = []
-        refusal = b""
+        refusals: list[bytes] = []
         with Wire(srv.port) as w:
-            for i in range(1000):
-                data = b"%05d" % i + item
-                reply = w.call(b"set full 0 0 %d\r\n%s\r\n" % (len(data), data))
-                if reply != b"STORED\r\n":
-                    refusal = reply
-                    break
-                stored.append(data)
-            assert refusal.startswith(b"SERVER_ERROR "), refusal
+            # Fill the disk to the last page: big items until refused, then ever smaller ones.
+            for size in (16 << 10, 4 << 10, 1 << 10, 128, 8, 1):
+                for _ in range(1000):
+                    data = (b"%06d" % len(stored) + b"d" * size)[:size]
+                    reply = w.call(b"set full 0 0 %d\r\n%s\r\n" % (len(data), data))
+                    if reply != b"STORED\r\n":
+                        refusals.append(reply)
+                        break
+                    stored.append(data)
+            assert len(refusals) == 6
+            assert all(r.startswith(b"SERVER_ERROR ") for r in refusals), refusals
             assert len(stored) >= 100
+            assert os.statvfs(small_disk).f_bavail == 0, "the disk is not full"
             # Refused, not dropped: the connection is still in step, and so is the server.
-            data = b"%05d" % len(stored) + item
-            reply = w.call(b"set full 0 0 %d\r\n%s\r\n" % (len(data), data))
-            assert reply.startswith(b"SERVER_ERROR "), reply
             assert w.call(b"version\r\n").startswith(b"VERSION ")
             # Reads go on: reliable reads for the first half, plain gets for the rest.
             got: list[bytes] = []
@@ -368,6 +369,7 @@ def test_disk_full_refuses_writes_serves_reads_then_recovers(
             assert w.call(b"get full/close\r\n") == b"END\r\n"
         got += drain(srv.port, "full")
         assert got == stored, "every STORED item comes back, in order"
+        assert "disk full" in srv.log()  # the reads above needed the reserve
 
         # Once drained, the journal shrinks and the reserve is re-armed: sets work again.
         def accepts() -> bool:
