@@ -1,0 +1,217 @@
+"""What each command did must still be true after a restart, clean (SIGTERM) or kill -9.
+
+The journal is the truth; these tests check that every kind of state change reaches it: gets,
+confirms, aborts, flushes, deletes, fanout registrations, flags and expiry, delivery counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import ServerProcess, Wire, server_stats, wait_until
+
+
+def put(w: Wire, queue: str, data: bytes, flags: int = 0, exptime: int = 0) -> None:
+    header = b"set %s %d %d %d\r\n" % (queue.encode(), flags, exptime, len(data))
+    assert w.call(header + data + b"\r\n") == b"STORED\r\n"
+
+
+def value(key: str, data: bytes, flags: int = 0) -> bytes:
+    return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key.encode(), flags, len(data), data)
+
+
+def restart(srv: ServerProcess, how: str) -> None:
+    if how == "kill-9":
+        srv.kill()
+    else:
+        assert srv.stop() == 0, srv.log()
+    srv.start()
+
+
+def drain(srv: ServerProcess, queue: str) -> list[bytes]:
+    got: list[bytes] = []
+    with Wire(srv.port) as w:
+        for _ in range(1000):
+            reply = w.call(f"get {queue}\r\n".encode())
+            if reply == b"END\r\n":
+                return got
+            got.append(reply)
+    raise AssertionError("did not drain")
+
+
+HOW = pytest.mark.parametrize("how", ["kill-9", "sigterm"])
+
+
+@HOW
+def test_plain_get_and_confirmed_reads_stay_gone(server: ServerProcess, how: str) -> None:
+    with Wire(server.port) as w:
+        for data in (b"a", b"b", b"c", b"d"):
+            put(w, "q", data)
+        assert w.call(b"get q\r\n") == value("q", b"a")
+        assert w.call(b"get q/open\r\n") == value("q/open", b"b")
+        assert w.call(b"get q/close\r\n") == b"END\r\n"
+        restart(server, how)
+    assert drain(server, "q") == [value("q", b"c"), value("q", b"d")]
+
+
+@HOW
+def test_confirm_command_is_journalled(tmp_path: Path, how: str) -> None:
+    srv = ServerProcess(tmp_path / "data", "--max-open-reads", "5").start()
+    try:
+        with Wire(srv.port) as w:
+            for data in (b"a", b"b", b"c"):
+                put(w, "q", data)
+            assert w.call(b"get q/open\r\n") == value("q/open", b"a")
+            assert w.call(b"get q/open\r\n") == value("q/open", b"b")
+            assert w.call(b"confirm q 2\r\n") == b"END\r\n"
+            restart(srv, how)
+        assert drain(srv, "q") == [value("q", b"c")]
+    finally:
+        assert srv.stop() == 0
+
+
+@HOW
+def test_aborted_read_is_back_at_the_head_after_restart(server: ServerProcess, how: str) -> None:
+    with Wire(server.port) as w:
+        for data in (b"a", b"b"):
+            put(w, "q", data)
+        assert w.call(b"get q/open\r\n") == value("q/open", b"a")
+        assert w.call(b"get q/abort\r\n") == b"END\r\n"
+        assert w.call(b"get q/peek\r\n") == value("q/peek", b"a")
+        restart(server, how)
+    assert drain(server, "q") == [value("q", b"a"), value("q", b"b")]
+
+
+@HOW
+def test_flush_and_flush_all_stay_flushed(server: ServerProcess, how: str) -> None:
+    with Wire(server.port) as w:
+        for queue in ("one", "two", "three"):
+            put(w, queue, b"old")
+        assert w.call(b"flush one\r\n") == b"END\r\n"
+        put(w, "one", b"new")
+        assert w.call(b"flush_all\r\n") == b"Flushed all queues.\r\n"
+        put(w, "two", b"newer")
+        restart(server, how)
+    assert drain(server, "one") == []
+    assert drain(server, "two") == [value("two", b"newer")]
+    assert drain(server, "three") == []
+
+
+@HOW
+def test_deleted_queue_stays_deleted(server: ServerProcess, how: str) -> None:
+    with Wire(server.port) as w:
+        put(w, "gone", b"x")
+        put(w, "kept", b"y")
+        assert w.call(b"delete gone\r\n") == b"DELETED\r\n"
+        restart(server, how)
+    stats = server_stats(server.port)
+    assert "queue_gone_items" not in stats
+    assert stats["queue_kept_items"] == "1"
+    assert not list(server.data_dir.glob("gone.*"))
+
+
+@HOW
+def test_flags_expiry_and_order_survive(server: ServerProcess, how: str) -> None:
+    with Wire(server.port) as w:
+        put(w, "q", b"first", flags=7, exptime=3600)
+        put(w, "q", b"soon", flags=1, exptime=1)
+        put(w, "q", b"last", flags=2**32 - 1)
+        set_at = time.time()
+        restart(server, how)
+    with Wire(server.port) as w:
+        assert w.call(b"get q\r\n") == value("q", b"first", 7)
+    # Expiry is an absolute time in the journal: downtime counts.
+    wait_until(lambda: time.time() > set_at + 1.1, 3, what="the short expiry to pass")
+    restart(server, how)
+    assert drain(server, "q") == [value("q", b"last", 2**32 - 1)]
+
+
+@HOW
+def test_fanout_children_and_open_reads_of_children(server: ServerProcess, how: str) -> None:
+    with Wire(server.port) as w:
+        assert w.call(b"get feed+a\r\n") == b"END\r\n"
+        assert w.call(b"get feed+b\r\n") == b"END\r\n"
+        put(w, "feed", b"x")
+        assert w.call(b"get feed+a/open\r\n") == value("feed+a/open", b"x")
+        restart(server, how)
+    with Wire(server.port) as w:
+        put(w, "feed", b"y")
+    assert drain(server, "feed") == [value("feed", b"x"), value("feed", b"y")]
+    assert drain(server, "feed+a") == [value("feed+a", b"x"), value("feed+a", b"y")]
+    assert drain(server, "feed+b") == [value("feed+b", b"x"), value("feed+b", b"y")]
+
+
+@HOW
+def test_delivery_count_survives_restart(tmp_path: Path, how: str) -> None:
+    conf = tmp_path / "kestrelq.toml"
+    conf.write_text("[queues.poison]\nmax_deliveries = 2\n")
+    srv = ServerProcess(tmp_path / "data", "--config", str(conf)).start()
+    try:
+
+        def deliver_and_vanish() -> None:
+            with Wire(srv.port) as w:
+                assert w.call(b"get poison/open\r\n") == value("poison/open", b"bad")
+            wait_until(lambda: server_stats(srv.port)["queue_poison_items"] == "1", 5)
+
+        with Wire(srv.port) as w:
+            put(w, "poison", b"bad")
+        deliver_and_vanish()
+        restart(srv, how)
+        deliver_and_vanish()
+        restart(srv, how)
+        with Wire(srv.port) as w:
+            assert w.call(b"get poison/open\r\n") == b"END\r\n"
+        assert drain(srv, "poison_dead") == [value("poison_dead", b"bad")]
+    finally:
+        assert srv.stop() == 0
+
+
+@HOW
+def test_open_read_at_crash_counts_as_a_delivery(tmp_path: Path, how: str) -> None:
+    conf = tmp_path / "kestrelq.toml"
+    conf.write_text("[queues.poison]\nmax_deliveries = 1\n")
+    srv = ServerProcess(tmp_path / "data", "--config", str(conf)).start()
+    try:
+        holder = Wire(srv.port)
+        put(holder, "poison", b"crashes-the-worker")
+        assert holder.call(b"get poison/open\r\n") == value("poison/open", b"crashes-the-worker")
+        restart(srv, how)
+        holder.close()
+        with Wire(srv.port) as w:
+            assert w.call(b"get poison/open\r\n") == b"END\r\n"
+        assert drain(srv, "poison_dead") == [value("poison_dead", b"crashes-the-worker")]
+    finally:
+        assert srv.stop() == 0
+
+
+@HOW
+def test_many_restarts_keep_a_consistent_queue(server: ServerProcess, how: str) -> None:
+    # Interleave work and restarts; the model (a list) must match the server every time.
+    model: list[bytes] = []
+
+    def add(w: Wire, i: int) -> None:
+        put(w, "m", b"%d" % i)
+        model.append(b"%d" % i)
+
+    def take(w: Wire, i: int) -> None:
+        expected = value("m", model.pop(0)) if model else b"END\r\n"
+        assert w.call(b"get m\r\n") == expected
+
+    def take_reliably(w: Wire, i: int) -> None:
+        if model:
+            assert w.call(b"get m/open\r\n") == value("m/open", model.pop(0))
+            assert w.call(b"get m/close\r\n") == b"END\r\n"
+
+    steps: list[Callable[[Wire, int], None]] = [add, add, take, add, take_reliably, add, add]
+    for round_no in range(4):
+        with Wire(server.port) as w:
+            for i, step in enumerate(steps):
+                step(w, round_no * 10 + i)
+        restart(server, how)
+        with Wire(server.port) as w:
+            expected = [value("m/peek", model[0])] if model else [b"END\r\n"]
+            assert [w.call(b"get m/peek\r\n")] == expected
+    assert drain(server, "m") == [value("m", d) for d in model]
