@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Supervisord, render_test_stack, wait_until
+from helpers import Supervisord, render_test_stack, request, wait_until
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
@@ -70,6 +70,13 @@ class Stack:
         return old, new
 
 
+def queue_answers(port: int) -> bool:
+    try:
+        return request(port, b"version\r\n", timeout_s=2).startswith(b"VERSION ")
+    except OSError:
+        return False
+
+
 def start_stack(root: Path, workers: int) -> Stack:
     conf, stack = render_test_stack(root, workers=workers)
     handled = root / "handled.log"
@@ -82,6 +89,8 @@ def start_stack(root: Path, workers: int) -> Stack:
     names = [f"work_worker:work_worker_{n:02d}" for n in range(workers)]
     for name in [QUEUE, *names]:
         wait_until(partial(sup.running, name), 30, what=f"{name} RUNNING")
+    # RUNNING only means "up for startsecs"; ready means it answers (the readiness contract).
+    wait_until(partial(queue_answers, stack.port), 30, what="the queue to answer version")
     return Stack(sup, stack.port, root, handled, names)
 
 

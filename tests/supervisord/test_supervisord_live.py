@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from helpers import REPO, Supervisord, child_env, render_test_stack, wait_until
+from helpers import REPO, Supervisord, child_env, render_test_stack, request, wait_until
 
 from kestrelq.supervisord.model import Program
 from kestrelq.supervisord.render import render_program
@@ -63,6 +63,14 @@ def test_fatal_listener_stops_supervisord_in_container_mode(tmp_path: Path) -> N
         sup.stop()
 
 
+def queue_answers(port: int) -> bool:
+    """The readiness contract: the port answers `version` (RUNNING is only "up 1 s")."""
+    try:
+        return request(port, b"version\r\n", timeout_s=2).startswith(b"VERSION ")
+    except OSError:
+        return False
+
+
 def supervisorctl(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args],
@@ -94,6 +102,7 @@ def test_host_stack_runs_and_workers_handle_what_send_py_sends(tmp_path: Path) -
         sup.wait_ready()
         for name in ("queue:queue", "work_worker:work_worker_00", "work_worker:work_worker_01"):
             wait_until(partial(sup.running, name), 30, what=f"{name} RUNNING")
+        wait_until(partial(queue_answers, stack.port), 30, what="the queue to answer version")
         status = supervisorctl(conf / "supervisord.conf", "status")
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("RUNNING") == 4, status.stdout  # queue, 2 workers, listener
