@@ -7,7 +7,9 @@ line echoes the key it asked for (it checks), flags come back (its serde relies 
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -156,3 +158,49 @@ def test_expire_argument_is_honoured(server: ServerProcess) -> None:
         assert c.get("exp") == b"kept"
     finally:
         c.close()
+
+
+def test_concurrent_clients_each_item_exactly_once(server: ServerProcess) -> None:
+    # One Client per thread (never shared), as one per worker process in production.
+    per_producer = 300
+    produced = threading.Event()
+
+    def produce(p: int) -> None:
+        c = client(server)
+        try:
+            for n in range(per_producer):
+                assert c.set("shared", b"%d:%d" % (p, n), noreply=False) is True
+        finally:
+            c.close()
+
+    def consume() -> list[bytes]:
+        c = client(server)
+        got: list[bytes] = []
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                data = c.get("shared/close/open/t=200")
+                if data is not None:
+                    got.append(data)
+                elif produced.is_set():
+                    return got  # the producers are done and the queue is empty
+            raise TimeoutError("the queue did not drain")
+        finally:
+            c.close()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        consumers = [pool.submit(consume) for _ in range(3)]
+        producers = [pool.submit(produce, p) for p in range(5)]
+        for done in producers:
+            done.result(timeout=60)
+        produced.set()
+        shares = [f.result(timeout=60) for f in consumers]
+    received = [item for share in shares for item in share]
+    expected = {b"%d:%d" % (p, n) for p in range(5) for n in range(per_producer)}
+    assert len(received) == len(expected)
+    assert set(received) == expected
+    # FIFO per producer within each consumer's share.
+    for share in shares:
+        for p in range(5):
+            mine = [int(x.split(b":")[1]) for x in share if x.startswith(b"%d:" % p)]
+            assert mine == sorted(mine)

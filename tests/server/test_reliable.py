@@ -317,3 +317,46 @@ def test_disconnect_while_blocked_leaves_no_waiter(server: ServerProcess) -> Non
     with Wire(server.port) as other:
         put(other, "q", b"kept")
         assert other.call(b"get q\r\n") == value("q", b"kept")
+
+
+# -- delete and shutdown with reads in flight ------------------------------------------------
+
+
+def test_delete_while_open_forgets_the_read(server: ServerProcess) -> None:
+    holder = Wire(server.port)
+    put(holder, "d", b"x")
+    assert holder.call(b"get d/open\r\n") == value("d/open", b"x")
+    with Wire(server.port) as w:
+        assert w.call(b"delete d\r\n") == b"DELETED\r\n"
+    holder.close()
+    wait_until(lambda: server_stats(server.port)["curr_connections"] == "1", 5)
+    with Wire(server.port) as w:
+        assert w.call(b"get d\r\n") == b"END\r\n"
+
+
+@pytest.mark.parametrize("how", ["shutdown-command", "sigterm"])
+def test_shutdown_answers_parked_reads_and_returns_open_ones(
+    server: ServerProcess, how: str
+) -> None:
+    holder, parked = Wire(server.port), Wire(server.port)
+    try:
+        put(holder, "q", b"held")
+        assert holder.call(b"get q/open\r\n") == value("q/open", b"held")
+        parked.send(b"get q/t=60000\r\n")
+        waiters_are(server, "q", 1)
+        if how == "sigterm":
+            assert server.proc is not None
+            server.proc.terminate()
+        else:
+            with Wire(server.port) as w:
+                w.send(b"shutdown\r\n")
+        assert parked.reply() == b"END\r\n"  # answered at once, not after 60 s
+        assert parked.at_eof()
+        assert holder.at_eof()
+        assert server.proc is not None and server.proc.wait(15) == 0
+    finally:
+        holder.close()
+        parked.close()
+    server.start()
+    with Wire(server.port) as w:
+        assert w.call(b"get q\r\n") == value("q", b"held")

@@ -700,3 +700,47 @@ def test_server_log_is_clean(configured: ServerProcess) -> None:
     with Wire(configured.port) as w:
         assert w.call(b"version\r\n").startswith(b"VERSION ")
     assert "Traceback" not in configured.log()
+
+
+# -- framing under load ---------------------------------------------------------------------
+
+
+def test_get_reads_only_the_first_key(server: ServerProcess) -> None:
+    with Wire(server.port) as w:
+        assert put(w, "a", b"1") == b"STORED\r\n"
+        assert put(w, "b", b"2") == b"STORED\r\n"
+        assert w.call(b"get a b\r\n") == value("a", b"1")
+        assert w.call(b"get b\r\n") == value("b", b"2")
+
+
+def test_pipelined_burst_replies_in_order(server: ServerProcess) -> None:
+    count = 2000
+    sets = b"".join(b"set burst %d 0 %d\r\n%d\r\n" % (i, len(b"%d" % i), i) for i in range(count))
+    gets = b"get burst\r\n" * count
+    with Wire(server.port) as w:
+        w.send(sets + gets)  # one write: the server sees many commands per read
+        assert [w.reply() for _ in range(count)] == [b"STORED\r\n"] * count
+        assert [w.reply() for _ in range(count)] == [
+            value("burst", b"%d" % i, i) for i in range(count)
+        ]
+        assert w.call(b"get burst\r\n") == b"END\r\n"
+
+
+def test_large_item_sent_in_small_pieces(server: ServerProcess) -> None:
+    data = bytes(range(256)) * (4 << 12)  # 4 MiB
+    message = b"set big 0 0 %d\r\n%s\r\n" % (len(data), data)
+    with Wire(server.port) as w:
+        for start in range(0, len(message), 7001):
+            w.send(message[start : start + 7001])
+        assert w.reply() == b"STORED\r\n"
+        assert w.call(b"get big\r\n") == value("big", data)
+
+
+def test_expired_item_aborted_is_discarded(server: ServerProcess) -> None:
+    with Wire(server.port) as w:
+        assert put(w, "e", b"x", exptime=1) == b"STORED\r\n"
+        set_at = time.monotonic()
+        assert w.call(b"get e/open\r\n") == value("e/open", b"x")
+        wait_until(lambda: time.monotonic() > set_at + 1.1, 3, what="the expiry to pass")
+        assert w.call(b"get e/abort\r\n") == b"END\r\n"
+        assert w.call(b"get e/peek\r\n") == b"END\r\n"
