@@ -179,11 +179,13 @@ def test_concurrent_clients_each_item_exactly_once(server: ServerProcess) -> Non
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
+                # Read the flag first: a miss after it was set means the queue is drained.
+                done = produced.is_set()
                 data = c.get("shared/close/open/t=200")
                 if data is not None:
                     got.append(data)
-                elif produced.is_set():
-                    return got  # the producers are done and the queue is empty
+                elif done:
+                    return got
             raise TimeoutError("the queue did not drain")
         finally:
             c.close()
