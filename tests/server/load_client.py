@@ -56,6 +56,8 @@ def consume(port: int, queue: str, out: Path, stop: Path) -> int:
     holding = False
     with out.open("a", buffering=1) as log:
         while time.monotonic() < deadline:
+            # Look first: a miss that began after the stop file appeared means drained.
+            stopping = stop.exists()
             try:
                 data = client.get(f"{queue}/close/open/t=200")
             except Exception:
@@ -65,7 +67,7 @@ def consume(port: int, queue: str, out: Path, stop: Path) -> int:
                 continue
             if data is None:
                 holding = False
-                if stop.exists():
+                if stopping:
                     break
                 continue
             log.write(data.decode() + "\n")
