@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the kestrelq fsync policy that ratios and targets compare against (never)",
     )
     g.add_argument("--no-matrix", action="store_true", help="skip the client matrix")
+    g.add_argument(
+        "--scenarios-only", action="store_true", help="skip the matrix and the load generator"
+    )
     g = p.add_argument_group("pipelined load generator (server CPU per message)")
     g.add_argument("--no-loadgen", action="store_true")
     g.add_argument("--loadgen-messages", type=int, default=20000)
@@ -100,6 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.loadgen_messages = 2000
         args.fsync_scale_messages = min(args.fsync_scale_messages, 500)
         args.fairness_seconds = min(args.fairness_seconds, 1.0)
+    if args.scenarios_only:
+        args.no_matrix = args.no_loadgen = True
     if args.size < MIN_SIZE:
         p.error(f"--size must be at least {MIN_SIZE} (the message id is in the body)")
     return args
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"client, one client per process.\n\n" + report.table(rows, ref_label)
             )
             raw["matrix"] = [asdict(r) for r in rows]
-        if not args.no_loadgen and not args.no_matrix:
+        if not args.no_loadgen:
             lrows, errs = run_loadgen(args, work_dir)
             errors += errs
             checks += loadgen_checks(lrows, ref_label)

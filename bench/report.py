@@ -174,7 +174,7 @@ def checks_table(checks: list[Check]) -> str:
     for c in checks:
         op = ">=" if c.sense == "ge" else "<="
         verdict = "PASS" if c.passed else "FAIL"
-        lines.append(f"| {c.name} | {c.value:.2f} | {op} {c.target:g} | {verdict} |")
+        lines.append(f"| {c.name} | {c.value:.3g} | {op} {c.target:g} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +209,9 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
             ]
             ax.bar(xs, ys, width=width, label=f"C={c}")
         ax.set_ylabel(ylabel)
+        if "latency" in ylabel:
+            # fsync=always sits two orders of magnitude above the rest; a linear axis hides them.
+            ax.set_yscale("log")
         ax.set_xticks(range(len(variants)))
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
         ax.grid(axis="y", alpha=0.3)
