@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -66,6 +66,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="never",
         help="the kestrelq fsync policy that ratios and targets compare against (never)",
     )
+    g.add_argument(
+        "--kestrelq-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `kestrelq serve` (repeatable), e.g. --kestrelq-arg=--config=F",
+    )
+    g.add_argument(
+        "--profile", type=Path, metavar="DIR", help="run kestrelq under cProfile; .prof files here"
+    )
     g.add_argument("--no-matrix", action="store_true", help="skip the client matrix")
     g.add_argument(
         "--scenarios-only", action="store_true", help="skip the matrix and the load generator"
@@ -103,11 +113,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.loadgen_messages = 2000
         args.fsync_scale_messages = min(args.fsync_scale_messages, 500)
         args.fairness_seconds = min(args.fairness_seconds, 1.0)
+    if args.profile is not None:
+        args.profile = args.profile.resolve()
+        args.profile.mkdir(parents=True, exist_ok=True)
     if args.scenarios_only:
         args.no_matrix = args.no_loadgen = True
     if args.size < MIN_SIZE:
         p.error(f"--size must be at least {MIN_SIZE} (the message id is in the body)")
     return args
+
+
+def kestrelq_template(args: argparse.Namespace) -> ServerSpec:
+    """kestrelq as every part of the run starts it; fsync is filled in per run."""
+    return ServerSpec(
+        "kestrelq",
+        extra_args=tuple(args.kestrelq_arg),
+        max_item_bytes=max(args.size, 65535),
+        profile_dir=args.profile,
+    )
 
 
 @dataclass
@@ -126,7 +149,7 @@ def plan(args: argparse.Namespace) -> Plan:
         if kind not in args.servers or (kind in ("kestrelq", "redis") and mode not in args.modes):
             continue
         specs = (
-            [ServerSpec(kind, fsync=f, max_item_bytes=max_item) for f in args.fsync]
+            [replace(kestrelq_template(args), fsync=f) for f in args.fsync]
             if kind == "kestrelq"
             else [ServerSpec(kind, memory_mb=mem_mb, max_item_bytes=max_item)]
         )
@@ -197,7 +220,7 @@ def run_loadgen(args: argparse.Namespace, work_dir: Path) -> tuple[list[LoadRow]
     if "kestrelq" in args.servers:
         for f in args.fsync:
             for mode in args.modes:
-                variants.append((ServerSpec("kestrelq", fsync=f), mode))
+                variants.append((replace(kestrelq_template(args), fsync=f), mode))
     rows: list[LoadRow] = []
     errors: list[str] = []
     n = args.loadgen_messages
@@ -347,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.fsync_scale,
                 "fsync scaling",
                 lambda: scenarios.fsync_scale(
-                    work_dir, args.fsync_scale_messages, args.fsync_scale_producers, args.size
+                    work_dir,
+                    args.fsync_scale_messages,
+                    args.fsync_scale_producers,
+                    args.size,
+                    template=kestrelq_template(args),
                 ),
             ),
             (
@@ -360,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                     fsync=args.backlog_fsync,
                     restart_signal=signal.Signals["SIG" + args.restart_signal],
                     compaction_wait_s=args.compaction_wait,
+                    template=kestrelq_template(args),
                 ),
             ),
             (
@@ -372,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                     rate=args.fairness_rate,
                     big_bytes=args.fairness_big_mib << 20,
                     fsync=args.ref_fsync,
+                    template=kestrelq_template(args),
                 ),
             ),
         ]

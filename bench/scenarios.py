@@ -12,7 +12,7 @@ import multiprocessing as mp
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from bench.servers import HOST, ServerSpec, start
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
+KESTRELQ = ServerSpec("kestrelq")
 
 
 @dataclass
@@ -63,11 +64,17 @@ def _fsyncs(port: int) -> int | None:
 # ---- group commit: 16 concurrent producers, fsync always vs never -------------------------
 
 
-def fsync_scale(work_dir: Path, messages: int, producers: int = 16, size: int = 64) -> Section:
+def fsync_scale(
+    work_dir: Path,
+    messages: int,
+    producers: int = 16,
+    size: int = 64,
+    template: ServerSpec = KESTRELQ,
+) -> Section:
     rows: dict[str, dict[str, float]] = {}
     ok = True
     for policy in ("always", "never"):
-        server = start(ServerSpec("kestrelq", fsync=policy), work_dir)
+        server = start(replace(template, fsync=policy), work_dir)
         try:
             before = _fsyncs(server.port)
             # One command in flight per connection: 16 producers each waiting for STORED.
@@ -152,9 +159,10 @@ def backlog(
     fsync: str = "never",
     restart_signal: int = signal.SIGKILL,
     compaction_wait_s: float = 30.0,
+    template: ServerSpec = KESTRELQ,
 ) -> Section:
     data_dir = work_dir / "backlog-data"
-    spec = ServerSpec("kestrelq", fsync=fsync)
+    spec = replace(template, fsync=fsync)
     server = start(spec, work_dir, data_dir=data_dir)
     n: dict[str, float] = {"items": float(items)}
     try:
@@ -311,8 +319,9 @@ def fairness(
     big_bytes: int = 8 * MIB,
     big_flows: int = 1,
     fsync: str = "never",
+    template: ServerSpec = KESTRELQ,
 ) -> Section:
-    server = start(ServerSpec("kestrelq", fsync=fsync), work_dir)
+    server = start(replace(template, fsync=fsync), work_dir)
     results: dict[str, dict[str, float]] = {}
     ok = True
     try:

@@ -75,6 +75,8 @@ class ServerSpec:
     # Enough memory for the run's data: memcached evicts silently once its cache is full.
     memory_mb: int = 64
     max_item_bytes: int = 65535
+    # kestrelq only: run the server under cProfile, one .prof file per server process.
+    profile_dir: Path | None = None
 
     @property
     def label(self) -> str:
@@ -115,7 +117,12 @@ class ServerProc:
 
 def command(spec: ServerSpec, port: int, data_dir: Path) -> list[str]:
     if spec.kind == "kestrelq":
-        cmd = [sys.executable, "-m", "kestrelq", "serve", "--host", HOST, "--port", str(port)]
+        cmd = [sys.executable]
+        if spec.profile_dir is not None:
+            # cProfile writes its file when the server returns from main after SIGTERM.
+            name = f"kestrelq-fsync{spec.fsync or 'default'}-{port}.prof"
+            cmd += ["-m", "cProfile", "-o", str(spec.profile_dir / name)]
+        cmd += ["-m", "kestrelq", "serve", "--host", HOST, "--port", str(port)]
         cmd += ["--data-dir", str(data_dir)]
         if spec.fsync:
             cmd += ["--fsync", spec.fsync]

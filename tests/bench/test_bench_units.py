@@ -163,3 +163,24 @@ def test_loadgen_tally_counts_missing_corrupt_and_duplicates() -> None:
     for i in range(5):
         clean.add(make_payload(i, 16))
     assert clean.verify(5) == (0, 0, 0)
+
+
+def test_profiled_kestrelq_writes_a_profile_that_names_the_server(tmp_path: Path) -> None:
+    import pstats
+
+    from bench.drivers import MemcacheQueueDriver
+
+    prof_dir = tmp_path / "prof"
+    prof_dir.mkdir()
+    server = start(ServerSpec("kestrelq", fsync="never", profile_dir=prof_dir), tmp_path)
+    try:
+        driver = MemcacheQueueDriver(server.port, reliable=True)
+        driver.put(1, make_payload(1, 32))
+        assert driver.take(0) == make_payload(1, 32)
+        driver.close()
+    finally:
+        assert server.stop() == 0, server.log_tail()
+    (prof,) = prof_dir.glob("kestrelq-fsyncnever-*.prof")
+    stats = pstats.Stats(str(prof))
+    files = {key[0] for key in stats.stats}  # type: ignore[attr-defined]
+    assert any("kestrelq" in f for f in files)
