@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -131,6 +133,30 @@ def kestrelq_template(args: argparse.Namespace) -> ServerSpec:
         max_item_bytes=max(args.size, 65535),
         profile_dir=args.profile,
     )
+
+
+def source_revision() -> str:
+    """The checkout's commit, marked dirty when kestrelq/ has uncommitted changes."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "kestrelq"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "an unknown revision"
+    if not rev:
+        return "an unknown revision"
+    return f"`{rev}`" + (" with uncommitted changes in kestrelq/" if dirty else "")
 
 
 @dataclass
@@ -343,8 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[str] = []
     checks: list[report.Check] = []
     errors: list[str] = []
-    raw: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    raw: dict[str, object] = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "revision": source_revision(),
+    }
     started = time.monotonic()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="kestrelq-bench-") as tmp:
         work_dir = Path(tmp)
         rows: list[report.Row] = []
@@ -424,9 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         if rows:
             report.chart(rows, png, f"kestrelq bench {stamp}: N={args.messages}, S={args.size} B")
     elapsed = time.monotonic() - started
+    load_end = os.getloadavg()[0]
     head = (
         f"# kestrelq benchmark {stamp}\n\nRatios and targets against **{ref_label}**. "
-        f"Took {elapsed:.0f} s. Command: `python -m bench {' '.join(argv or sys.argv[1:])}`\n"
+        f"Took {elapsed:.0f} s. Command: `python -m bench {' '.join(argv or sys.argv[1:])}`\n\n"
+        f"kestrelq at {source_revision()}; {os.cpu_count()} CPUs; load average "
+        f"{load_start:.2f} at the start, {load_end:.2f} at the end (above ~0.5 other work "
+        "shared the machine and the numbers are noisier).\n"
     )
     body = head + "\n## Targets\n\n" + report.checks_table(checks) + "\n" + "\n".join(sections)
     if errors:
