@@ -242,7 +242,9 @@ class LoadRow:
 def run_loadgen(args: argparse.Namespace, work_dir: Path) -> tuple[list[LoadRow], list[str]]:
     variants: list[tuple[ServerSpec, str]] = []
     if "memcached" in args.servers:
-        variants.append((ServerSpec("memcached", memory_mb=256), "kv"))
+        # Room for every message: memcached evicts silently when its cache is full.
+        mem_mb = max(256, args.loadgen_messages * (args.size + 200) * 2 // (1 << 20) + 16)
+        variants.append((ServerSpec("memcached", memory_mb=mem_mb), "kv"))
     if "kestrelq" in args.servers:
         for f in args.fsync:
             for mode in args.modes:

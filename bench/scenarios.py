@@ -235,19 +235,26 @@ def backlog(
 
 
 def _big_flow(port: int, size: int, stop: Event, out: mp.Queue[Any]) -> None:
-    """Set and get `size`-byte items on queue `big` until told to stop; report bytes moved."""
+    """Set and get `size`-byte items on queue `big` until told to stop; report bytes moved.
+
+    It says "started" once connected, and always completes at least one round trip, so a
+    short run still measures small items beside a big one actually in flight.
+    """
     moved = 0
     body = b"B" * size
     try:
         with socket.create_connection((HOST, port), timeout=120) as s:
+            out.put(("started", 0))
             header = b"set big 0 0 %d\r\n" % size
-            while not stop.is_set():
+            while True:
                 s.sendall(header + body + b"\r\n")
                 _recv_until(s, b"\r\n", 64)
                 s.sendall(b"get big\r\n")
                 reply = _recv_until(s, b"END\r\n", size + 256)
                 if reply.startswith(b"VALUE"):
                     moved += 2 * size
+                if stop.is_set():
+                    break
         out.put(("ok", moved))
     except BaseException as exc:
         out.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -335,6 +342,9 @@ def fairness(
             ]
             for p in procs:
                 p.start()
+            started = [out.get(timeout=120) for _ in procs]
+            if any(status != "started" for status, _ in started):
+                raise RuntimeError(f"big flow did not start: {started}")
             set_lat, get_lat, sent = asyncio.run(
                 _small_clients(server.port, clients, seconds, rate)
             )
