@@ -20,14 +20,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import loadgen, report, scenarios
 from bench.drivers import MIN_SIZE, TARGETS
 from bench.runner import RunConfig, RunResult, run_once
-from bench.servers import REPO_ROOT, ServerSpec, missing_binaries, start
+from bench.servers import KINDS, REPO_ROOT, ServerSpec, missing_binaries, start
 
 log = logging.getLogger("bench")
 
@@ -120,6 +120,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.profile.mkdir(parents=True, exist_ok=True)
     if args.scenarios_only:
         args.no_matrix = args.no_loadgen = True
+    unknown = [k for k in args.servers if k not in KINDS] + [
+        m for m in args.modes if m not in ("plain", "reliable")
+    ]
+    if unknown:
+        p.error(f"unknown server or mode: {', '.join(unknown)}")
     if args.size < MIN_SIZE:
         p.error(f"--size must be at least {MIN_SIZE} (the message id is in the body)")
     return args
@@ -159,13 +164,8 @@ def source_revision() -> str:
     return f"`{rev}`" + (" with uncommitted changes in kestrelq/" if dirty else "")
 
 
-@dataclass
-class Plan:
-    runs: list[tuple[RunConfig, ServerSpec]]
-    errors: list[str] = field(default_factory=list)
-
-
-def plan(args: argparse.Namespace) -> Plan:
+def plan(args: argparse.Namespace) -> list[tuple[RunConfig, ServerSpec]]:
+    """Every (client config, server) pair of the matrix, in the order they run."""
     runs: list[tuple[RunConfig, ServerSpec]] = []
     max_item = max(args.size, 65535)
     # memcached's cache must hold every message, or it evicts and the run reports losses.
@@ -182,17 +182,20 @@ def plan(args: argparse.Namespace) -> Plan:
         for spec in specs:
             for c in args.clients:
                 runs.append((RunConfig(kind, mode, c, args.messages, args.size), spec))
-    return Plan(runs)
+    return runs
 
 
 def run_matrix(args: argparse.Namespace, work_dir: Path) -> tuple[list[RunResult], list[str]]:
     results: list[RunResult] = []
     errors: list[str] = []
-    todo = plan(args).runs
+    todo = plan(args)
     total = len(todo) * args.repeat
     done = 0
-    for cfg, spec in todo:
-        for rep in range(args.repeat):
+    # Round-robin over the repeats: a burst of other work on the machine then lands on one
+    # run of several configurations, and the medians drop it, instead of sinking all the
+    # runs of one configuration.
+    for rep in range(args.repeat):
+        for cfg, spec in todo:
             done += 1
             t0 = time.monotonic()
             tag = f"[{done}/{total}] {spec.label} {cfg.mode} C={cfg.clients} run {rep + 1}"
@@ -252,9 +255,10 @@ def run_loadgen(args: argparse.Namespace, work_dir: Path) -> tuple[list[LoadRow]
     rows: list[LoadRow] = []
     errors: list[str] = []
     n = args.loadgen_messages
-    for i, (spec, mode) in enumerate(variants, 1):
-        got: list[loadgen.LoadResult] = []
-        for rep in range(args.repeat):
+    runs: dict[int, list[loadgen.LoadResult]] = {i: [] for i in range(1, len(variants) + 1)}
+    # Round-robin over the repeats, as in the matrix.
+    for rep in range(args.repeat):
+        for i, (spec, mode) in enumerate(variants, 1):
             tag = f"[loadgen {i}/{len(variants)}] {spec.label} {mode} run {rep + 1}"
             server = start(spec, work_dir)
             try:
@@ -274,7 +278,7 @@ def run_loadgen(args: argparse.Namespace, work_dir: Path) -> tuple[list[LoadRow]
                 continue
             finally:
                 server.stop()
-            got.append(res)
+            runs[i].append(res)
             log.info(
                 "%s: set %.0f/s (%.1f µs cpu/msg) get %.0f/s (%.1f µs cpu/msg) %s",
                 tag,
@@ -286,6 +290,8 @@ def run_loadgen(args: argparse.Namespace, work_dir: Path) -> tuple[list[LoadRow]
             )
             if not res.complete:
                 errors.append(f"{tag}: lost {res.missing}, corrupt {res.corrupt}")
+    for i, (spec, mode) in enumerate(variants, 1):
+        got = runs[i]
         if got:
             med = statistics.median
             rows.append(
