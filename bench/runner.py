@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue as queue_mod
-import signal
 import time
 from array import array
 from dataclasses import dataclass
@@ -204,7 +203,7 @@ def run_once(cfg: RunConfig, spec: ServerSpec, work_dir: Path) -> RunResult:
     try:
         return _drive(cfg, server.port, server.pid, spec.label)
     finally:
-        server.stop(signal.SIGTERM)
+        server.stop()
 
 
 def _drive(cfg: RunConfig, port: int, pid: int, label: str) -> RunResult:

@@ -79,6 +79,11 @@ class ServerSpec:
     profile_dir: Path | None = None
 
     @property
+    def stop_signal(self) -> int:
+        # memcached keeps nothing on disk, and on SIGTERM waits a second for its timer threads.
+        return signal.SIGKILL if self.kind == "memcached" else signal.SIGTERM
+
+    @property
     def label(self) -> str:
         return f"kestrelq fsync={self.fsync}" if self.kind == "kestrelq" else self.kind
 
@@ -96,8 +101,10 @@ class ServerProc:
     def pid(self) -> int:
         return self.popen.pid
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
-        """Stop the process with sig, SIGKILL after timeout_s; return its exit code."""
+    def stop(self, sig: int | None = None, timeout_s: float = 20.0) -> int:
+        """Stop the process with sig (the spec's), SIGKILL after timeout_s; return its exit code."""
+        if sig is None:
+            sig = self.spec.stop_signal
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
             try:
