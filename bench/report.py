@@ -36,6 +36,9 @@ class Row:
     peak_rss_mb: float
     enq_ratio: float | None = None
     deq_ratio: float | None = None
+    # Half the range of the repeats' rates over their median: how far to trust a row.
+    enq_spread: float = 0.0
+    deq_spread: float = 0.0
 
     @property
     def ops(self) -> tuple[str, str]:
@@ -44,6 +47,11 @@ class Row:
 
 def _median(results: list[RunResult], get: Callable[[RunResult], float]) -> float:
     return statistics.median(get(r) for r in results)
+
+
+def _spread(values: list[float]) -> float:
+    mid = statistics.median(values)
+    return (max(values) - min(values)) / 2 / mid if mid else 0.0
 
 
 def _phase(getter: Callable[[RunResult], PhaseResult]) -> tuple[Callable[[RunResult], float], ...]:
@@ -80,6 +88,8 @@ def aggregate(results: Iterable[RunResult], ref_label: str) -> list[Row]:
                 deq_p99=deq[2],
                 deq_cpu=deq[3],
                 peak_rss_mb=_median(rs, lambda r: r.peak_rss_kb / 1024.0),
+                enq_spread=_spread([r.enqueue.rate for r in rs]),
+                deq_spread=_spread([r.dequeue.rate for r in rs]),
             )
         )
     by_key = {(r.label, r.mode, r.clients): r for r in rows}
@@ -95,6 +105,10 @@ def _fmt_ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
+def _pm(spread: float) -> str:
+    return f" ±{100 * spread:.0f}%" if spread else ""
+
+
 def table(rows: list[Row], ref_label: str) -> str:
     head = (
         "| server | mode | C | enqueue op | enq msg/s | enq vs ref | enq p50 µs | enq p99 µs "
@@ -105,16 +119,19 @@ def table(rows: list[Row], ref_label: str) -> str:
     for r in rows:
         put_op, take_op = r.ops
         lines.append(
-            f"| {r.label} | {r.mode} | {r.clients} | {put_op} | {r.enq_rate:,.0f} "
+            f"| {r.label} | {r.mode} | {r.clients} | {put_op} "
+            f"| {r.enq_rate:,.0f}{_pm(r.enq_spread)} "
             f"| {_fmt_ratio(r.enq_ratio)} | {r.enq_p50:.0f} | {r.enq_p99:.0f} | {r.enq_cpu:.1f} "
-            f"| {take_op} | {r.deq_rate:,.0f} | {_fmt_ratio(r.deq_ratio)} | {r.deq_p50:.0f} "
+            f"| {take_op} | {r.deq_rate:,.0f}{_pm(r.deq_spread)} | {_fmt_ratio(r.deq_ratio)} "
+            f"| {r.deq_p50:.0f} "
             f"| {r.deq_p99:.0f} | {r.deq_cpu:.1f} | {r.peak_rss_mb:.1f} | {r.verified}/{r.runs} |"
         )
     note = (
         f"\n'vs ref' is the row's median rate divided by {ref_label}'s in the matching mode "
         "(memcached's get against plain `get q`; beanstalkd's reserve+delete against "
         "`get q/close/open`). Latency is per operation as the client saw it; CPU is the "
-        "server's, all threads, over the phase."
+        "server's, all threads, over the phase. ±: half the range of the repeats' rates, "
+        "relative to the median."
     )
     return "\n".join(lines) + "\n" + note + "\n"
 

@@ -102,6 +102,7 @@ def test_aggregate_takes_medians_and_ratios_to_the_reference() -> None:
     assert checks[f"C=1: {ref} get q/close/open / beanstalkd reserve+delete"].passed
     table = report.table(list(rows.values()), ref)
     assert table.count("\n| ") == 4 and "2.00x" in table
+    assert kq.enq_spread == pytest.approx(0.5) and "2,000 ±50%" in table
 
 
 def test_check_sense() -> None:
@@ -184,3 +185,30 @@ def test_profiled_kestrelq_writes_a_profile_that_names_the_server(tmp_path: Path
     stats = pstats.Stats(str(prof))
     files = {key[0] for key in stats.stats}  # type: ignore[attr-defined]
     assert any("kestrelq" in f for f in files)
+
+
+def test_compare_shows_new_over_old_per_row() -> None:
+    from bench.compare import compare
+
+    row = {"label": "kestrelq fsync=never", "mode": "plain", "clients": 1}
+    old = {
+        "revision": "`aaa`",
+        "matrix": [row | {"enq_rate": 1000.0, "deq_rate": 2000.0, "enq_cpu": 10.0, "deq_cpu": 8.0}],
+    }
+    new = {
+        "revision": "`bbb`",
+        "matrix": [row | {"enq_rate": 1500.0, "deq_rate": 1000.0, "enq_cpu": 5.0, "deq_cpu": 8.0}],
+        "loadgen": [],
+    }
+    text = compare(old, new)
+    assert "old: `aaa`  new: `bbb`" in text
+    line = next(x for x in text.splitlines() if x.startswith("| kestrelq"))
+    assert line.split(" | ")[3:] == [
+        "1,000 → 1,500",
+        "1.50",
+        "2,000 → 1,000",
+        "0.50",
+        "0.50",
+        "1.00 |",
+    ]
+    assert "Pipelined" not in text
