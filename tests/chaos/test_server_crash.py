@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import ServerProcess, Wire, child_env, server_stats, wait_until
 
-from kestrelq.journal.format import MAGIC, decode
+from kestrelq.journal.format import MAGIC, Add, decode
 
 pytestmark = pytest.mark.chaos
 
@@ -314,6 +314,87 @@ def test_damaged_record_mid_file_refuses_start_until_salvage(
     srv.start()
     assert served(srv.port) == []
     assert srv.stop() == 0
+
+
+# -- damage in an older segment, behind the in-memory window ---------------------------------
+
+BEHIND_ITEMS = [b"b%03d-" % i + b"z" * 95 for i in range(100)]
+DAMAGED = 60  # an item read behind, in an older segment
+
+
+@pytest.fixture
+def damaged_behind(tmp_path: Path) -> Iterator[tuple[ServerProcess, Path, int]]:
+    """A stopped server whose queue `b` spans several segments, with the record of
+    BEHIND_ITEMS[DAMAGED] (behind the memory window, in an older segment) damaged.
+
+    Yields (server, damaged file, offset of the damaged record).
+    """
+    conf = tmp_path / "kestrelq.toml"
+    conf.write_text("[server]\nsegment_bytes = 2048\n[queue_defaults]\nmax_memory_bytes = 1024\n")
+    srv = ServerProcess(tmp_path / "data", "--config", str(conf)).start()
+    with Wire(srv.port) as w:
+        for k in range(4):
+            # A quarter per segment: wait for the rotation before writing the next quarter.
+            before = int(server_stats(srv.port).get("queue_b_journal_rotations", "0"))
+            for data in BEHIND_ITEMS[k * 25 : (k + 1) * 25]:
+                assert w.call(b"set b 0 0 %d\r\n%s\r\n" % (len(data), data)) == b"STORED\r\n"
+
+            def rotated(before: int = before) -> bool:
+                return int(server_stats(srv.port)["queue_b_journal_rotations"]) > before
+
+            wait_until(rotated, 10, what="a journal rotation")
+    assert int(server_stats(srv.port)["queue_b_mem_items"]) < 20  # most are read behind
+    assert srv.stop() == 0
+    files = segments(srv.data_dir, "b")
+    assert len(files) >= 4
+    for path in files[:-1]:
+        buf = path.read_bytes()
+        for start, end in record_spans(buf):
+            decoded = decode(buf, start, len(buf))
+            assert decoded is not None
+            record = decoded[0]
+            if isinstance(record, Add) and record.item.data == BEHIND_ITEMS[DAMAGED]:
+                damaged = bytearray(buf)
+                damaged[(start + end) // 2] ^= 0x5A
+                path.write_bytes(bytes(damaged))
+                yield srv, path, start
+                if srv.proc is not None and srv.proc.poll() is None:
+                    assert srv.stop() == 0, srv.log()
+                return
+    raise AssertionError("the item to damage is not in an older segment")
+
+
+def test_damage_behind_the_memory_window_refuses_start_until_salvage(
+    damaged_behind: tuple[ServerProcess, Path, int],
+) -> None:
+    srv, path, offset = damaged_behind
+    srv.start(wait=False)
+    assert srv.proc is not None
+    assert srv.proc.wait(20) != 0, "started on a damaged journal"
+    assert str(path) in srv.log() and f"offset {offset}" in srv.log()
+
+    srv.start("--salvage")
+    assert drain(srv.port, "b") == BEHIND_ITEMS[:DAMAGED] + BEHIND_ITEMS[DAMAGED + 1 :]
+    with Wire(srv.port) as w:
+        assert w.call(b"set b 0 0 3\r\nnew\r\n") == b"STORED\r\n"
+        assert w.call(b"get b\r\n") == b"VALUE b 0 3\r\nnew\r\nEND\r\n"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug: after --salvage of damage in an older segment, a plain start refuses",
+)
+def test_after_salvaging_damage_behind_a_normal_start_works(
+    damaged_behind: tuple[ServerProcess, Path, int],
+) -> None:
+    srv, _, _ = damaged_behind
+    srv.start("--salvage")
+    assert len(drain(srv.port, "b")) == len(BEHIND_ITEMS) - 1
+    assert srv.stop() == 0
+    # Salvage has dealt with the damage (and nothing is left that needs those records):
+    # a supervisor restarting the server without --salvage must not be refused.
+    srv.start()
+    assert drain(srv.port, "b") == []
 
 
 # -- disk full --------------------------------------------------------------------------------
