@@ -93,15 +93,22 @@ def record_spans(buf: bytes) -> list[tuple[int, int]]:
 Id = tuple[int, int]  # (producer, n)
 
 
+SMALL_WINDOW = "[server]\nsegment_bytes = 16384\n[queue_defaults]\nmax_memory_bytes = 4096\n"
+
+
 def run_with_kills(
-    tmp_path: Path, fsync: str, consumers: int, rng: random.Random
+    tmp_path: Path, fsync: str, consumers: int, rng: random.Random, window: str = "default"
 ) -> tuple[set[Id], list[list[Id]], list[Id]]:
     """4 producers and `consumers` consumers against a server killed -9 `KILLS` times.
 
-    Returns the ids that got STORED, each consumer's received ids in order, and what a plain
-    drain found after everyone stopped (consumers stop only once the queue is empty).
+    With window="small" most of the backlog lives only in the journal (read behind) and
+    segments rotate often. Returns the ids that got STORED, each consumer's received ids in
+    order, and what a plain drain found after everyone stopped (consumers stop only once the
+    queue is empty).
     """
-    srv = ServerProcess(tmp_path / "data", "--fsync", fsync).start()
+    conf = tmp_path / "kestrelq.toml"
+    conf.write_text(SMALL_WINDOW if window == "small" else "")
+    srv = ServerProcess(tmp_path / "data", "--fsync", fsync, "--config", str(conf)).start()
     stop_producers, stop_consumers = tmp_path / "stop-producers", tmp_path / "stop-consumers"
     acked_files = [tmp_path / f"acked-{p}" for p in range(PRODUCERS)]
     got_files = [tmp_path / f"received-{c}" for c in range(consumers)]
@@ -150,7 +157,7 @@ def run_with_kills(
     assert "Traceback" not in srv.log()
 
     def ids(raw: list[str]) -> list[Id]:
-        return [(int(a), int(b)) for a, b in (x.split(":") for x in raw)]
+        return [(int(a), int(b)) for a, b, *_ in (x.split(":") for x in raw)]
 
     stored = {(p, int(n)) for p in range(PRODUCERS) for n in lines(acked_files[p])}
     received = [ids(lines(f)) for f in got_files]
@@ -168,17 +175,19 @@ def out_of_fifo_order(sequences: list[list[Id]], counts: Counter[Id]) -> int:
     return total
 
 
-@pytest.mark.parametrize("fsync", ["always", "never"])
-def test_kill_9_under_load_loses_nothing_stored(tmp_path: Path, fsync: str) -> None:
+@pytest.mark.parametrize(
+    ("fsync", "window"), [("always", "default"), ("never", "default"), ("always", "small")]
+)
+def test_kill_9_under_load_loses_nothing_stored(tmp_path: Path, fsync: str, window: str) -> None:
     stored, received, drained = run_with_kills(
-        tmp_path, fsync, CONSUMERS, random.Random(f"kill-{fsync}")
+        tmp_path, fsync, CONSUMERS, random.Random(f"kill-{fsync}"), window
     )
     everything = [i for seq in received for i in seq] + drained
     counts = Counter(everything)
     duplicates = {i: n for i, n in counts.items() if n > 1}
     missing = sorted(stored - set(counts))
     print(
-        f"fsync={fsync}: {len(stored)} stored, {len(everything)} received "
+        f"fsync={fsync} window={window}: {len(stored)} stored, {len(everything)} received "
         f"({len(counts)} distinct, {len(drained)} left for the final drain), "
         f"{len(duplicates)} delivered more than once: {sorted(duplicates)[:20]}"
     )
@@ -195,16 +204,18 @@ def test_kill_9_under_load_loses_nothing_stored(tmp_path: Path, fsync: str) -> N
     assert disorder <= CONSUMERS * KILLS
 
 
-@pytest.mark.parametrize("fsync", ["always", "never"])
-def test_kill_9_while_producing_then_fifo_drain(tmp_path: Path, fsync: str) -> None:
+@pytest.mark.parametrize(
+    ("fsync", "window"), [("always", "default"), ("never", "default"), ("never", "small")]
+)
+def test_kill_9_while_producing_then_fifo_drain(tmp_path: Path, fsync: str, window: str) -> None:
     # Nothing is ever opened here, so after the crashes the queue must hold every STORED id
     # exactly once, each producer's ids in strictly increasing order.
     stored, received, drained = run_with_kills(
-        tmp_path, fsync, 0, random.Random(f"produce-{fsync}")
+        tmp_path, fsync, 0, random.Random(f"produce-{fsync}"), window
     )
     assert received == []
     counts = Counter(drained)
-    print(f"fsync={fsync}: {len(stored)} stored, {len(drained)} drained")
+    print(f"fsync={fsync} window={window}: {len(stored)} stored, {len(drained)} drained")
     assert len(stored) >= KILLS * 300
     assert not sorted(stored - set(counts))
     assert max(counts.values()) == 1, "a message came out twice though never opened"

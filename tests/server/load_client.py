@@ -3,13 +3,13 @@
     python load_client.py produce PORT QUEUE PRODUCER_ID OUT STOPFILE MAX_ITEMS
     python load_client.py consume PORT QUEUE OUT STOPFILE
 
-A producer sets `<producer>:<n>` for n = 0, 1, ... with `noreply=False` and appends `n` to OUT
-only after the server said STORED (an error or a dropped connection leaves the outcome
-unknown: that id is neither counted as stored nor retried). A consumer loops on
-`get q/close/open/t=200` and appends every id it receives to OUT before it confirms it. Both
-reconnect while the server is down, and stop when STOPFILE exists (a consumer only once the
-queue is empty, confirming its last read). Every line is flushed at once, so the test can
-read the files while the processes run.
+A producer sets `<producer>:<n>:<padding>` for n = 0, 1, ... with `noreply=False` and
+appends `n` to OUT only after the server said STORED (an error or a dropped connection leaves
+the outcome unknown: that id is neither counted as stored nor retried). A consumer loops on
+`get q/close/open/t=200` and appends every id (`<producer>:<n>`) it receives to OUT before it
+confirms it. Both reconnect while the server is down, and stop when STOPFILE exists (a
+consumer only once the queue is empty, confirming its last read). Every line is flushed at
+once, so the test can read the files while the processes run.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from pymemcache.client.base import Client
 
 # Far more than any test needs; a stuck process ends by itself.
 LIFETIME_S = 120.0
+# Makes a backlog big enough to outgrow a small memory window (read-behind).
+PADDING = b"p" * 100
 
 
 def _client(port: int) -> Client:
@@ -36,7 +38,7 @@ def produce(port: int, queue: str, producer: int, out: Path, stop: Path, max_ite
     with out.open("a", buffering=1) as log:
         while n < max_items and not stop.exists() and time.monotonic() < deadline:
             try:
-                stored = client.set(queue, f"{producer}:{n}".encode(), noreply=False)
+                stored = client.set(queue, b"%d:%d:%s" % (producer, n, PADDING), noreply=False)
             except Exception:
                 # Unknown outcome (server killed mid-request): move on to a fresh id.
                 client.close()
@@ -70,7 +72,8 @@ def consume(port: int, queue: str, out: Path, stop: Path) -> int:
                 if stopping:
                     break
                 continue
-            log.write(data.decode() + "\n")
+            producer, n, _ = data.split(b":", 2)
+            log.write(f"{int(producer)}:{int(n)}\n")
             holding = True
         if holding:
             try:
