@@ -205,7 +205,8 @@ def test_kill_9_under_load_loses_nothing_stored(tmp_path: Path, fsync: str, wind
 
 
 @pytest.mark.parametrize(
-    ("fsync", "window"), [("always", "default"), ("never", "default"), ("never", "small")]
+    ("fsync", "window"),
+    [("always", "default"), ("never", "default"), ("never", "small"), ("100", "small")],
 )
 def test_kill_9_while_producing_then_fifo_drain(tmp_path: Path, fsync: str, window: str) -> None:
     # Nothing is ever opened here, so after the crashes the queue must hold every STORED id
