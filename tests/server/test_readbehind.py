@@ -1,0 +1,129 @@
+"""Queue features on queues that outgrow their memory window (items read back from the journal).
+
+With `max_memory_bytes = 1024` and 100-byte items, only ~10 items of a 100-item queue are in
+memory; the rest are read behind from journal segments (`segment_bytes = 2048`, so several).
+Every queue feature must behave exactly as it does for a queue held in memory, also across a
+kill -9.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import ServerProcess, Wire, server_stats, wait_until
+
+ITEMS = [b"i%03d-" % i + b"z" * 95 for i in range(100)]
+
+CONFIG = """
+[server]
+segment_bytes = 2048
+
+[queue_defaults]
+max_memory_bytes = 1024
+
+[queues.delay]
+max_age_ms = 300
+expire_to = "ready"
+
+[queues.ring]
+max_items = 50
+discard_old_when_full = true
+"""
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Iterator[ServerProcess]:
+    conf = tmp_path / "kestrelq.toml"
+    conf.write_text(CONFIG)
+    proc = ServerProcess(tmp_path / "data", "--config", str(conf)).start()
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        assert proc.stop() == 0, proc.log()
+    assert "Traceback" not in proc.log()
+
+
+def put(srv: ServerProcess, queue: str, items: list[bytes]) -> None:
+    with Wire(srv.port) as w:
+        for data in items:
+            header = b"set %s 0 0 %d\r\n" % (queue.encode(), len(data))
+            assert w.call(header + data + b"\r\n") == b"STORED\r\n"
+
+
+def drain(srv: ServerProcess, queue: str) -> list[bytes]:
+    got: list[bytes] = []
+    with Wire(srv.port) as w:
+        for _ in range(1000):
+            reply = w.call(f"get {queue}\r\n".encode())
+            if reply == b"END\r\n":
+                return got
+            got.append(reply.split(b"\r\n")[1])
+    raise AssertionError("did not drain")
+
+
+def test_most_items_are_read_behind_and_come_back_in_order(srv: ServerProcess) -> None:
+    put(srv, "q", ITEMS)
+    stats = server_stats(srv.port)
+    assert stats["queue_q_items"] == "100"
+    assert int(stats["queue_q_mem_items"]) <= 15
+    assert len(list(srv.data_dir.glob("q.*.kqj"))) >= 1
+    assert drain(srv, "q") == ITEMS
+
+
+def test_expire_to_moves_items_read_behind(srv: ServerProcess) -> None:
+    put(srv, "delay", ITEMS)
+    wait_until(lambda: server_stats(srv.port).get("queue_ready_items") == "100", 10)
+    assert drain(srv, "ready") == ITEMS
+    assert drain(srv, "delay") == []
+
+
+def test_discard_old_when_full_with_items_behind(srv: ServerProcess) -> None:
+    put(srv, "ring", ITEMS)
+    assert drain(srv, "ring") == ITEMS[50:]
+    assert server_stats(srv.port)["queue_ring_discarded"] == "50"
+
+
+def test_flush_drops_items_behind_for_good(srv: ServerProcess) -> None:
+    put(srv, "fl", ITEMS)
+    with Wire(srv.port) as w:
+        assert w.call(b"flush fl\r\n") == b"END\r\n"
+    assert drain(srv, "fl") == []
+    put(srv, "fl", ITEMS[:3])
+    srv.kill()
+    srv.start()
+    assert drain(srv, "fl") == ITEMS[:3]
+
+
+def test_fanout_child_reads_behind_too(srv: ServerProcess) -> None:
+    with Wire(srv.port) as w:
+        assert w.call(b"get fan+c\r\n") == b"END\r\n"
+    put(srv, "fan", ITEMS)
+    srv.kill()
+    srv.start()
+    assert drain(srv, "fan") == ITEMS
+    assert drain(srv, "fan+c") == ITEMS
+
+
+def test_delete_removes_every_segment(srv: ServerProcess) -> None:
+    put(srv, "del", ITEMS)
+    with Wire(srv.port) as w:
+        assert w.call(b"delete del\r\n") == b"DELETED\r\n"
+    assert list(srv.data_dir.glob("del.*")) == []
+    srv.kill()
+    srv.start()
+    assert drain(srv, "del") == []
+
+
+def test_partly_consumed_with_an_open_read_then_kill_9(srv: ServerProcess) -> None:
+    put(srv, "pc", ITEMS)
+    holder = Wire(srv.port)
+    assert holder.call(b"get pc/open\r\n").startswith(b"VALUE pc/open 0 100\r\n" + ITEMS[0])
+    with Wire(srv.port) as w:
+        for i in range(1, 40):
+            assert w.call(b"get pc\r\n") == b"VALUE pc 0 100\r\n" + ITEMS[i] + b"\r\nEND\r\n"
+    srv.kill()
+    holder.close()
+    srv.start()
+    # The open read is back at the head; the 39 plain gets stay done.
+    assert drain(srv, "pc") == [ITEMS[0], *ITEMS[40:]]
