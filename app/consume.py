@@ -28,9 +28,16 @@ def handle(body: bytes) -> None:
     try:
         line = tasks.handle(body)
     except Exception as exc:
-        print(f"failed: {type(exc).__name__}: {exc}", flush=True)
+        emit(f"failed: {type(exc).__name__}: {exc}")
         raise
-    print(line, flush=True)
+    emit(line)
+
+
+def emit(line: str) -> None:
+    # One write per line: print() writes the text and the newline separately, and with
+    # several workers sharing a container's stdout two lines could come out joined.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

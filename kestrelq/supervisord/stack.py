@@ -373,8 +373,10 @@ def render_supervisord_conf(stack: Stack) -> str:
     run = here_path(stack.run_dir, 0)
     parts = [header(stack.source)]
     if stack.mode == "container":
+        # With nodaemon=true supervisord already echoes its log to stdout; a logfile of
+        # /dev/stdout on top printed every line twice.
         logfile: list[tuple[str, str]] = [
-            ("logfile", "/dev/stdout"),
+            ("logfile", "/dev/null"),
             ("logfile_maxbytes", "0"),
             ("logfile_backups", "0"),
             ("nodaemon", "true"),
