@@ -6,6 +6,7 @@ confirms, aborts, flushes, deletes, fanout registrations, flags and expiry, deli
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +25,12 @@ def value(key: str, data: bytes, flags: int = 0) -> bytes:
 
 
 def restart(srv: ServerProcess, how: str) -> None:
+    assert srv.proc is not None
     if how == "kill-9":
         srv.kill()
+    elif how == "sigint":
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(15) == 0, srv.log()
     else:
         assert srv.stop() == 0, srv.log()
     srv.start()
@@ -43,6 +48,17 @@ def drain(srv: ServerProcess, queue: str) -> list[bytes]:
 
 
 HOW = pytest.mark.parametrize("how", ["kill-9", "sigterm"])
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint"])
+def test_signal_stops_cleanly_and_keeps_everything(server: ServerProcess, how: str) -> None:
+    with Wire(server.port) as w:
+        for data in (b"a", b"b", b"c"):
+            put(w, "q", data)
+        assert w.call(b"get q\r\n") == value("q", b"a")
+        restart(server, how)
+    assert "Traceback" not in server.log()
+    assert drain(server, "q") == [value("q", b"b"), value("q", b"c")]
 
 
 @HOW
