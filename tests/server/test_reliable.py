@@ -362,3 +362,26 @@ def test_shutdown_answers_parked_reads_and_returns_open_ones(
     server.start()
     with Wire(server.port) as w:
         assert w.call(b"get q\r\n") == value("q", b"held")
+
+
+def test_many_blocked_readers_are_served_fifo(server: ServerProcess) -> None:
+    count = 200
+    readers: list[Wire] = []
+    try:
+        for i in range(count):
+            reader = Wire(server.port)
+            readers.append(reader)
+            reader.send(b"get q/t=30000/open\r\n")
+            waiters_are(server, "q", i + 1)
+        with Wire(server.port) as w:
+            # One write with every set: the wake-ups happen in a burst.
+            w.send(b"".join(b"set q 0 0 %d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(count)))
+            assert [w.reply() for _ in range(count)] == [b"STORED\r\n"] * count
+        for i, reader in enumerate(readers):
+            assert reader.reply() == value("q/t=30000/open", b"%d" % i)
+    finally:
+        for reader in readers:
+            reader.close()
+    # Every reader vanished holding its read: all of them are back in the queue.
+    wait_until(lambda: stat(server, "q", "items") == str(count), 10, what="reads returned")
+    assert stat(server, "q", "open_transactions") == "0"
