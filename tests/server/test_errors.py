@@ -364,3 +364,28 @@ def test_running_out_of_file_descriptors_does_not_stop_the_server(tmp_path: Path
     finally:
         if proc.proc.poll() is None:
             assert proc.stop() == 0
+
+
+@pytest.mark.xfail(
+    strict=True, reason="server bug: EMFILE opening a new queue's journal drops the connection"
+)
+def test_new_queue_without_a_free_descriptor_gets_an_error_reply(tmp_path: Path) -> None:
+    proc = ServerProcess(tmp_path / "data", "--fsync", "never").start()
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    try:
+        with Wire(proc.port) as w:
+            assert w.call(b"set q 0 0 1\r\na\r\n") == b"STORED\r\n"
+            in_use = len(os.listdir(f"/proc/{pid}/fd"))
+            soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use, hard))
+            try:
+                # No descriptor left for the new queue's journal: refuse with a reason.
+                reply = w.call(b"set brand_new 0 0 1\r\nx\r\n")
+                assert reply.startswith(b"SERVER_ERROR "), reply
+                assert w.call(b"set q 0 0 1\r\nb\r\n") == b"STORED\r\n"  # old queues still work
+            finally:
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+            assert w.call(b"set brand_new 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    finally:
+        assert proc.stop() == 0
