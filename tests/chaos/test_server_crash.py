@@ -424,28 +424,36 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-@pytest.mark.parametrize("fsync", ["always", "never"])
-def test_disk_full_refuses_writes_serves_reads_then_recovers(
-    tmp_path: Path, small_disk: Path, fsync: str
-) -> None:
+def fill_disk(w: Wire, stored: list[bytes], refusals: list[bytes]) -> None:
+    """Set items on queue `full` to the last page: big ones until refused, then ever smaller."""
+    for size in (16 << 10, 4 << 10, 1 << 10, 128, 8, 1):
+        for _ in range(1000):
+            data = (b"%06d" % len(stored) + b"d" * size)[:size]
+            reply = w.call(b"set full 0 0 %d\r\n%s\r\n" % (len(data), data))
+            if reply != b"STORED\r\n":
+                refusals.append(reply)
+                break
+            stored.append(data)
+
+
+def full_disk_server(tmp_path: Path, small_disk: Path, fsync: str) -> ServerProcess:
     conf = tmp_path / "kestrelq.toml"
     conf.write_text(f'[server]\nfsync = "{fsync}"\ndisk_reserve_bytes = 262144\n')
     srv = ServerProcess(small_disk / "data", "--config", str(conf))
     srv.log_path = tmp_path / "server.log"  # the log must not live on the full disk
-    srv.start()
+    return srv.start()
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_disk_full_refuses_writes_serves_reads_then_recovers(
+    tmp_path: Path, small_disk: Path, fsync: str
+) -> None:
+    srv = full_disk_server(tmp_path, small_disk, fsync)
     try:
         stored: list[bytes] = []
         refusals: list[bytes] = []
         with Wire(srv.port) as w:
-            # Fill the disk to the last page: big items until refused, then ever smaller ones.
-            for size in (16 << 10, 4 << 10, 1 << 10, 128, 8, 1):
-                for _ in range(1000):
-                    data = (b"%06d" % len(stored) + b"d" * size)[:size]
-                    reply = w.call(b"set full 0 0 %d\r\n%s\r\n" % (len(data), data))
-                    if reply != b"STORED\r\n":
-                        refusals.append(reply)
-                        break
-                    stored.append(data)
+            fill_disk(w, stored, refusals)
             assert len(refusals) == 6
             assert all(r.startswith(b"SERVER_ERROR ") for r in refusals), refusals
             assert len(stored) >= 100
@@ -477,4 +485,29 @@ def test_disk_full_refuses_writes_serves_reads_then_recovers(
     finally:
         if srv.proc is not None and srv.proc.poll() is None:
             srv.stop()
+    assert "Traceback" not in srv.log()
+
+
+def test_restart_on_a_full_disk_serves_every_stored_item(tmp_path: Path, small_disk: Path) -> None:
+    # A crash while the disk is full: the restarted server must come up and drain.
+    srv = full_disk_server(tmp_path, small_disk, "always")
+    try:
+        stored: list[bytes] = []
+        refusals: list[bytes] = []
+        with Wire(srv.port) as w:
+            fill_disk(w, stored, refusals)
+        assert os.statvfs(small_disk).f_bavail == 0 and len(stored) >= 100
+        srv.kill()
+        srv.start()
+        got: list[bytes] = []
+        with Wire(srv.port) as w:
+            for _ in range(len(stored)):
+                reply = w.call(b"get full/close/open\r\n")
+                assert reply.startswith(b"VALUE "), reply
+                got.append(reply.split(b"\r\n")[1])
+            assert w.call(b"get full/close/open\r\n") == b"END\r\n"
+        assert got == stored
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            assert srv.stop() == 0
     assert "Traceback" not in srv.log()
