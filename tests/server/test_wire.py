@@ -744,3 +744,37 @@ def test_expired_item_aborted_is_discarded(server: ServerProcess) -> None:
         wait_until(lambda: time.monotonic() > set_at + 1.1, 3, what="the expiry to pass")
         assert w.call(b"get e/abort\r\n") == b"END\r\n"
         assert w.call(b"get e/peek\r\n") == b"END\r\n"
+
+
+# -- per-queue fsync policy --------------------------------------------------------------------
+
+
+def test_per_queue_fsync_policy(tmp_path: Path) -> None:
+    srv = start_with_config(
+        tmp_path,
+        '[server]\nfsync = "always"\n'
+        '[queues.fast]\nfsync = "never"\n'
+        "[queues.batched]\nfsync = 100\n",
+    )
+
+    def fsyncs() -> int:
+        return int(server_stats(srv.port)["fsyncs"])
+
+    try:
+        with Wire(srv.port) as w:
+            before = fsyncs()
+            for i in range(50):
+                assert put(w, "fast", b"%d" % i) == b"STORED\r\n"
+            assert fsyncs() == before, "a `never` queue made the server fsync"
+            for i in range(50):
+                assert put(w, "safe", b"%d" % i) == b"STORED\r\n"
+            after_safe = fsyncs()
+            # `always`: no STORED before an fsync covered it (one fsync may cover several).
+            assert 1 <= after_safe - before <= 50
+            for i in range(50):
+                assert put(w, "batched", b"%d" % i) == b"STORED\r\n"
+            # `100` ms: nobody waits, a background fsync follows within about that time.
+            wait_until(lambda: fsyncs() > after_safe, 5, what="the periodic fsync")
+            assert server_stats(srv.port)["fsync_policy"] == "always"
+    finally:
+        assert srv.stop() == 0
