@@ -778,3 +778,26 @@ def test_per_queue_fsync_policy(tmp_path: Path) -> None:
             assert server_stats(srv.port)["fsync_policy"] == "always"
     finally:
         assert srv.stop() == 0
+
+
+def test_monitor_disconnect_returns_streamed_items(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path / "data", "--max-open-reads", "5").start()
+    try:
+        monitor = Wire(srv.port)
+        with Wire(srv.port) as w:
+            assert put(w, "m", b"a") == b"STORED\r\n"
+            monitor.send(b"monitor m 10 3\r\nversion\r\n")
+            assert monitor.reply() == value("m", b"a")
+            wait_until(lambda: server_stats(srv.port).get("queue_m_waiters") == "1", 5)
+            assert put(w, "m", b"b") == b"STORED\r\n"
+            assert monitor.reply() == value("m", b"b")
+            monitor.close()  # mid-stream, with two unconfirmed items
+            wait_until(lambda: server_stats(srv.port)["queue_m_open_transactions"] == "0", 5)
+            assert server_stats(srv.port)["queue_m_waiters"] == "0"
+            assert [w.call(b"get m\r\n") for _ in range(3)] == [
+                value("m", b"a"),
+                value("m", b"b"),
+                b"END\r\n",
+            ]
+    finally:
+        assert srv.stop() == 0
