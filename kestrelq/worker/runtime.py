@@ -126,6 +126,7 @@ class Worker:
         self._stop = False
         self._cold = False
         self._in_handler = False
+        self._signals_seen = 0
         self._wake = threading.Event()
         self._failures = 0
         self._down_since = 0.0
@@ -320,13 +321,17 @@ class Worker:
     # -- signals ---------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Count first, log after: a second signal can run its handler nested inside this one
+        # (Python checks for signals between bytecodes), and it must see this one counted,
+        # or two quick signals would both be taken for the first.
+        self._signals_seen += 1
         name = signal.Signals(signum).name
-        if not self._stop:
-            logger.info("%s: warm shutdown, finishing the current message", name)
+        if self._signals_seen == 1 and not self._stop:
             self.request_stop()
+            logger.info("%s: warm shutdown, finishing the current message", name)
             return
-        logger.warning("%s again: cold shutdown, giving the current message back", name)
         self.request_stop(cold=True)
+        logger.warning("%s again: cold shutdown, giving the current message back", name)
         if self._in_handler:
             raise ColdShutdown
 
