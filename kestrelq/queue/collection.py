@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kestrelq.errors import ReadWhileOpen, TooManyOpenReads
+from kestrelq.errors import ItemRejected, QueueFull, ReadWhileOpen, TooManyOpenReads
 from kestrelq.queue import names
 from kestrelq.queue.config import QueueConfig
 from kestrelq.queue.item import Item
@@ -123,7 +123,13 @@ class QueueCollection:
         """Enqueue on `name` and copy to its fanout children known now."""
         self.counters.cmd_set += 1
         for child in self._children.get(name, ()):
-            self.queue(child).add(item, now_ms)
+            try:
+                self.queue(child).add(item, now_ms)
+            except (QueueFull, ItemRejected):
+                # A full child misses this copy (and counts it); it does not refuse the set
+                # for the parent and every other child, as Kestrel's fanout does not.
+                self.queue(child).stats.discarded += 1
+                continue
             self.counters.total_items += 1
             self._notify(child)
         self.queue(name).add(item, now_ms)

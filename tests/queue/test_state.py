@@ -378,3 +378,15 @@ def test_read_behind_with_open_reads_flush_and_limits() -> None:
     s.release_all()
     assert [i.data for i in state.ready] == [b"x0", b"x1", b"x2", b"after"]
     same(state, replayed(storage, "q", QueueConfig(max_memory_bytes=20)))
+
+
+def test_a_full_fanout_child_misses_the_copy_without_refusing_the_set() -> None:
+    coll, _, _ = make(**{"feed+small": QueueConfig(max_items=1)})
+    coll.queue("feed+small")
+    coll.queue("feed+big")
+    coll.add("feed", item(b"one"), 0)
+    coll.add("feed", item(b"two"), 0)
+    assert [i.data for i in coll.queue("feed").ready] == [b"one", b"two"]
+    assert [i.data for i in coll.queue("feed+big").ready] == [b"one", b"two"]
+    assert [i.data for i in coll.queue("feed+small").ready] == [b"one"]
+    assert coll.queue("feed+small").stats.discarded == 1
