@@ -801,3 +801,26 @@ def test_monitor_disconnect_returns_streamed_items(tmp_path: Path) -> None:
             ]
     finally:
         assert srv.stop() == 0
+
+
+def test_fanout_full_child_misses_its_copy_without_refusing_the_set(tmp_path: Path) -> None:
+    srv = start_with_config(tmp_path, '[queues."p+slow"]\nmax_items = 1\n')
+    try:
+        with Wire(srv.port) as w:
+            for child in (b"p+slow", b"p+fast"):
+                assert w.call(b"get %s\r\n" % child) == b"END\r\n"
+            assert put(w, "p", b"a") == b"STORED\r\n"
+            assert put(w, "p", b"b") == b"STORED\r\n"  # p+slow is full: it misses b
+            stats = server_stats(srv.port)
+            assert stats["queue_p+slow_discarded"] == "1"
+            assert [w.call(b"get p+slow\r\n"), w.call(b"get p+slow\r\n")] == [
+                value("p+slow", b"a"),
+                b"END\r\n",
+            ]
+            assert [w.call(b"get p+fast\r\n") for _ in range(2)] == [
+                value("p+fast", b"a"),
+                value("p+fast", b"b"),
+            ]
+            assert [w.call(b"get p\r\n") for _ in range(2)] == [value("p", b"a"), value("p", b"b")]
+    finally:
+        assert srv.stop() == 0
