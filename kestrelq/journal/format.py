@@ -130,16 +130,26 @@ _ADD_PREFIX = struct.Struct("<BIqqi")  # op + ADD_FIELDS, the part of an ADD bef
 
 def encode(record: Record) -> bytes:
     """The bytes of one framed record."""
+    return b"".join(encode_parts(record))
+
+
+def encode_parts(record: Record) -> tuple[bytes, ...]:
+    """The bytes of one framed record in pieces, so that an item's data is never copied
+    (written with writev). Its checksum is chained onto the prefix's."""
+    if isinstance(record, Add | SnapAdd):
+        item = record.item
+        op = Opcode.ADD if isinstance(record, Add) else Opcode.SNAP_ADD
+        prefix = _ADD_PREFIX.pack(op, item.flags, item.added_ms, item.expires_ms, item.deliveries)
+        data = item.data
+        crc = zlib.crc32(data, zlib.crc32(prefix))
+        return HEADER.pack(len(prefix) + len(data), crc) + prefix, data
+    return (_encode_small(record),)
+
+
+def _encode_small(record: Record) -> bytes:
     match record:
-        case Add(item) | SnapAdd(item):
-            # The hot path: the data is copied once, and its checksum chained onto the prefix's.
-            op = Opcode.ADD if isinstance(record, Add) else Opcode.SNAP_ADD
-            prefix = _ADD_PREFIX.pack(
-                op, item.flags, item.added_ms, item.expires_ms, item.deliveries
-            )
-            data = item.data
-            crc = zlib.crc32(data, zlib.crc32(prefix))
-            return b"".join((HEADER.pack(len(prefix) + len(data), crc), prefix, data))
+        case Add() | SnapAdd():
+            raise AssertionError("encoded by encode_parts")
         case Checkpoint():
             return _frame(Opcode.CHECKPOINT, b"")
         case Behind(segment, offset, count, size):

@@ -32,7 +32,7 @@ import logging
 import mmap
 import os
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from kestrelq.journal.format import (
     Record,
     decode,
     encode,
+    encode_parts,
 )
 from kestrelq.queue.config import FsyncPolicy
 from kestrelq.queue.item import Item
@@ -117,7 +118,7 @@ class Journal:
             # New file, or one torn inside its header: start it cleanly.
             os.ftruncate(self.fd, 0)
             self.size = 0
-            self._write(MAGIC)
+            self._write([MAGIC])
             self.store.fsync_dir()
 
     # -- appending -------------------------------------------------------------------------
@@ -127,7 +128,7 @@ class Journal:
         store = self.store
         if store.reserve_released and not essential:
             raise JournalFull("disk full: new items refused until space is freed")
-        data = encode(record)
+        data = encode_parts(record)
         offset = self.size
         try:
             self._write(data)
@@ -143,15 +144,15 @@ class Journal:
         elif self.policy.mode == "periodic":
             store.dirty_periodic.add(self)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, parts: Sequence[bytes]) -> None:
         start = self.size
         try:
-            written = self.store.write_fn(self.fd, data)
+            written = self.store.write_fn(self.fd, parts)
             self.size += written
-            if written < len(data):  # a short write: go on from where it stopped
-                view = memoryview(data)[written:]
+            if written < sum(map(len, parts)):  # a short write: go on from where it stopped
+                view = memoryview(b"".join(parts))[written:]
                 while view:
-                    written = self.store.write_fn(self.fd, view)
+                    written = self.store.write_fn(self.fd, [view])
                     view = view[written:]
                     self.size += written
         except OSError as exc:
@@ -318,7 +319,7 @@ class JournalStore:
         policy_for: Callable[[str], FsyncPolicy],
         limits: StoreLimits = StoreLimits(),
         salvage: bool = False,
-        write_fn: Callable[[int, bytes | memoryview], int] = os.write,
+        write_fn: Callable[[int, Sequence[bytes | memoryview]], int] = os.writev,
     ) -> None:
         self.data_dir = Path(data_dir)
         # The one seam for failing appends (ENOSPC, EIO) in tests.

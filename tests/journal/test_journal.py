@@ -129,12 +129,12 @@ def test_not_a_journal(tmp_path: Path) -> None:
 def test_write_failure_leaves_no_partial_record(tmp_path: Path) -> None:
     calls = {"n": 0}
 
-    def flaky_write(fd: int, data: memoryview) -> int:
+    def flaky_write(fd: int, parts: list[bytes]) -> int:
         calls["n"] += 1
         if calls["n"] == 3:
-            os.write(fd, data[:3])  # a partial write, then the disk is full
+            os.write(fd, b"".join(parts)[:3])  # a partial write, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
-        return os.write(fd, data)
+        return os.writev(fd, parts)
 
     store = store_at(tmp_path, write_fn=flaky_write)
     log = store.log_for("q")  # call 1: the magic header
@@ -149,11 +149,11 @@ def test_write_failure_leaves_no_partial_record(tmp_path: Path) -> None:
 def test_disk_full_releases_reserve_for_reads_only(tmp_path: Path) -> None:
     full = {"on": False}
 
-    def write_fn(fd: int, data: memoryview) -> int:
+    def write_fn(fd: int, parts: list[bytes]) -> int:
         # Only the reserve is left on the "disk": writes fail until it is freed.
         if full["on"] and (tmp_path / ".reserve").exists():
             raise OSError(errno.ENOSPC, "No space left on device")
-        return os.write(fd, data)
+        return os.writev(fd, parts)
 
     store = JournalStore(
         tmp_path,
@@ -230,3 +230,15 @@ def test_data_dir_is_locked(tmp_path: Path) -> None:
         store_at(tmp_path)
     first.close()
     store_at(tmp_path).close()
+
+
+def test_short_writes_are_completed(tmp_path: Path) -> None:
+    def one_byte_at_a_time(fd: int, parts: list[bytes]) -> int:
+        return os.write(fd, bytes(b"".join(parts)[:1]))
+
+    store = store_at(tmp_path, write_fn=one_byte_at_a_time)
+    log = store.log_for("q")
+    for record in RECORDS:
+        log(record, False)
+    store.close()
+    assert recovered(tmp_path) == RECORDS
