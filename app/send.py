@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="one message each")
     parser.add_argument("--queue", "-q", default=os.environ.get("KESTRELQ_QUEUE") or "work")
     parser.add_argument("--host", default=os.environ.get("KESTRELQ_HOST") or "127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("KESTRELQ_PORT") or 22133))
+    parser.add_argument("--port", type=int, default=os.environ.get("KESTRELQ_PORT") or "22133")
     parser.add_argument("--count", "-n", type=int, default=1, help="send each message N times")
     parser.add_argument("--task", help="wrap each message in a task envelope for this task")
     parser.add_argument(

@@ -137,6 +137,8 @@ class Journal:
                 raise
             self._write(data)
         self.last_offset = offset
+        if self.size - self.base_size >= store.limits.segment_bytes:
+            store.segment_full(self.name)
         store.seq += 1
         if self.policy.mode == "always":
             store.always_seq = store.seq
@@ -337,6 +339,9 @@ class JournalStore:
         self.reserve_released = False
         self.needs_compaction: set[str] = set()
         self._found: dict[str, list[int]] = {}
+        # Called when a journal has grown by segment_bytes; the server starts a new segment
+        # as soon as the command that filled it is done (a checkpoint needs the new state).
+        self.segment_full: Callable[[str], None] = lambda name: None
         self._lock_fd = -1
         self._dir_fd = -1
 
@@ -383,8 +388,16 @@ class JournalStore:
     def journal(self, name: str) -> Journal:
         journal = self.journals.get(name)
         if journal is None:
-            segments = self._found.pop(name, [])
-            journal = self.journals[name] = Journal(self, name, self.policy_for(name), segments)
+            segments = self._found.get(name, [])
+            try:
+                journal = Journal(self, name, self.policy_for(name), segments)
+            except OSError as exc:
+                # Out of file descriptors or the like: refuse this queue, keep serving.
+                raise JournalWriteFailed(
+                    f"cannot open the journal of {name}: {exc.strerror}"
+                ) from exc
+            self._found.pop(name, None)
+            self.journals[name] = journal
         return journal
 
     def log_for(self, name: str) -> Callable[[Record, bool], None]:
@@ -496,7 +509,17 @@ class JournalStore:
     def take_dirty(self, periodic: bool = False) -> tuple[list[int], int]:
         """Duplicated fds of files that need an fsync, and the seq the fsync will cover."""
         dirty = self.dirty_periodic if periodic else self.dirty_always
-        fds = [os.dup(j.fd) for j in dirty if j.fd >= 0]
+        fds = []
+        for journal in dirty:
+            if journal.fd < 0:
+                continue
+            try:
+                # A duplicate, so a segment switch closing the fd meanwhile cannot make the
+                # worker thread fsync some other file.
+                fds.append(os.dup(journal.fd))
+            except OSError:
+                # No descriptor to spare (EMFILE): fsync right here, in the loop thread.
+                os.fsync(journal.fd)
         dirty.clear()
         return fds, self.seq
 

@@ -122,7 +122,12 @@ class QueueCollection:
     def add(self, name: str, item: Item, now_ms: int) -> None:
         """Enqueue on `name` and copy to its fanout children known now."""
         self.counters.cmd_set += 1
-        for child in self._children.get(name, ()):
+        children = self._children.get(name, ())
+        if children:
+            # NOT_STORED must mean "nowhere": a client retrying it must not put a second copy
+            # in the children. (Expired items at the head are not counted as room here.)
+            self.queue(name).check_room(len(item.data))
+        for child in children:
             try:
                 self.queue(child).add(item, now_ms)
             except (QueueFull, ItemRejected):

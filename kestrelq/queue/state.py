@@ -160,6 +160,14 @@ class QueueState:
 
     # -- mutations (log first, then change) ----------------------------------------------
 
+    def check_room(self, size: int) -> None:
+        """Raise ItemRejected or QueueFull if an item of `size` bytes would be refused."""
+        cfg = self.config
+        if cfg.max_item_size and size > cfg.max_item_size:
+            raise ItemRejected(f"item of {size} bytes over max_item_size {cfg.max_item_size}")
+        if not cfg.discard_old_when_full and self._full(size):
+            raise QueueFull(f"queue {self.name} is full")
+
     def add(self, item: Item, now_ms: int, *, essential: bool = False) -> None:
         """Append an item. Raises ItemRejected or QueueFull when it cannot be taken."""
         cfg = self.config

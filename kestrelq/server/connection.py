@@ -158,6 +158,12 @@ class QueueProtocol(asyncio.Protocol):
                     self.need_seq = store.always_seq
             except KestrelqError as exc:
                 self._error(exc)
+            except Exception:
+                # A bug, not the client's fault: log it, tell the client, drop this connection
+                # only. The server and every other connection go on.
+                logger.exception("internal error on a connection; closing it")
+                self.out.append(replies.error("SERVER_ERROR", "internal error"))
+                self.closing = True
         self._flow_control()
         self._flush()
 

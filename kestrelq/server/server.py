@@ -60,6 +60,7 @@ class Server:
         self.failed = False
         self._dirty_queues: set[str] = set()
         self._wake_scheduled = False
+        self._full_segments: set[str] = set()
         self._syncing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -104,6 +105,7 @@ class Server:
 
     async def start(self) -> None:
         self.recover()
+        self.store.segment_full = self._segment_full
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: QueueProtocol(self),
@@ -182,6 +184,12 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        # Leave each journal as short as it can be: drop segments nothing needs any more.
+        for name in list(self.collection.queues):
+            try:
+                self._rotate(name)
+            except Exception:
+                logger.exception("could not start a new segment for %s at shutdown", name)
         items, _ = self.collection.totals()
         self.store.close()
         logger.info("stopped (pid %d): %d items in %d queues journalled", os.getpid(), items,
@@ -297,6 +305,19 @@ class Server:
             self._rotate(name)
         if self.store.reserve_released:
             self.store.ensure_reserve()
+
+    def _segment_full(self, name: str) -> None:
+        if not self._full_segments:
+            asyncio.get_running_loop().call_soon(self._rotate_full)
+        self._full_segments.add(name)
+
+    def _rotate_full(self) -> None:
+        names, self._full_segments = self._full_segments, set()
+        for name in names:
+            try:
+                self._rotate(name)
+            except Exception:
+                logger.exception("could not start a new segment for %s", name)
 
     def _rotate(self, name: str, force: bool = False) -> None:
         """Start a new journal segment when the old ones hold mostly dead records."""

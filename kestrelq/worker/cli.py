@@ -21,7 +21,9 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("KESTRELQ_PORT") or 22133),
+        # A string default: argparse converts it with type=int, only for the command that
+        # uses it, and a bad value is a usage error, not a traceback for every command.
+        default=os.environ.get("KESTRELQ_PORT") or "22133",
         help="queue server port (env KESTRELQ_PORT, default 22133)",
     )
 

@@ -417,10 +417,6 @@ def test_damage_behind_the_memory_window_refuses_start_until_salvage(
         assert w.call(b"get b\r\n") == b"VALUE b 0 3\r\nnew\r\nEND\r\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: after --salvage of damage in an older segment, a plain start refuses",
-)
 def test_after_salvaging_damage_behind_a_normal_start_works(
     damaged_behind: tuple[ServerProcess, Path, int],
 ) -> None:

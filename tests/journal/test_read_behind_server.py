@@ -90,13 +90,15 @@ def test_damage_in_a_segment_read_behind_stops_the_start(srv: ServerProcess) -> 
     fill(srv.port)
     wait_until(lambda: len(list(srv.data_dir.glob("q.*.kqj"))) >= 2, 5, what="a second segment")
     assert srv.stop() == 0
-    oldest = sorted(srv.data_dir.glob("q.*.kqj"))[0]
-    data = bytearray(oldest.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    oldest.write_bytes(bytes(data))
+    # The segment before the newest (which starts with the checkpoint) ends with ADD records
+    # of items behind: damage the data of its last one.
+    behind = sorted(srv.data_dir.glob("q.*.kqj"))[-2]
+    data = bytearray(behind.read_bytes())
+    data[len(data) - 500] ^= 0xFF
+    behind.write_bytes(bytes(data))
     with pytest.raises(RuntimeError, match=r"damaged journal record at offset \d+"):
         srv.start()
-    assert str(oldest) in srv.log()
+    assert str(behind) in srv.log()
     srv.start("--salvage")  # skips what it cannot read, serves the rest
     with Wire(srv.port) as w:
         assert w.call(b"get q\r\n").startswith(b"VALUE q 0 1000")

@@ -334,9 +334,6 @@ def test_errors_leave_no_traceback(srv: ServerProcess, witness: Wire) -> None:
     assert "Traceback" not in srv.log()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="server bug: EMFILE in the fsync path (os.dup) stops the whole server"
-)
 def test_running_out_of_file_descriptors_does_not_stop_the_server(tmp_path: Path) -> None:
     # A connection flood (or many queues) can exhaust the process's descriptors; that must
     # cost the extra clients, never the server and the data of the clients it already has.
@@ -366,9 +363,6 @@ def test_running_out_of_file_descriptors_does_not_stop_the_server(tmp_path: Path
             assert proc.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True, reason="server bug: EMFILE opening a new queue's journal drops the connection"
-)
 def test_new_queue_without_a_free_descriptor_gets_an_error_reply(tmp_path: Path) -> None:
     proc = ServerProcess(tmp_path / "data", "--fsync", "never").start()
     assert proc.proc is not None

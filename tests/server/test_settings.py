@@ -156,11 +156,6 @@ def test_command_line_beats_environment_beats_file(tmp_path: Path, procs: list[P
             {"KESTRELQ_PORT": "http"},
             ["port"],
             id="bad-env-port",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: kestrelq/worker/cli.py parses KESTRELQ_PORT while building the "
-                "parser, so any kestrelq command dies with a ValueError traceback",
-            ),
         ),
         pytest.param("", {"KESTRELQ_MAX_CONNECTIONS": "-1"}, ["max_connections"], id="negative"),
     ],
