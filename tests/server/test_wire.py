@@ -824,3 +824,17 @@ def test_fanout_full_child_misses_its_copy_without_refusing_the_set(tmp_path: Pa
             assert [w.call(b"get p\r\n") for _ in range(2)] == [value("p", b"a"), value("p", b"b")]
     finally:
         assert srv.stop() == 0
+
+
+def test_fanout_full_parent_refuses_before_copying(tmp_path: Path) -> None:
+    # NOT_STORED means stored nowhere: a client that retries must not fill the children twice.
+    srv = start_with_config(tmp_path, '[queues.q]\nmax_items = 1\n[queues."q+c"]\nmax_items = 0\n')
+    try:
+        with Wire(srv.port) as w:
+            assert w.call(b"get q+c\r\n") == b"END\r\n"
+            assert put(w, "q", b"a") == b"STORED\r\n"
+            assert put(w, "q", b"b") == b"NOT_STORED\r\n"
+            assert [w.call(b"get q+c\r\n") for _ in range(2)] == [value("q+c", b"a"), b"END\r\n"]
+            assert w.call(b"get q\r\n") == value("q", b"a")
+    finally:
+        assert srv.stop() == 0
