@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, server_stats, wait_until
+from helpers import ServerProcess, Wire, connect, server_stats, wait_until
 
 from kestrelq import __version__
 from kestrelq.journal.store import segment_name
@@ -381,5 +382,56 @@ def test_new_queue_without_a_free_descriptor_gets_an_error_reply(tmp_path: Path)
             finally:
                 resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
             assert w.call(b"set brand_new 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    finally:
+        assert proc.stop() == 0
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug: replies to a client that does not read pile up in memory without bound",
+)
+def test_client_that_never_reads_cannot_grow_server_memory(tmp_path: Path) -> None:
+    # `stats` is 7 bytes in and ~10 KB out: without backpressure on the output, 200 KB of
+    # pipelined requests from a client that never reads cost the server ~300 MB.
+    proc = ServerProcess(tmp_path / "data", "--fsync", "never").start()
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    try:
+        with Wire(proc.port) as w:
+            for i in range(20):
+                assert w.call(b"set q%d 0 0 1\r\nx\r\n" % i) == b"STORED\r\n"
+            assert len(w.call(b"stats\r\n")) > 8000
+        baseline = _rss_bytes(pid)
+        flood = connect(proc.port)
+        try:
+            flood.setblocking(False)
+            payload = b"stats\r\n" * 30_000
+            sent = 0
+            deadline = time.monotonic() + 5
+            peak = baseline
+            while time.monotonic() < deadline:
+                if sent < len(payload):
+                    try:
+                        sent += flood.send(payload[sent : sent + 65536])
+                    except BlockingIOError:
+                        pass  # the server stopped reading us: that is the point
+                peak = max(peak, _rss_bytes(pid))
+                time.sleep(0.01)
+            # Meanwhile other clients are served.
+            with Wire(proc.port) as w:
+                assert w.call(b"version\r\n") == VERSION
+            growth_mb = (peak - baseline) / 2**20
+            print(f"sent {sent} B of stats requests unread; server memory grew {growth_mb:.0f} MB")
+            assert growth_mb < 64
+        finally:
+            flood.close()
     finally:
         assert proc.stop() == 0
