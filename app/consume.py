@@ -17,8 +17,7 @@ from collections.abc import Sequence
 
 import tasks
 
-from kestrelq.worker import Worker
-from kestrelq.worker.cli import add_worker_args
+from kestrelq.worker.cli import add_worker_args, worker_from_args
 
 logger = logging.getLogger("consume")
 
@@ -54,17 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
-    worker = Worker(
-        args.queue,
-        handle,
-        host=args.host,
-        port=args.port,
-        wait_ms=args.wait_ms,
-        burst=args.burst,
-        max_messages=args.max_messages,
-        backoff_max_s=args.backoff_max_s,
-    )
-    return worker.run()
+    return worker_from_args(args, handle).run()
 
 
 if __name__ == "__main__":

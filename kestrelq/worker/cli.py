@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from kestrelq.worker.registry import HandlerNotFound, resolve
-from kestrelq.worker.runtime import Worker
+from kestrelq.worker.runtime import Handler, Worker
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +80,12 @@ def run(args: argparse.Namespace) -> int:
     except HandlerNotFound as exc:
         print(f"kestrelq work: {exc}", file=sys.stderr)
         return 2
-    worker = Worker(
+    return worker_from_args(args, handler).run()
+
+
+def worker_from_args(args: argparse.Namespace, handler: Handler) -> Worker:
+    """A Worker for `handler`, set up from the options `add_worker_args` defined."""
+    return Worker(
         args.queue,
         handler,
         host=args.host,
@@ -90,4 +95,3 @@ def run(args: argparse.Namespace) -> int:
         max_messages=args.max_messages,
         backoff_max_s=args.backoff_max_s,
     )
-    return worker.run()
