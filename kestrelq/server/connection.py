@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 _RELATIVE_EXPIRY_LIMIT_S = 1_000_000
 # Stop reading from a parked connection once this much is buffered behind it.
 _PAUSE_BUFFER_BYTES = 1 << 20
+# Replies past this many bytes are handed to the transport at once (whose own high-water mark
+# then pauses a client that does not read), or, while they wait for a group fsync, stop the
+# connection's commands until it is done.
+_MAX_HELD_BYTES = 256 << 10
 
 
 def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
@@ -96,11 +100,13 @@ class QueueProtocol(asyncio.Protocol):
         self.session = Session(server.collection, cfg.max_open_reads)
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
+        self._out_bytes = 0
         self.need_seq = 0
         self.parked: Parked | None = None
         self.closing = False
         self.eof = False
         self._paused = False
+        self._write_paused = False
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -146,7 +152,7 @@ class QueueProtocol(asyncio.Protocol):
 
     def _process(self) -> None:
         store = self.server.store
-        while self.parked is None and not self.closing:
+        while self.parked is None and not self.closing and not self._backed_up():
             try:
                 command = self.parser.next_command()
                 if command is None:
@@ -162,8 +168,10 @@ class QueueProtocol(asyncio.Protocol):
                 # A bug, not the client's fault: log it, tell the client, drop this connection
                 # only. The server and every other connection go on.
                 logger.exception("internal error on a connection; closing it")
-                self.out.append(replies.error("SERVER_ERROR", "internal error"))
+                self._reply(replies.error("SERVER_ERROR", "internal error"))
                 self.closing = True
+            if self._out_bytes > _MAX_HELD_BYTES:
+                self._flush()  # may pause this connection (unread or awaiting an fsync)
         self._flow_control()
         self._flush()
 
@@ -185,7 +193,7 @@ class QueueProtocol(asyncio.Protocol):
                 self._monitor(cmd, queue, now_ms, seconds * 1000, limit)
             case c.Confirm(queue, count):
                 ok = self.session.confirm(queue, count)
-                self.out.append(replies.END if ok else replies.ERROR)
+                self._reply(replies.END if ok else replies.ERROR)
             case _:
                 self._admin(cmd, now_ms)
 
@@ -198,26 +206,26 @@ class QueueProtocol(asyncio.Protocol):
                 coll.delete(queue)
                 self.session.open_xids.pop(queue, None)
                 if not noreply:
-                    self.out.append(replies.DELETED)
+                    self._reply(replies.DELETED)
             case c.Flush(queue):
                 coll.queue(queue).flush()
-                self.out.append(replies.END)
+                self._reply(replies.END)
             case c.FlushAll():
                 coll.flush_all()
-                self.out.append(replies.FLUSHED_ALL)
+                self._reply(replies.FLUSHED_ALL)
             case c.FlushExpired(queue):
-                self.out.append(replies.count(coll.flush_expired(queue, now_ms)))
+                self._reply(replies.count(coll.flush_expired(queue, now_ms)))
             case c.FlushAllExpired():
-                self.out.append(replies.count(coll.flush_all_expired(now_ms)))
+                self._reply(replies.count(coll.flush_all_expired(now_ms)))
             case c.Stats():
-                self.out.append(replies.stats(server.stats_lines()))
+                self._reply(replies.stats(server.stats_lines()))
             case c.DumpStats(queues):
-                self.out.append(replies.dump_stats(server.dump_stats(queues)))
+                self._reply(replies.dump_stats(server.dump_stats(queues)))
             case c.Version():
-                self.out.append(replies.version(__version__))
+                self._reply(replies.version(__version__))
             case c.Reload():
                 server.reload()
-                self.out.append(replies.RELOADED)
+                self._reply(replies.RELOADED)
 
     def _set(self, cmd: c.Set, now_ms: int) -> None:
         try:
@@ -232,25 +240,25 @@ class QueueProtocol(asyncio.Protocol):
                 return
             raise
         if not cmd.noreply:
-            self.out.append(replies.STORED)
+            self._reply(replies.STORED)
 
     def _get(self, cmd: c.Get, now_ms: int) -> None:
         item = self.session.get(cmd.queue, cmd.options, now_ms)
         if item is not None:
-            self.out += replies.value(cmd.key, item.flags, item.data)
+            self._reply(*replies.value(cmd.key, item.flags, item.data))
         elif cmd.options.timeout_ms > 0 and cmd.options.fetches:
             # `close` is done; the retries when an item arrives only fetch.
             retry = replace(cmd, options=replace(cmd.options, close=False))
             self._park(retry, cmd.queue, cmd.options.timeout_ms)
         else:
-            self.out.append(replies.END)
+            self._reply(replies.END)
 
     def _monitor(self, cmd: c.Monitor, queue: str, now_ms: int, window_ms: int, limit: int) -> None:
         sent = self._monitor_batch(queue, now_ms, limit)
         remaining = limit - sent
         max_open = self.server.config.max_open_reads
         if remaining <= 0 or self.session.open_count(queue) >= max_open or window_ms <= 0:
-            self.out.append(replies.END)
+            self._reply(replies.END)
             return
         self._park(cmd, queue, window_ms, remaining)
 
@@ -263,13 +271,13 @@ class QueueProtocol(asyncio.Protocol):
             if item is None:
                 break
             # Each item is a whole get reply (its own END); one more END closes the stream.
-            self.out += replies.value(key, item.flags, item.data)
+            self._reply(*replies.value(key, item.flags, item.data))
             sent += 1
         return sent
 
     def _error(self, exc: KestrelqError) -> None:
         reply, close = error_reply(exc)
-        self.out.append(reply)
+        self._reply(reply)
         if close:
             self.closing = True
             logger.debug("closing connection after error: %s", exc)
@@ -298,7 +306,7 @@ class QueueProtocol(asyncio.Protocol):
                 if item is None:
                     return False
                 self._unpark()
-                self.out += replies.value(parked.command.key, item.flags, item.data)
+                self._reply(*replies.value(parked.command.key, item.flags, item.data))
             else:
                 sent = self._monitor_batch(parked.queue, now_ms, parked.remaining)
                 if not sent:
@@ -311,7 +319,7 @@ class QueueProtocol(asyncio.Protocol):
                     self._flush()
                     return True
                 self._unpark()
-                self.out.append(replies.END)
+                self._reply(replies.END)
         except KestrelqError as exc:
             self._unpark()
             self._error(exc)
@@ -324,7 +332,7 @@ class QueueProtocol(asyncio.Protocol):
         if self.parked is None:
             return
         self._unpark()
-        self.out.append(replies.END)
+        self._reply(replies.END)
         self._process()
 
     def _unpark(self) -> None:
@@ -337,16 +345,36 @@ class QueueProtocol(asyncio.Protocol):
         """Server shutdown: answer a parked read now, then close after the replies."""
         if self.parked is not None:
             self._unpark()
-            self.out.append(replies.END)
+            self._reply(replies.END)
         self.closing = True
         self._flush()
 
     # -- output ----------------------------------------------------------------------------
 
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop executing its commands (and reading
+        # them) until it does, so that replies cannot pile up in memory.
+        self._write_paused = True
+        self._flow_control()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._process()
+
+    def _reply(self, *chunks: bytes) -> None:
+        self.out += chunks
+        self._out_bytes += sum(map(len, chunks))
+
+    def _backed_up(self) -> bool:
+        """Too much output is waiting (unread by the client, or held for an fsync)."""
+        return self._write_paused or self._out_bytes > _MAX_HELD_BYTES
+
     def _flow_control(self) -> None:
         if self.transport is None:
             return
-        should_pause = self.parked is not None and self.parser.buffered > _PAUSE_BUFFER_BYTES
+        should_pause = self._backed_up() or (
+            self.parked is not None and self.parser.buffered > _PAUSE_BUFFER_BYTES
+        )
         if should_pause and not self._paused:
             self.transport.pause_reading()
             self._paused = True
@@ -362,12 +390,15 @@ class QueueProtocol(asyncio.Protocol):
             if self.need_seq > self.server.store.synced_seq:
                 self.server.wait_for_sync(self)
                 return
-            self.server.bytes_written += sum(map(len, self.out))
+            self.server.bytes_written += self._out_bytes
             transport.writelines(self.out)
             self.out.clear()
+            self._out_bytes = 0
         if self.closing:
             transport.close()
 
     def synced(self) -> None:
         """The group fsync this connection waited for is done."""
         self._flush()
+        if self.out == [] and self.parked is None and self.parser.buffered:
+            self._process()  # commands held back while too many replies waited
