@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -838,3 +839,34 @@ def test_fanout_full_parent_refuses_before_copying(tmp_path: Path) -> None:
             assert w.call(b"get q\r\n") == value("q", b"a")
     finally:
         assert srv.stop() == 0
+
+
+def test_group_commit_shares_fsyncs(server: ServerProcess) -> None:
+    # `always`: nothing is STORED before an fsync covers it, but writers waiting at the same
+    # time share one fsync (group commit) instead of paying one each.
+    def fsyncs() -> int:
+        return int(server_stats(server.port)["fsyncs"])
+
+    count = 2000
+    before = fsyncs()
+    with Wire(server.port) as w:
+        w.send(b"".join(b"set pipe 0 0 %d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(count)))
+        assert [w.reply() for _ in range(count)] == [b"STORED\r\n"] * count
+    pipelined = fsyncs() - before
+    assert 1 <= pipelined <= 20, pipelined
+
+    per_client, clients = 200, 8
+
+    def write(k: int) -> None:
+        with Wire(server.port) as w:
+            for _ in range(per_client):
+                assert w.call(b"set c%d 0 0 1\r\nx\r\n" % k) == b"STORED\r\n"
+
+    before = fsyncs()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        for done in [pool.submit(write, k) for k in range(clients)]:
+            done.result(timeout=60)
+    concurrent = fsyncs() - before
+    print(f"{count} pipelined sets: {pipelined} fsyncs; {per_client * clients} sets from "
+          f"{clients} clients: {concurrent} fsyncs")  # fmt: skip
+    assert 1 <= concurrent <= per_client * clients * 3 // 4
