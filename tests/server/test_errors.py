@@ -431,3 +431,35 @@ def test_client_that_never_reads_cannot_grow_server_memory(tmp_path: Path) -> No
             flood.close()
     finally:
         assert proc.stop() == 0
+
+
+def test_sigterm_is_not_held_up_by_a_client_that_never_reads(tmp_path: Path) -> None:
+    conf = tmp_path / "kestrelq.toml"
+    conf.write_text('[server]\nfsync = "never"\nshutdown_timeout_s = 1.0\n')
+    proc = ServerProcess(tmp_path / "data", "--config", str(conf)).start()
+    assert proc.proc is not None
+    holder = Wire(proc.port)
+    flood = connect(proc.port)
+    try:
+        for i in range(20):
+            assert holder.call(b"set q%d 0 0 1\r\nx\r\n" % i) == b"STORED\r\n"
+        assert holder.call(b"get q0/open\r\n") == b"VALUE q0/open 0 1\r\nx\r\nEND\r\n"
+        flood.setblocking(False)
+        payload, sent = b"stats\r\n" * 30_000, 0
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:  # fill the pipes both ways
+            try:
+                sent += flood.send(payload[sent : sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.01)
+        started = time.monotonic()
+        proc.proc.terminate()
+        assert proc.proc.wait(15) == 0
+        assert time.monotonic() - started < 1.0 + 3
+    finally:
+        flood.close()
+        holder.close()
+    proc.start()
+    with Wire(proc.port) as w:
+        assert w.call(b"get q0\r\n") == b"VALUE q0 0 1\r\nx\r\nEND\r\n"  # the open read is back
+    assert proc.stop() == 0
