@@ -1,11 +1,17 @@
-"""Journal files on disk: append, recover, compact, fsync bookkeeping, the disk-full reserve.
+"""Journal files on disk: append, recover, segments, fsync bookkeeping, the disk-full reserve.
 
 Theory of operation
 -------------------
-One file per queue, `<data_dir>/<queue>.kqj`. Every record is written with one `write()` call
-before the command that caused it is answered (the journal is the truth; memory is a cache).
-A failed write is cut back off the file with `ftruncate`, so the file never holds half a record
-that a later append would bury.
+Each queue's journal is a series of segment files, `<data_dir>/<queue>.<n>.kqj`; appends go to
+the newest. Every record is written with one `writev()` call before the command that caused it
+is answered (the journal is the truth; memory is a cache). A failed write is cut back off the
+file with `ftruncate`, so the file never holds half a record that a later append would bury.
+
+Segments: a new segment starts with a checkpoint (the queue's state as records, see
+`format`), written through a temp file, fsync, rename and directory fsync. It is started once
+the current one has grown by `segment_bytes`, when an idle queue is empty, and at shutdown.
+Older segments are deleted as soon as no item behind (read-behind) points into them, so the
+total on disk stays near the live data, and start-up replays only the newest segment.
 
 Durability: the store numbers appends (`seq`). For queues whose policy is `always`, the server
 must not reply until `synced_seq` has passed the seq of the command's last append; it fsyncs
@@ -17,11 +23,11 @@ fails with ENOSPC, new items are refused (JournalFull), but records that take it
 (remove, open, confirm, unremove) may free the reserve and go on, so consumers can keep
 draining a full disk. The reserve is re-created, and new items accepted again, once there is room.
 
-Recovery: a record cut short at the end of a file (a torn tail) is cut off with a warning.
-A damaged record followed by valid ones is corruption: JournalCorrupt names the file and the
-offset, and the server refuses to start unless told to salvage (skip the damaged bytes).
-Compaction rewrites a journal as the records of its live state through a temp file, fsync,
-rename and directory fsync, whenever the file grows well past the live data.
+Recovery: a record cut short at the end of the newest segment (a torn tail) is cut off with a
+warning. A damaged record followed by valid ones, or anywhere in an older segment that items
+behind will be read from, is corruption: JournalCorrupt names the file and the offset, and the
+server refuses to start unless told to salvage (skip the damaged bytes, then write a fresh
+segment so that the damage is no longer needed).
 """
 
 from __future__ import annotations
