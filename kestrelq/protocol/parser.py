@@ -207,14 +207,15 @@ class ServerConnection:
     def _finish_set(self) -> c.Command | None:
         assert self._pending_set is not None
         queue, flags, exptime, size, noreply = self._pending_set
-        block = self._buffer.maybe_extract_block(size + 2)
+        try:
+            block = self._buffer.maybe_extract_block(size, b"\r\n")
+        except ValueError:
+            raise RemoteProtocolError("bad data chunk") from None
         if block is None:
             return None
         self._pending_set = None
         self.state = State.IDLE
-        if block[size:] != b"\r\n":
-            raise RemoteProtocolError("bad data chunk")
-        return c.Set(queue, flags, exptime, block[:size], noreply)
+        return c.Set(queue, flags, exptime, block, noreply)
 
 
 def _delete(args: list[bytes]) -> c.Command:
