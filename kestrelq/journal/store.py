@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 SUFFIX = ".kqj"
 _WRITE_CHUNK_BYTES = 1 << 20
+_RELEASE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,7 +446,7 @@ class JournalStore:
                 try:
                     if view[: len(MAGIC)] != MAGIC:
                         raise JournalCorrupt(str(path), 0, "not a kestrelq journal")
-                    yield from self._records(path, view, start, size, repair)
+                    yield from self._records(path, mapped, view, start, size, repair)
                 finally:
                     view.release()
 
@@ -456,10 +457,12 @@ class JournalStore:
         crc32 = zlib.crc32
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
+            released = 0
             try:
                 size = len(view)
                 offset = start
                 while offset < size:
+                    released = _release(mapped, released, offset)
                     if offset + header.size > size:
                         raise JournalCorrupt(str(path), offset, "record cut short")
                     length, crc = header.unpack_from(view, offset)
@@ -474,10 +477,12 @@ class JournalStore:
                 view.release()
 
     def _records(
-        self, path: Path, view: memoryview, offset: int, size: int, repair: bool
+        self, path: Path, mapped: mmap.mmap, view: memoryview, offset: int, size: int, repair: bool
     ) -> Iterator[tuple[Record, int]]:
         max_len = self.limits.max_record_bytes
+        released = 0
         while offset < size:
+            released = _release(mapped, released, offset)
             try:
                 decoded = decode(view, offset, max_len)
                 problem = "record cut short"
@@ -589,6 +594,20 @@ class JournalStore:
         self.reserve_released = True
         logger.error("disk full: released the disk reserve; refusing new items, serving reads")
         return True
+
+
+def _release(mapped: mmap.mmap, released: int, offset: int) -> int:
+    """Drop the mapped pages before `offset` once 8 MiB have been read past the last drop.
+
+    What was read is checked, or decoded into records that own copies of their data, so a
+    server scanning gigabytes of journal at start-up does not hold them in resident memory.
+    Returns the new release point.
+    """
+    if offset - released < _RELEASE_BYTES:
+        return released
+    upto = offset - offset % mmap.PAGESIZE
+    mapped.madvise(mmap.MADV_DONTNEED, released, upto - released)
+    return upto
 
 
 def _next_valid(view: memoryview, start: int, max_len: int) -> int | None:
