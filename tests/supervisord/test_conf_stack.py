@@ -259,3 +259,23 @@ def test_supervisord_refuses_to_start_without_the_password(
     options.configfile = str(out / "supervisord.conf")
     with pytest.raises(ValueError, match="ENV_KESTRELQ_SUPERVISOR_PASSWORD"):
         options.process_config(do_usage=False)
+
+
+def test_every_server_queue_setting_reaches_a_config_the_server_accepts(tmp_path: Path) -> None:
+    from kestrelq.queue.config import QueueConfig
+    from kestrelq.server import config as server_config
+
+    values = {
+        "max_items": 10, "max_bytes": 1000, "max_item_size": 100, "max_age_ms": 5000,
+        "discard_old_when_full": True, "expire_to": "later", "max_deliveries": 3,
+        "dead_letter": "jobs_dead", "open_timeout_ms": 60000, "max_memory_bytes": 1 << 20,
+        "fsync": "100",
+    }  # fmt: skip
+    assert set(values) == set(QueueConfig.__dataclass_fields__)  # a new setting needs a value
+    body = "\n".join(f"{k} = {v!r}".replace("True", "true") for k, v in values.items())
+    stack = parse_stack(tomllib.loads(f"[queues.jobs]\nworkers = 1\n{body}\n"), "test")
+    config = tmp_path / "kestrelq.toml"
+    config.write_text(render_stack(stack)["kestrelq.toml"])
+    jobs = server_config.load({"config_file": str(config)}, environ={}).queues["jobs"]
+    assert jobs.max_deliveries == 3 and jobs.discard_old_when_full is True
+    assert (jobs.expire_to, jobs.max_memory_bytes, str(jobs.fsync)) == ("later", 1 << 20, "100")
