@@ -344,7 +344,7 @@ class JournalStore:
         self.dirty_always: set[Journal] = set()
         self.dirty_periodic: set[Journal] = set()
         self.reserve_released = False
-        self.needs_compaction: set[str] = set()
+        self.needs_rotation: set[str] = set()
         self._found: dict[str, list[int]] = {}
         # Called when a journal has grown by segment_bytes; the server starts a new segment
         # as soon as the command that filled it is done (a checkpoint needs the new state).
@@ -510,7 +510,7 @@ class JournalStore:
             )  # fmt: skip
             parsed = parse_segment_name(path.name)
             if parsed is not None:
-                self.needs_compaction.add(parsed[0])
+                self.needs_rotation.add(parsed[0])
             if resume is None:
                 return
             offset = resume

@@ -135,10 +135,6 @@ class QueueState:
     def bytes(self) -> int:
         return self.mem_bytes + self.behind_bytes
 
-    @property
-    def open_bytes(self) -> int:
-        return sum(len(r.item.data) for r in self.open_reads.values())
-
     def age_ms(self, now_ms: int) -> int:
         """How long the last fetched item had waited; 0 when the queue is empty (Kestrel)."""
         if not self.ready or not self.stats.last_fetched_added_ms:

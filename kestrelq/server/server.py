@@ -93,9 +93,9 @@ class Server:
             for xid in state.reopened_xids():
                 state.unremove(xid)
             items += state.items
-        for name in list(store.needs_compaction):
+        for name in list(store.needs_rotation):
             self._rotate(name, force=True)
-        store.needs_compaction.clear()
+        store.needs_rotation.clear()
         store.sync_all()
         logger.info(
             "recovered %d queues, %d items from %s in %.2f s",
