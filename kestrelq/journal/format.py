@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
 from enum import IntEnum
 
 from kestrelq.queue.item import Item
+from kestrelq.value import value
 
 MAGIC = b"KQJ\x01"
 HEADER = struct.Struct("<II")  # length, crc32
@@ -55,24 +55,24 @@ class Opcode(IntEnum):
     BEHIND = 9
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Add:
     item: Item
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SnapAdd:
     """An item of a checkpoint (same meaning as Add, skipped by the read-behind reader)."""
 
     item: Item
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Checkpoint:
     """A snapshot of the queue starts here: forget all earlier state."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Behind:
     """`count` items (`bytes` of data) not in memory: the ADD records from (segment, offset)."""
 
@@ -82,33 +82,33 @@ class Behind:
     bytes: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Remove:
     """The head item left the queue (get, expiry, discard, dead-letter)."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Open:
     """The head item became the open read `xid`."""
 
     xid: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Confirm:
     """Open read `xid` was confirmed and is gone."""
 
     xid: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Unremove:
     """Open read `xid` went back to the head of the queue."""
 
     xid: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Flush:
     """Every ready item was removed (open reads stay)."""
 
@@ -126,6 +126,7 @@ def _frame(op: Opcode, payload: bytes) -> bytes:
 
 
 _ADD_PREFIX = struct.Struct("<BIqqi")  # op + ADD_FIELDS, the part of an ADD before its data
+_REMOVE_PARTS = (_frame(Opcode.REMOVE, b""),)
 
 
 def encode(record: Record) -> bytes:
@@ -143,6 +144,8 @@ def encode_parts(record: Record) -> tuple[bytes, ...]:
         data = item.data
         crc = zlib.crc32(data, zlib.crc32(prefix))
         return HEADER.pack(len(prefix) + len(data), crc) + prefix, data
+    if isinstance(record, Remove):  # every plain get: its bytes never change
+        return _REMOVE_PARTS
     return (_encode_small(record),)
 
 

@@ -13,6 +13,16 @@ the current one has grown by `segment_bytes`, when an idle queue is empty, and a
 Older segments are deleted as soon as no item behind (read-behind) points into them, so the
 total on disk stays near the live data, and start-up replays only the newest segment.
 
+Batched writes: with `batch_writes` on (the server's default), `append` does not write at
+once. It reserves room past the end of the file with `fallocate(KEEP_SIZE)`, a megabyte at a
+time, so that a full disk is still found *before* the command changes anything, and keeps the
+record; the server calls `write_pending()` once per event-loop turn, before it sends any reply
+of that turn, so every command of a turn on every connection costs one `writev` per queue. A
+write that fails after its commands were applied leaves memory ahead of the journal, and no
+reply of that turn has gone out: `on_write_lost` (the server: exit at once, and be restarted
+from the journal) is the only safe answer. Without `fallocate` the store writes each record
+at once, as with batching off.
+
 Durability: the store numbers appends (`seq`). For queues whose policy is `always`, the server
 must not reply until `synced_seq` has passed the seq of the command's last append; it fsyncs
 every dirty file in a worker thread, and everything appended meanwhile rides on the next fsync
@@ -32,6 +42,9 @@ segment so that the damage is no longer needed).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import logging
@@ -62,6 +75,39 @@ logger = logging.getLogger(__name__)
 SUFFIX = ".kqj"
 _WRITE_CHUNK_BYTES = 1 << 20
 _RELEASE_BYTES = 8 << 20
+# Room reserved ahead of a batched journal's end, one fallocate call per this many bytes.
+_PREALLOCATE_BYTES = 1 << 20
+_FALLOC_FL_KEEP_SIZE = 1
+# Batched records up to this size are joined into one buffer.
+_JOIN_BYTES = 16 << 10
+# writev takes at most this many buffers (EINVAL past it).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+
+
+def _load_fallocate() -> Callable[[int, int, int], None] | None:
+    """fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length) from libc, None where there is none.
+
+    os.posix_fallocate would grow the file, and appends would land after the zeros; KEEP_SIZE
+    reserves the blocks and leaves the size (where O_APPEND writes) alone.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        func = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    func.restype = ctypes.c_int
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        if func(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return fallocate
+
+
+fallocate_keep_size = _load_fallocate()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +150,13 @@ class Journal:
         self.last_offset = 0
         self.pointer = (self.current, len(MAGIC))
         self.rotations = 0
+        # Batched records not yet written, and how far past `size` the disk room is reserved.
+        # Small records are joined in `pending_tail` (one copy is cheaper than an iovec each);
+        # big ones stay separate buffers, so an item's data is never copied.
+        self.pending: list[bytes | bytearray] = []
+        self.pending_tail = bytearray()
+        self.pending_bytes = 0
+        self.allocated = 0
         self._open_current()
 
     def path(self, number: int | None = None) -> Path:
@@ -120,7 +173,7 @@ class Journal:
             self.sizes[number] = self.path(number).stat().st_size
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         self.fd = os.open(self.path(), flags, 0o644)
-        self.size = self.base_size = os.fstat(self.fd).st_size
+        self.size = self.base_size = self.allocated = os.fstat(self.fd).st_size
         if self.size < len(MAGIC):
             # New file, or one torn inside its header: start it cleanly.
             os.ftruncate(self.fd, 0)
@@ -131,39 +184,112 @@ class Journal:
     # -- appending -------------------------------------------------------------------------
 
     def append(self, record: Record, essential: bool) -> None:
-        """Write one record, or raise JournalFull / JournalWriteFailed having written nothing."""
+        """Log one record, or raise JournalFull / JournalWriteFailed having logged nothing.
+
+        Batched, the record is only kept (its disk room reserved) until `write_pending`.
+        """
         store = self.store
         if store.reserve_released and not essential:
             raise JournalFull("disk full: new items refused until space is freed")
         data = encode_parts(record)
-        offset = self.size
-        try:
-            self._write(data)
-        except JournalFull:
-            if not essential or not store.release_reserve():
-                raise
-            self._write(data)
+        if store.batching:
+            offset = self.size + self.pending_bytes
+            length = sum(map(len, data))
+            end = offset + length
+            if end > self.allocated and not self._reserve_room(end, essential):
+                self.append(record, essential)  # fallocate turned out not to work here
+                return
+            if not self.pending_bytes:
+                store.unwritten.append(self)
+            if length <= _JOIN_BYTES:
+                tail = self.pending_tail
+                for part in data:
+                    tail += part
+            else:
+                if self.pending_tail:
+                    self.pending.append(self.pending_tail)
+                    self.pending_tail = bytearray()
+                self.pending += data
+            self.pending_bytes += length
+        else:
+            offset = self.size
+            try:
+                self._write(data)
+            except JournalFull:
+                if not essential or not store.release_reserve():
+                    raise
+                self._write(data)
+            self._written()
         self.last_offset = offset
-        if self.size - self.base_size >= store.limits.segment_bytes:
-            store.segment_full(self.name)
         store.seq += 1
         if self.policy.mode == "always":
             store.always_seq = store.seq
-            store.dirty_always.add(self)
-        elif self.policy.mode == "periodic":
-            store.dirty_periodic.add(self)
+        if self.size + self.pending_bytes - self.base_size >= store.limits.segment_bytes:
+            store.segment_full(self.name)
 
-    def _write(self, parts: Sequence[bytes]) -> None:
+    def _reserve_room(self, end: int, essential: bool) -> bool:
+        """Make sure the disk has room up to `end` before a batched record is accepted.
+
+        False if the file system cannot reserve room: batching is then off for good.
+        """
+        allocate = self.store.allocate_fn
+        assert allocate is not None
+        start = self.allocated
+        while True:
+            try:
+                try:
+                    allocate(self.fd, start, end + _PREALLOCATE_BYTES - start)
+                    self.allocated = end + _PREALLOCATE_BYTES
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    allocate(self.fd, start, end - start)  # the last of the disk, exactly
+                    self.allocated = end
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    if essential and self.store.release_reserve():
+                        continue
+                    raise JournalFull("disk full") from exc
+                if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    logger.warning("fallocate not supported in %s (%s): writing each record at "
+                                   "once", self.store.data_dir, exc.strerror)  # fmt: skip
+                    self.store.batching = False
+                    return False
+                raise JournalWriteFailed(f"{self.path()}: {exc.strerror}") from exc
+
+    def write_pending(self) -> None:
+        """Write the batched records with one writev (raises JournalError on failure)."""
+        if not self.pending_bytes:
+            return
+        data = self.pending
+        if self.pending_tail:
+            data.append(self.pending_tail)
+        self.pending, self.pending_tail, self.pending_bytes = [], bytearray(), 0
+        self._write(data)
+        self._written()
+
+    def _written(self) -> None:
+        """Records of this journal reached the file: it needs its fsync now."""
+        if self.policy.mode == "always":
+            self.store.dirty_always.add(self)
+        elif self.policy.mode == "periodic":
+            self.store.dirty_periodic.add(self)
+
+    def _write(self, parts: Sequence[bytes | bytearray]) -> None:
         start = self.size
+        write = self.store.write_fn
         try:
-            written = self.store.write_fn(self.fd, parts)
-            self.size += written
-            if written < sum(map(len, parts)):  # a short write: go on from where it stopped
-                view = memoryview(b"".join(parts))[written:]
-                while view:
-                    written = self.store.write_fn(self.fd, [view])
-                    view = view[written:]
-                    self.size += written
+            for first in range(0, len(parts), _IOV_MAX):
+                chunk = parts[first : first + _IOV_MAX]
+                written = write(self.fd, chunk)
+                self.size += written
+                if written < sum(map(len, chunk)):  # a short write: go on from where it stopped
+                    view = memoryview(b"".join(chunk))[written:]
+                    while view:
+                        written = write(self.fd, [view])
+                        view = view[written:]
+                        self.size += written
         except OSError as exc:
             self._cut_back(start)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -189,6 +315,8 @@ class Journal:
         return self.pointer
 
     def read(self, count: int, max_bytes: int) -> list[Item]:
+        if self.pending_bytes:
+            self.store.write_pending()  # the items wanted may be among them
         items: list[Item] = []
         size = 0
         for record, segment, end in self._scan(*self.pointer):
@@ -223,7 +351,7 @@ class Journal:
             self.last_offset = start
             yield record
             start = end
-        self.size = os.fstat(self.fd).st_size
+        self.size = self.allocated = os.fstat(self.fd).st_size
 
     def verify_behind(self) -> None:
         """Check the checksum of every record an item behind will be read from.
@@ -258,6 +386,8 @@ class Journal:
 
         Returns False, keeping the current segment, if the new one could not be written.
         """
+        if self.pending_bytes:
+            self.store.write_pending()  # the old segment must be whole until the new one is
         number = self.current + 1
         final = self.path(number)
         tmp = final.with_name(final.name + ".tmp")
@@ -282,12 +412,12 @@ class Journal:
         os.replace(tmp, final)
         self.store.fsync_dir()
         old_total = self.total_size
-        os.close(self.fd)
+        self._close_fd()
         self.sizes[self.current] = self.size
         self.fd = os.open(final, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self.current = number
         self.segments.append(number)
-        self.size = self.base_size = size
+        self.size = self.base_size = self.allocated = size
         self.rotations += 1
         self.store.dirty_always.discard(self)
         self.store.dirty_periodic.discard(self)
@@ -302,14 +432,30 @@ class Journal:
         return True
 
     def delete(self) -> None:
-        self.close()
+        # The queue is gone: so are its unwritten records.
+        self.pending, self.pending_tail, self.pending_bytes = [], bytearray(), 0
+        self._close_fd()
         for number in self.segments:
             self.path(number).unlink(missing_ok=True)
 
     def close(self) -> None:
+        if self.pending_bytes:
+            self.store.write_pending()
+        self._close_fd()
+
+    def _close_fd(self) -> None:
         if self.fd >= 0:
+            if self.allocated > self.size:
+                # Give back the room reserved past the end (truncating to the same size
+                # frees blocks beyond it).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, self.size)
             os.close(self.fd)
             self.fd = -1
+
+
+def _raise(exc: JournalError) -> None:
+    raise exc
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> int:
@@ -328,17 +474,25 @@ class JournalStore:
         policy_for: Callable[[str], FsyncPolicy],
         limits: StoreLimits = StoreLimits(),
         salvage: bool = False,
-        write_fn: Callable[[int, Sequence[bytes | memoryview]], int] = os.writev,
+        write_fn: Callable[[int, Sequence[bytes | bytearray | memoryview]], int] = os.writev,
+        batch_writes: bool = False,
+        allocate_fn: Callable[[int, int, int], None] | None = fallocate_keep_size,
     ) -> None:
         self.data_dir = Path(data_dir)
-        # The one seam for failing appends (ENOSPC, EIO) in tests.
+        # The seams for failing appends (ENOSPC, EIO) in tests.
         self.write_fn = write_fn
+        self.allocate_fn = allocate_fn
+        self.batching = batch_writes and allocate_fn is not None
+        self.unwritten: list[Journal] = []
+        # Called when batched records could not be written; must not return (see above).
+        self.on_write_lost: Callable[[JournalError], None] = _raise
         self.policy_for = policy_for
         self.limits = limits
         self.salvage = salvage
         self.journals: dict[str, Journal] = {}
-        self.seq = 0
-        self.always_seq = 0
+        self.seq = 0  # records appended
+        self.always_seq = 0  # the last of them to an `always` journal
+        self.written_seq = 0  # records written to their files (an fsync covers these)
         self.synced_seq = 0
         self.fsyncs = 0
         self.dirty_always: set[Journal] = set()
@@ -418,6 +572,8 @@ class JournalStore:
         if journal is not None:
             self.dirty_always.discard(journal)
             self.dirty_periodic.discard(journal)
+            if journal in self.unwritten:
+                self.unwritten.remove(journal)
             journal.delete()
         self.fsync_dir()
 
@@ -515,10 +671,26 @@ class JournalStore:
                 return
             offset = resume
 
-    # -- durability --------------------------------------------------------------------------
+    # -- batched writes and durability ---------------------------------------------------------
+
+    def write_pending(self) -> None:
+        """Write every journal's batched records; before any reply that depends on them."""
+        unwritten, self.unwritten = self.unwritten, []
+        try:
+            for journal in unwritten:
+                journal.write_pending()
+        except JournalError as exc:
+            self.on_write_lost(exc)
+            raise
+        self.written_seq = self.seq
 
     def take_dirty(self, periodic: bool = False) -> tuple[list[int], int]:
-        """Duplicated fds of files that need an fsync, and the seq the fsync will cover."""
+        """Duplicated fds of files that need an fsync, and the seq the fsync will cover.
+
+        Only written records count: batched ones still pending are covered by a later fsync.
+        """
+        if not self.unwritten:
+            self.written_seq = self.seq
         dirty = self.dirty_periodic if periodic else self.dirty_always
         fds = []
         for journal in dirty:
@@ -532,7 +704,7 @@ class JournalStore:
                 # No descriptor to spare (EMFILE): fsync right here, in the loop thread.
                 os.fsync(journal.fd)
         dirty.clear()
-        return fds, self.seq
+        return fds, self.written_seq
 
     def fsync_fds(self, fds: list[int]) -> None:
         """fsync (runs in a worker thread) and close the duplicated fds."""
@@ -544,6 +716,8 @@ class JournalStore:
                 os.close(fd)
 
     def sync_all(self) -> None:
+        if self.unwritten:
+            self.write_pending()
         fds, seq = self.take_dirty()
         more, _ = self.take_dirty(periodic=True)
         self.fsync_fds(fds + more)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from kestrelq.queue.collection import GetOptions
+from kestrelq.value import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Get:
     key: bytes  # exactly as sent: echoed in the VALUE line
     queue: str
     options: GetOptions
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Set:
     queue: str
     flags: int
@@ -23,70 +22,70 @@ class Set:
     noreply: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Delete:
     queue: str
     noreply: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Flush:
     queue: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class FlushAll:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class FlushExpired:
     queue: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class FlushAllExpired:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Stats:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class DumpStats:
     queues: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Version:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Reload:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Shutdown:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Quit:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Monitor:
     queue: str
     seconds: int
     max_items: int  # 0: up to the open-read limit
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Confirm:
     queue: str
     count: int

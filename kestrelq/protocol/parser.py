@@ -183,9 +183,15 @@ class ServerConnection:
         noreply = len(args) == 5 and args[4] == b"noreply"
         if len(args) != 4 and not noreply:
             raise RemoteProtocolError("bad command line format")
-        flags = _int(args[1], "flags", 0, MAX_U32)
-        exptime = _int(args[2], "exptime", -(2**62), 2**62)
-        size = _int(args[3], "data length", 0, 2**62)
+        try:
+            flags, exptime, size = int(args[1]), int(args[2]), int(args[3])
+        except ValueError:
+            flags = exptime = size = -1
+        if not (0 <= flags <= MAX_U32 and -(2**62) <= exptime <= 2**62 and 0 <= size <= 2**62):
+            # Out of range or not a number: the checked parse names the field.
+            flags = _int(args[1], "flags", 0, MAX_U32)
+            exptime = _int(args[2], "exptime", -(2**62), 2**62)
+            size = _int(args[3], "data length", 0, 2**62)
         if size > self.max_item_bytes:
             return self._skip(size, ItemTooLarge(size, self.max_item_bytes))
         try:

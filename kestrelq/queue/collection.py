@@ -18,6 +18,7 @@ from kestrelq.queue import names
 from kestrelq.queue.config import QueueConfig
 from kestrelq.queue.item import Item
 from kestrelq.queue.state import BehindReader, LogFn, QueueState
+from kestrelq.value import value
 
 
 class Storage(Protocol):
@@ -28,7 +29,7 @@ class Storage(Protocol):
     def drop(self, name: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class GetOptions:
     """The options of `get <queue>/<opt>/<opt>...`."""
 

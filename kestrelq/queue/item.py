@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from kestrelq.value import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Item:
     """A message as the queue holds it.
 

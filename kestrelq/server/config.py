@@ -12,6 +12,7 @@ The config file is TOML:
     max_line_bytes = 2048
     max_item_bytes = 67108864
     disk_reserve_bytes = 8388608
+    batch_writes = true         # one journal write per queue per event-loop turn
 
     [queue_defaults]            # every queue
     max_items = 0               # 0 = unlimited
@@ -48,6 +49,7 @@ class ServerConfig:
     max_item_bytes: int = 64 << 20
     disk_reserve_bytes: int = 8 << 20
     segment_bytes: int = 64 << 20
+    batch_writes: bool = True
     salvage: bool = False
     shutdown_timeout_s: float = 10.0
     config_file: str = ""

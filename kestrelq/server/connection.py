@@ -387,6 +387,10 @@ class QueueProtocol(asyncio.Protocol):
         if transport is None:
             return
         if self.out:
+            if self.server.store.unwritten:
+                # Replies wait for this turn's batched journal write (see Server.after_write).
+                self.server.after_write(self)
+                return
             if self.need_seq > self.server.store.synced_seq:
                 self.server.wait_for_sync(self)
                 return
@@ -398,7 +402,9 @@ class QueueProtocol(asyncio.Protocol):
             transport.close()
 
     def synced(self) -> None:
-        """The group fsync this connection waited for is done."""
+        """The journal write or group fsync this connection's replies waited for is done."""
         self._flush()
         if self.out == [] and self.parked is None and self.parser.buffered:
             self._process()  # commands held back while too many replies waited
+        else:
+            self._flow_control()  # reading may have stopped while the replies were held

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kestrelq import __version__
-from kestrelq.errors import InvalidQueueName
+from kestrelq.errors import InvalidQueueName, JournalError
 from kestrelq.journal.store import JournalStore, StoreLimits
 from kestrelq.queue import names
 from kestrelq.queue.collection import QueueCollection
@@ -30,6 +30,8 @@ from kestrelq.server.connection import QueueProtocol
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.25
+# Exit status after a failed batched journal write (EX_IOERR from sysexits.h).
+EXIT_JOURNAL_LOST = 74
 
 
 class Server:
@@ -45,7 +47,11 @@ class Server:
                 segment_bytes=config.segment_bytes,
             ),
             salvage=config.salvage,
+            batch_writes=config.batch_writes,
         )
+        self.store.on_write_lost = self._write_lost
+        # How the server ends when the journal falls behind memory; a seam for tests.
+        self.exit: Callable[[int], None] = os._exit
         self.collection = QueueCollection(
             self.store, config.queue_defaults, dict(config.queues), notify=self.notify
         )
@@ -61,6 +67,8 @@ class Server:
         self._dirty_queues: set[str] = set()
         self._wake_scheduled = False
         self._full_segments: set[str] = set()
+        self._after_write: dict[QueueProtocol, None] = {}
+        self._write_scheduled = False
         self._syncing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -235,6 +243,40 @@ class Server:
                     break
             if queue in self.waiters and not self.waiters[queue]:
                 del self.waiters[queue]
+
+    # -- batched journal writes and durability --------------------------------------------
+
+    def after_write(self, conn: QueueProtocol) -> None:
+        """Send `conn`'s replies once this turn's batched journal records are written.
+
+        The write runs from call_soon, so after every connection with input this turn has had
+        its go: they all share one writev per queue.
+        """
+        self._after_write[conn] = None
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_journals)
+
+    def _write_journals(self) -> None:
+        self._write_scheduled = False
+        if self.store.unwritten:
+            self.store.write_pending()
+        conns, self._after_write = self._after_write, {}
+        for conn in conns:
+            conn.synced()
+
+    def _write_lost(self, exc: JournalError) -> None:
+        # Commands of this turn changed memory and their records are not on disk: carrying
+        # on would serve (and checkpoint) a state the journal does not have, and a graceful
+        # stop would reply to them. Leave without a word; the supervisor restarts the server
+        # from the journal, and the clients retry what was never acknowledged.
+        logger.critical("journal write failed after its commands were applied (%s); "
+                        "exiting without replying, to restart from the journal", exc)  # fmt: skip
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.failed = True
+        self.exit(EXIT_JOURNAL_LOST)
 
     # -- durability ------------------------------------------------------------------------
 

@@ -1,0 +1,65 @@
+"""A batched journal write that fails after its commands ran: exit, reply nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from kestrelq.server.config import load
+from kestrelq.server.server import EXIT_JOURNAL_LOST, Server
+
+
+async def _scenario(tmp_path: Path) -> tuple[list[int], bytes, bytes]:
+    config = load({"data_dir": str(tmp_path / "data"), "port": 0, "fsync": "never"}, {})
+    server = Server(config)
+    exits: list[int] = []
+    server.exit = exits.append  # the real one is os._exit
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"set q 0 0 5\r\nfirst\r\n")
+        first = await asyncio.wait_for(reader.readline(), 5)
+
+        def eio(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+        server.store.write_fn = eio
+        writer.write(b"set q 0 0 6\r\nsecond\r\nget q\r\n")
+        rest = await asyncio.wait_for(reader.read(), 5)  # until the server drops us
+        writer.close()
+        return exits, first, rest
+    finally:
+        # No graceful shutdown: it would checkpoint memory, which the real exit never does.
+        server.store.write_fn = os.writev
+        assert server._server is not None
+        server._server.close()
+        await server._server.wait_closed()
+        for task in list(server._tasks):
+            task.cancel()
+        await asyncio.gather(*server._tasks, return_exceptions=True)
+        server.store.close()
+
+
+def test_failed_batched_write_exits_without_acknowledging(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.CRITICAL, logger="kestrelq.server.server"):
+        exits, first, rest = asyncio.run(_scenario(tmp_path))
+    assert first == b"STORED\r\n"
+    # Neither the set nor the get that ran after it in memory was answered: the client
+    # cannot take "second" as stored, nor "first" as delivered.
+    assert rest == b""
+    assert exits == [EXIT_JOURNAL_LOST]
+    assert "journal write failed after its commands were applied" in caplog.text
+    # What the journal holds is what a restart serves: the acknowledged item, still queued.
+    config = load({"data_dir": str(tmp_path / "data"), "port": 0}, {})
+    restarted = Server(config)
+    restarted.recover()
+    assert restarted.collection.queue("q").items == 1
+    restarted.store.close()
