@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument(
         "--servers",
         type=_csv,
-        default=["kestrelq", "memcached", "beanstalkd", "redis"],
-        help="which servers (kestrelq,memcached,beanstalkd,redis)",
+        default=["kestrelq", "memcached", "beanstalkd", "redis", "pyfloor"],
+        help="which servers (kestrelq,memcached,beanstalkd,redis,pyfloor: the Python floor)",
     )
     g.add_argument(
         "--fsync", type=_csv, default=["always", "never", "100"], help="kestrelq fsync policies"
@@ -248,6 +248,8 @@ def run_loadgen(args: argparse.Namespace, work_dir: Path) -> tuple[list[LoadRow]
         # Room for every message: memcached evicts silently when its cache is full.
         mem_mb = max(256, args.loadgen_messages * (args.size + 200) * 2 // (1 << 20) + 16)
         variants.append((ServerSpec("memcached", memory_mb=mem_mb), "kv"))
+    if "pyfloor" in args.servers:
+        variants.append((ServerSpec("pyfloor"), "plain"))
     if "kestrelq" in args.servers:
         for f in args.fsync:
             for mode in args.modes:

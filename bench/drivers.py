@@ -24,6 +24,7 @@ TARGETS: tuple[tuple[str, str], ...] = (
     ("beanstalkd", "reliable"),
     ("redis", "plain"),
     ("redis", "reliable"),
+    ("pyfloor", "plain"),
 )
 
 OP_NAMES: dict[tuple[str, str], tuple[str, str]] = {
@@ -33,6 +34,7 @@ OP_NAMES: dict[tuple[str, str], tuple[str, str]] = {
     ("beanstalkd", "reliable"): ("put", "reserve+delete"),
     ("redis", "plain"): ("LPUSH", "RPOP"),
     ("redis", "reliable"): ("LPUSH", "LMOVE+LREM"),
+    ("pyfloor", "plain"): ("set", "get q"),
 }
 
 
@@ -151,7 +153,7 @@ class RedisDriver:
 
 
 def connect(kind: str, mode: str, port: int) -> Driver:
-    if kind == "kestrelq":
+    if kind in ("kestrelq", "pyfloor"):
         return MemcacheQueueDriver(port, reliable=mode == "reliable")
     if kind == "memcached":
         return MemcachedDriver(port)

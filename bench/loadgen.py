@@ -337,7 +337,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--kind", choices=("kestrelq", "memcached"), default="kestrelq")
+    parser.add_argument("--kind", choices=("kestrelq", "memcached", "pyfloor"), default="kestrelq")
     parser.add_argument("--mode", choices=("plain", "reliable"), default="plain")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=64)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-KINDS = ("kestrelq", "memcached", "beanstalkd", "redis")
+KINDS = ("kestrelq", "memcached", "beanstalkd", "redis", "pyfloor")
 
 # What each protocol answers to a harmless request: the readiness probe.
 _PROBES: dict[str, tuple[bytes, bytes]] = {
@@ -30,6 +30,7 @@ _PROBES: dict[str, tuple[bytes, bytes]] = {
     "memcached": (b"version\r\n", b"VERSION "),
     "beanstalkd": (b"list-tubes\r\n", b"OK "),
     "redis": (b"PING\r\n", b"+PONG"),
+    "pyfloor": (b"version\r\n", b"VERSION "),
 }
 
 
@@ -85,7 +86,9 @@ class ServerSpec:
 
     @property
     def label(self) -> str:
-        return f"kestrelq fsync={self.fsync}" if self.kind == "kestrelq" else self.kind
+        if self.kind == "kestrelq":
+            return f"kestrelq fsync={self.fsync}"
+        return "python floor" if self.kind == "pyfloor" else self.kind
 
 
 @dataclass
@@ -151,6 +154,10 @@ def command(spec: ServerSpec, port: int, data_dir: Path) -> list[str]:
         cmd = ["redis-server", "--port", str(port), "--bind", HOST, "--save", ""]
         cmd += ["--appendonly", "yes", "--dir", str(data_dir), "--daemonize", "no"]
         return cmd + list(spec.extra_args)
+    if spec.kind == "pyfloor":
+        # bench/pyfloor.py: the least a Python server can do per message (see its docstring).
+        cmd = [sys.executable, "-m", "bench.pyfloor", "--host", HOST, "--port", str(port)]
+        return [*cmd, "--data-dir", str(data_dir), *spec.extra_args]
     raise ValueError(f"unknown server kind {spec.kind!r}")
 
 

@@ -32,13 +32,17 @@ class ReceiveBuffer:
     def maybe_extract_line(self) -> bytes | None:
         """The next line without its LF (and CR), or None if no full line is buffered."""
         data = self._data
-        idx = data.find(b"\n", max(self._start, self._searched))
+        idx = data.find(b"\n", self._searched)  # _searched >= _start, always
         if idx < 0:
             self._searched = len(data)
             return None
-        end = idx - 1 if idx > self._start and data[idx - 1] == 0x0D else idx
-        line = bytes(data[self._start : end])
-        self._consume_to(idx + 1)
+        start = self._start
+        end = idx - 1 if idx > start and data[idx - 1] == 0x0D else idx
+        line = bytes(data[start:end])
+        if idx + 1 < len(data) and idx < 65536:
+            self._start = self._searched = idx + 1  # the common case of _consume_to
+        else:
+            self._consume_to(idx + 1)
         return line
 
     def maybe_extract_block(self, size: int, terminator: bytes = b"") -> bytes | None:

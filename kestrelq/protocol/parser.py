@@ -36,6 +36,11 @@ class State(Enum):
     CLOSED = auto()
 
 
+# The states as module globals: next_command runs once per command, a class lookup each time
+# adds up.
+_IDLE, _BLOCK, _SKIP, _CLOSED = State.IDLE, State.BLOCK, State.SKIP, State.CLOSED
+
+
 def _int(token: bytes, what: str, lo: int, hi: int) -> int:
     try:
         value = int(token)
@@ -137,18 +142,19 @@ class ServerConnection:
             raise
 
     def _next(self) -> c.Command | None:
-        if self.state is State.SKIP:
+        state = self.state
+        if state is not _IDLE:
+            if state is _BLOCK:
+                return self._finish_set()
+            if state is _CLOSED:
+                return None
             self._skip_left -= self._buffer.skip(self._skip_left)
             if self._skip_left:
                 return None
-            self.state = State.IDLE
+            self.state = _IDLE
             assert self._skip_error is not None
             error, self._skip_error = self._skip_error, None
             raise error
-        if self.state is State.BLOCK:
-            return self._finish_set()
-        if self.state is State.CLOSED:
-            return None
         line = self._buffer.maybe_extract_line()
         if line is None:
             if len(self._buffer) > self.max_line_bytes:
@@ -198,14 +204,20 @@ class ServerConnection:
             queue = _queue(args[0], close=False)
         except RemoteProtocolError as exc:
             return self._skip(size, exc)
+        try:
+            block = self._buffer.maybe_extract_block(size, b"\r\n")
+        except ValueError:
+            raise RemoteProtocolError("bad data chunk") from None
+        if block is not None:  # the usual case: the data came with its command line
+            return c.Set(queue, flags, exptime, block, noreply)
         self._pending_set = (queue, flags, exptime, size, noreply)
-        self.state = State.BLOCK
-        return self._finish_set()
+        self.state = _BLOCK
+        return None
 
     def _skip(self, size: int, error: ProtocolError) -> c.Command | None:
         # Drop the data block (and its CRLF) as it arrives, then report the error: the
         # connection stays in step and the client gets exactly one reply for its command.
-        self.state = State.SKIP
+        self.state = _SKIP
         self._skip_left = size + 2
         self._skip_error = error
         return self._next()
@@ -220,7 +232,7 @@ class ServerConnection:
         if block is None:
             return None
         self._pending_set = None
-        self.state = State.IDLE
+        self.state = _IDLE
         return c.Set(queue, flags, exptime, block, noreply)
 
 

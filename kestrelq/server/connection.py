@@ -52,6 +52,8 @@ _PAUSE_BUFFER_BYTES = 1 << 20
 # then pauses a client that does not read), or, while they wait for a group fsync, stop the
 # connection's commands until it is done.
 _MAX_HELD_BYTES = 256 << 10
+# Replies up to this size go out joined: one copy is cheaper than an iovec per reply part.
+_JOIN_REPLY_BYTES = 64 << 10
 
 
 def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
@@ -151,7 +153,10 @@ class QueueProtocol(asyncio.Protocol):
     # -- command loop ----------------------------------------------------------------------
 
     def _process(self) -> None:
-        store = self.server.store
+        server = self.server
+        store = server.store
+        # One clock reading per batch: the commands of one read arrived at the same moment.
+        now_ms = server.now_ms()
         while self.parked is None and not self.closing and not self._backed_up():
             try:
                 command = self.parser.next_command()
@@ -159,7 +164,7 @@ class QueueProtocol(asyncio.Protocol):
                     self.closing = self.eof
                     break
                 before = store.always_seq
-                self._execute(command)
+                self._execute(command, now_ms)
                 if store.always_seq != before:
                     self.need_seq = store.always_seq
             except KestrelqError as exc:
@@ -175,9 +180,8 @@ class QueueProtocol(asyncio.Protocol):
         self._flow_control()
         self._flush()
 
-    def _execute(self, cmd: c.Command) -> None:
+    def _execute(self, cmd: c.Command, now_ms: int) -> None:
         server = self.server
-        now_ms = server.now_ms()
         match cmd:
             case c.Get():
                 self._get(cmd, now_ms)
@@ -395,7 +399,10 @@ class QueueProtocol(asyncio.Protocol):
                 self.server.wait_for_sync(self)
                 return
             self.server.bytes_written += self._out_bytes
-            transport.writelines(self.out)
+            if self._out_bytes <= _JOIN_REPLY_BYTES:
+                transport.write(b"".join(self.out))
+            else:
+                transport.writelines(self.out)  # big items are not copied
             self.out.clear()
             self._out_bytes = 0
         if self.closing:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SERVERS = ("kestrelq fsync=never", "kestrelq fsync=always", "memcached", "beanstalkd", "redis")
+SERVERS = (
+    "kestrelq fsync=never",
+    "kestrelq fsync=always",
+    "memcached",
+    "beanstalkd",
+    "redis",
+    "python floor",
+)
 
 
 def test_bench_runs_every_server_and_verifies_every_message(tmp_path: Path) -> None:
@@ -44,15 +51,16 @@ def test_bench_runs_every_server_and_verifies_every_message(tmp_path: Path) -> N
 
     raw = json.loads((out / "smoke.json").read_text())
     matrix = raw["matrix"]
-    # kestrelq: 2 fsync x 2 modes; memcached, beanstalkd, redis plain + reliable; x 2 counts.
-    assert len(matrix) == (4 + 1 + 1 + 2) * 2
+    # kestrelq: 2 fsync x 2 modes; memcached, beanstalkd, redis plain + reliable, the python
+    # floor; x 2 counts.
+    assert len(matrix) == (4 + 1 + 1 + 2 + 1) * 2
     for row in matrix:
         assert row["verified"] == row["runs"] == 1, row
         assert row["enq_rate"] > 0 and row["deq_rate"] > 0 and row["peak_rss_mb"] > 0, row
         assert row["enq_p99"] >= row["enq_p50"] > 0, row
     assert all(r["verified"] == 1 for r in raw["loadgen"])
     assert {r["label"] for r in raw["loadgen"]} == {
-        "memcached", "kestrelq fsync=never", "kestrelq fsync=always"
+        "memcached", "python floor", "kestrelq fsync=never", "kestrelq fsync=always"
     }  # fmt: skip
     assert raw["fsync scaling"]["always_missing"] == 0 == raw["fsync scaling"]["never_missing"]
     assert raw["backlog"]["missing"] == 0 and raw["backlog"]["corrupt"] == 0
