@@ -16,11 +16,11 @@ total on disk stays near the live data, and start-up replays only the newest seg
 Batched writes: with `batch_writes` on (the server's default), `append` does not write at
 once. It reserves room past the end of the file with `fallocate(KEEP_SIZE)`, a megabyte at a
 time, so that a full disk is still found *before* the command changes anything, and keeps the
-record; the server calls `write_pending()` once per event-loop turn, before it sends any reply
-of that turn, so every command of a turn on every connection costs one `writev` per queue. A
-write that fails after its commands were applied leaves memory ahead of the journal, and no
-reply of that turn has gone out: `on_write_lost` (the server: exit at once, and be restarted
-from the journal) is the only safe answer. Without `fallocate` the store writes each record
+record; the server calls `write_pending()` before it sends replies, so a pipelined batch of
+commands costs one `writev` per queue (and a reliable read's confirm and open, one). A write
+that fails after its commands were applied leaves memory ahead of the journal, and none of
+their replies has gone out: `on_write_lost` (the server: exit at once, and be restarted from
+the journal) is the only safe answer. Without `fallocate` the store writes each record
 at once, as with batching off.
 
 Durability: the store numbers appends (`seq`). For queues whose policy is `always`, the server

@@ -12,7 +12,7 @@ The config file is TOML:
     max_line_bytes = 2048
     max_item_bytes = 67108864
     disk_reserve_bytes = 8388608
-    batch_writes = true         # one journal write per queue per event-loop turn
+    batch_writes = true         # one journal write per queue per batch of commands
 
     [queue_defaults]            # every queue
     max_items = 0               # 0 = unlimited

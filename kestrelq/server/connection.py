@@ -143,6 +143,8 @@ class QueueProtocol(asyncio.Protocol):
         self._unpark()
         try:
             self.session.release_all()
+            if server.store.unwritten:
+                server.store.write_pending()
         except KestrelqError:
             # The read stays open in memory; the journal still shows it open, so a restart
             # puts it back. Nothing is lost, it is only delayed.
@@ -387,14 +389,15 @@ class QueueProtocol(asyncio.Protocol):
             self._paused = False
 
     def _flush(self) -> None:
+        store = self.server.store
+        if store.unwritten:
+            # The batched records of the commands answered here (see JournalStore) go to
+            # disk first: one writev per queue for a whole pipelined batch.
+            store.write_pending()
         transport = self.transport
         if transport is None:
             return
         if self.out:
-            if self.server.store.unwritten:
-                # Replies wait for this turn's batched journal write (see Server.after_write).
-                self.server.after_write(self)
-                return
             if self.need_seq > self.server.store.synced_seq:
                 self.server.wait_for_sync(self)
                 return
@@ -409,7 +412,7 @@ class QueueProtocol(asyncio.Protocol):
             transport.close()
 
     def synced(self) -> None:
-        """The journal write or group fsync this connection's replies waited for is done."""
+        """The group fsync this connection's replies waited for is done."""
         self._flush()
         if self.out == [] and self.parked is None and self.parser.buffered:
             self._process()  # commands held back while too many replies waited

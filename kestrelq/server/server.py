@@ -67,8 +67,6 @@ class Server:
         self._dirty_queues: set[str] = set()
         self._wake_scheduled = False
         self._full_segments: set[str] = set()
-        self._after_write: dict[QueueProtocol, None] = {}
-        self._write_scheduled = False
         self._syncing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -244,31 +242,12 @@ class Server:
             if queue in self.waiters and not self.waiters[queue]:
                 del self.waiters[queue]
 
-    # -- batched journal writes and durability --------------------------------------------
-
-    def after_write(self, conn: QueueProtocol) -> None:
-        """Send `conn`'s replies once this turn's batched journal records are written.
-
-        The write runs from call_soon, so after every connection with input this turn has had
-        its go: they all share one writev per queue.
-        """
-        self._after_write[conn] = None
-        if not self._write_scheduled:
-            self._write_scheduled = True
-            asyncio.get_running_loop().call_soon(self._write_journals)
-
-    def _write_journals(self) -> None:
-        self._write_scheduled = False
-        if self.store.unwritten:
-            self.store.write_pending()
-        conns, self._after_write = self._after_write, {}
-        for conn in conns:
-            conn.synced()
+    # -- durability ------------------------------------------------------------------------
 
     def _write_lost(self, exc: JournalError) -> None:
-        # Commands of this turn changed memory and their records are not on disk: carrying
-        # on would serve (and checkpoint) a state the journal does not have, and a graceful
-        # stop would reply to them. Leave without a word; the supervisor restarts the server
+        # Commands changed memory and their batched records are not on disk: carrying on
+        # would serve (and checkpoint) a state the journal does not have, and a graceful stop
+        # would reply to them. Leave without a word; the supervisor restarts the server
         # from the journal, and the clients retry what was never acknowledged.
         logger.critical("journal write failed after its commands were applied (%s); "
                         "exiting without replying, to restart from the journal", exc)  # fmt: skip
@@ -277,8 +256,6 @@ class Server:
                 conn.transport.abort()
         self.failed = True
         self.exit(EXIT_JOURNAL_LOST)
-
-    # -- durability ------------------------------------------------------------------------
 
     def wait_for_sync(self, conn: QueueProtocol) -> None:
         self.sync_waiters.add(conn)
@@ -345,6 +322,10 @@ class Server:
         coll.time_out_reads(now_ms)
         for name in list(coll.queues):
             self._rotate(name)
+        if self.store.unwritten:
+            # Records logged outside a connection's reply (expiry, timed-out reads), and a
+            # bound on how long any record stays unwritten.
+            self.store.write_pending()
         if self.store.reserve_released:
             self.store.ensure_reserve()
 
