@@ -24,9 +24,10 @@ the journal) is the only safe answer. Without `fallocate` the store writes each 
 at once, as with batching off.
 
 Durability: the store numbers appends (`seq`). For queues whose policy is `always`, the server
-must not reply until `synced_seq` has passed the seq of the command's last append; it fsyncs
-every dirty file in a worker thread, and everything appended meanwhile rides on the next fsync
-(group commit). `periodic` files are fsynced by a timer and nobody waits; `never` files never.
+must not reply until `synced_seq` has passed the seq of the command's last append; once per
+turn of its event loop it fsyncs every dirty file (`sync_always`), so all the commands of that
+turn share one fsync, and what arrives meanwhile rides on the next (group commit). `periodic`
+files are fsynced by a timer in a worker thread and nobody waits; `never` files never.
 
 Disk full: at start the store sets aside `reserve_bytes` in a `.reserve` file. When a write
 fails with ENOSPC, new items are refused (JournalFull), but records that take items *out*
@@ -706,11 +707,26 @@ class JournalStore:
         dirty.clear()
         return fds, self.written_seq
 
+    def sync_always(self) -> None:
+        """fdatasync every `always` file with written records, here; advance synced_seq.
+
+        (fdatasync: an append's new size is flushed with the data; the timestamps need not.)
+        """
+        if not self.unwritten:
+            self.written_seq = self.seq
+        if self.dirty_always:
+            for journal in self.dirty_always:
+                if journal.fd >= 0:
+                    os.fdatasync(journal.fd)
+            self.fsyncs += 1  # rounds, as for periodic syncs
+        self.dirty_always.clear()
+        self.synced_seq = max(self.synced_seq, self.written_seq)
+
     def fsync_fds(self, fds: list[int]) -> None:
-        """fsync (runs in a worker thread) and close the duplicated fds."""
+        """fdatasync (in a worker thread: periodic syncs) and close the duplicated fds."""
         try:
             for fd in fds:
-                os.fsync(fd)
+                os.fdatasync(fd)
         finally:
             for fd in fds:
                 os.close(fd)

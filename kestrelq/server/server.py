@@ -67,7 +67,7 @@ class Server:
         self._dirty_queues: set[str] = set()
         self._wake_scheduled = False
         self._full_segments: set[str] = set()
-        self._syncing = False
+        self._sync_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._stop = asyncio.Event()
@@ -258,33 +258,35 @@ class Server:
         self.exit(EXIT_JOURNAL_LOST)
 
     def wait_for_sync(self, conn: QueueProtocol) -> None:
-        self.sync_waiters.add(conn)
-        if not self._syncing:
-            self._syncing = True
-            self._spawn(self._group_sync())
+        """Hold `conn`'s replies until an fsync covers its writes (group commit).
 
-    async def _group_sync(self) -> None:
-        loop = asyncio.get_running_loop()
+        The fsync runs in this thread once the event loop has handled every connection with
+        input (call_soon), so one fsync covers every command of the turn, and whatever arrives
+        while it runs joins the next one: redis' `appendfsync always` does the same. Measured
+        against an fsync in a worker thread, this moved 1.4-1.9x as many messages with half
+        the CPU: on 2 cores, waking the worker cost as much as the fsync itself.
+        """
+        self.sync_waiters.add(conn)
+        if not self._sync_scheduled:
+            self._sync_scheduled = True
+            asyncio.get_running_loop().call_soon(self._group_sync)
+
+    def _group_sync(self) -> None:
+        self._sync_scheduled = False
         store = self.store
         try:
-            while self.sync_waiters:
-                fds, seq = store.take_dirty()
-                if fds:
-                    await loop.run_in_executor(None, store.fsync_fds, fds)
-                    store.fsyncs += 1
-                store.synced_seq = max(store.synced_seq, seq)
-                for conn in list(self.sync_waiters):
-                    if conn.need_seq <= store.synced_seq:
-                        self.sync_waiters.discard(conn)
-                        conn.synced()
+            store.sync_always()
         except OSError:
             # fsync failed: what the kernel still holds is unknown (fsyncgate). Stop, and let
             # the supervisor restart us from the journal rather than acknowledge more writes.
             logger.critical("fsync failed; stopping the server", exc_info=True)
             self.failed = True
             self.request_shutdown("fsync failure")
-        finally:
-            self._syncing = False
+            return
+        synced = store.synced_seq
+        for conn in [c for c in self.sync_waiters if c.need_seq <= synced]:
+            self.sync_waiters.discard(conn)
+            conn.synced()
 
     def _policies(self) -> list[FsyncPolicy]:
         cfg = self.config
