@@ -236,10 +236,14 @@ def here_path(path: str, depth: int) -> str:
     return "%(here)s" if rel == "." else f"%(here)s/{rel}"
 
 
-def _log(stack: Stack, name: str) -> tuple[str, str, int]:
-    """(logfile, maxbytes, backups) for one program in the stack's mode."""
+def _log(stack: Stack, name: str, stream: str = "/dev/stdout") -> tuple[str, str, int]:
+    """(logfile, maxbytes, backups) for one program in the stack's mode.
+
+    In a container the program writes to `stream` (the container's log); on a host, to
+    `<log_dir>/<name>.log`, rotated.
+    """
     if stack.mode == "container":
-        return "/dev/stdout", "0", 0
+        return stream, "0", 0
     return f"{here_path(stack.log_dir, 1)}/{name}.log", stack.log_maxbytes, stack.log_backups
 
 
@@ -274,11 +278,7 @@ def queue_program(stack: Stack) -> Program:
 
 def worker_program(stack: Stack, queue: QueueSpec) -> Program:
     name = f"{queue.name}_worker"
-    if stack.mode == "container":
-        logfile, maxbytes, backups = "/dev/stdout", "0", 0
-    else:
-        logfile = f"{here_path(stack.log_dir, 1)}/%(program_name)s_%(process_num)02d.log"
-        maxbytes, backups = stack.log_maxbytes, stack.log_backups
+    logfile, maxbytes, backups = _log(stack, "%(program_name)s_%(process_num)02d")
     command = queue.command or (
         f"{stack.python} consume.py --queue {queue.name}"
         f" --host {stack.connect_host} --port {stack.port} --wait-ms {queue.wait_ms}"
@@ -318,10 +318,7 @@ def listener_program(stack: Stack) -> Program:
     command = f"{stack.python} -m kestrelq.supervisord.listener --marker {marker}"
     if stack.mode == "container":
         command += " --stop-supervisord"
-        stderr, maxbytes, backups = "/dev/stderr", "0", 0
-    else:
-        stderr = f"{here_path(stack.log_dir, 1)}/fatal_listener.log"
-        maxbytes, backups = stack.log_maxbytes, stack.log_backups
+    stderr, maxbytes, backups = _log(stack, "fatal_listener", stream="/dev/stderr")
     return Program(
         name="fatal_listener",
         command=command,
