@@ -219,6 +219,18 @@ def _run(main: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
     return asyncio.run(main())
 
 
+def _timed(
+    main: Callable[[], Coroutine[Any, Any, Any]], use_uvloop: bool, pid: int | None
+) -> tuple[float, int | None]:
+    """Run `main`; its wall seconds, and the server's CPU nanoseconds meanwhile (with a pid)."""
+    cpu0 = procstat.cpu_ns(pid) if pid else None
+    t0 = time.perf_counter()
+    _run(main, use_uvloop)
+    seconds = time.perf_counter() - t0
+    cpu = procstat.cpu_ns(pid) - cpu0 if pid and cpu0 is not None else None
+    return seconds, cpu
+
+
 def _phase(messages: int, seconds: float, lat: list[float], cpu_ns: int | None) -> LoadPhase:
     return LoadPhase(
         messages=messages,
@@ -252,11 +264,7 @@ def enqueue(
             ]
         )
 
-    cpu0 = procstat.cpu_ns(pid) if pid else None
-    t0 = time.perf_counter()
-    _run(main, use_uvloop)
-    seconds = time.perf_counter() - t0
-    cpu = procstat.cpu_ns(pid) - cpu0 if pid and cpu0 is not None else None
+    seconds, cpu = _timed(main, use_uvloop, pid)
     return _phase(messages, seconds, lat, cpu)
 
 
@@ -286,11 +294,7 @@ def dequeue(
             ]
         )
 
-    cpu0 = procstat.cpu_ns(pid) if pid else None
-    t0 = time.perf_counter()
-    _run(main, use_uvloop)
-    seconds = time.perf_counter() - t0
-    cpu = procstat.cpu_ns(pid) - cpu0 if pid and cpu0 is not None else None
+    seconds, cpu = _timed(main, use_uvloop, pid)
     return _phase(out.returned, seconds, lat, cpu), out
 
 
