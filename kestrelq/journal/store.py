@@ -690,8 +690,7 @@ class JournalStore:
 
         Only written records count: batched ones still pending are covered by a later fsync.
         """
-        if not self.unwritten:
-            self.written_seq = self.seq
+        covered = self._written_upto()
         dirty = self.dirty_periodic if periodic else self.dirty_always
         fds = []
         for journal in dirty:
@@ -705,22 +704,27 @@ class JournalStore:
                 # No descriptor to spare (EMFILE): fsync right here, in the loop thread.
                 os.fsync(journal.fd)
         dirty.clear()
-        return fds, self.written_seq
+        return fds, covered
 
     def sync_always(self) -> None:
         """fdatasync every `always` file with written records, here; advance synced_seq.
 
         (fdatasync: an append's new size is flushed with the data; the timestamps need not.)
         """
-        if not self.unwritten:
-            self.written_seq = self.seq
+        covered = self._written_upto()
         if self.dirty_always:
             for journal in self.dirty_always:
                 if journal.fd >= 0:
                     os.fdatasync(journal.fd)
             self.fsyncs += 1  # rounds, as for periodic syncs
         self.dirty_always.clear()
-        self.synced_seq = max(self.synced_seq, self.written_seq)
+        self.synced_seq = max(self.synced_seq, covered)
+
+    def _written_upto(self) -> int:
+        """The seq an fsync started now covers: every append, unless some are still batched."""
+        if not self.unwritten:
+            self.written_seq = self.seq
+        return self.written_seq
 
     def fsync_fds(self, fds: list[int]) -> None:
         """fdatasync (in a worker thread: periodic syncs) and close the duplicated fds."""
