@@ -304,6 +304,23 @@ class Wire:
             return False
 
 
+def drain_replies(port: int, queue: str, limit: int = 100_000) -> list[bytes]:
+    """Plain gets until the queue answers END: every VALUE reply, whole (flags included)."""
+    got: list[bytes] = []
+    with Wire(port) as w:
+        for _ in range(limit):
+            reply = w.call(f"get {queue}\r\n".encode())
+            if reply == b"END\r\n":
+                return got
+            got.append(reply)
+    raise AssertionError(f"{queue} did not drain in {limit} gets")
+
+
+def drain(port: int, queue: str, limit: int = 100_000) -> list[bytes]:
+    """The data of every item a drain hands out, in order."""
+    return [reply.split(b"\r\n")[1] for reply in drain_replies(port, queue, limit)]
+
+
 def server_stats(port: int) -> dict[str, str]:
     """The `stats` reply of the server on `port` as a dict (STAT name -> value)."""
     with Wire(port) as wire:

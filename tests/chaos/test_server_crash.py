@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, child_env, server_stats, wait_until
+from helpers import ServerProcess, Wire, child_env, drain, server_stats, wait_until
 
 from kestrelq.journal.format import MAGIC, Add, decode
 
@@ -57,18 +57,6 @@ def longest_increasing(seq: list[int]) -> int:
         i = bisect.bisect_left(tails, x)
         tails[i : i + 1] = [x]
     return len(tails)
-
-
-def drain(port: int, queue: str, limit: int = 100_000) -> list[bytes]:
-    """Plain gets until the queue is empty."""
-    got: list[bytes] = []
-    with Wire(port) as w:
-        for _ in range(limit):
-            reply = w.call(f"get {queue}\r\n".encode())
-            if reply == b"END\r\n":
-                return got
-            got.append(reply.split(b"\r\n")[1])
-    raise AssertionError(f"{queue} did not drain in {limit} gets")
 
 
 def segments(data_dir: Path, queue: str) -> list[Path]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, server_stats, wait_until
+from helpers import ServerProcess, Wire, drain, server_stats, wait_until
 
 ITEMS = [b"i%03d-" % i + b"z" * 95 for i in range(100)]
 
@@ -51,36 +51,25 @@ def put(srv: ServerProcess, queue: str, items: list[bytes]) -> None:
             assert w.call(header + data + b"\r\n") == b"STORED\r\n"
 
 
-def drain(srv: ServerProcess, queue: str) -> list[bytes]:
-    got: list[bytes] = []
-    with Wire(srv.port) as w:
-        for _ in range(1000):
-            reply = w.call(f"get {queue}\r\n".encode())
-            if reply == b"END\r\n":
-                return got
-            got.append(reply.split(b"\r\n")[1])
-    raise AssertionError("did not drain")
-
-
 def test_most_items_are_read_behind_and_come_back_in_order(srv: ServerProcess) -> None:
     put(srv, "q", ITEMS)
     stats = server_stats(srv.port)
     assert stats["queue_q_items"] == "100"
     assert int(stats["queue_q_mem_items"]) <= 15
     assert len(list(srv.data_dir.glob("q.*.kqj"))) >= 1
-    assert drain(srv, "q") == ITEMS
+    assert drain(srv.port, "q") == ITEMS
 
 
 def test_expire_to_moves_items_read_behind(srv: ServerProcess) -> None:
     put(srv, "delay", ITEMS)
     wait_until(lambda: server_stats(srv.port).get("queue_ready_items") == "100", 10)
-    assert drain(srv, "ready") == ITEMS
-    assert drain(srv, "delay") == []
+    assert drain(srv.port, "ready") == ITEMS
+    assert drain(srv.port, "delay") == []
 
 
 def test_discard_old_when_full_with_items_behind(srv: ServerProcess) -> None:
     put(srv, "ring", ITEMS)
-    assert drain(srv, "ring") == ITEMS[50:]
+    assert drain(srv.port, "ring") == ITEMS[50:]
     assert server_stats(srv.port)["queue_ring_discarded"] == "50"
 
 
@@ -88,11 +77,11 @@ def test_flush_drops_items_behind_for_good(srv: ServerProcess) -> None:
     put(srv, "fl", ITEMS)
     with Wire(srv.port) as w:
         assert w.call(b"flush fl\r\n") == b"END\r\n"
-    assert drain(srv, "fl") == []
+    assert drain(srv.port, "fl") == []
     put(srv, "fl", ITEMS[:3])
     srv.kill()
     srv.start()
-    assert drain(srv, "fl") == ITEMS[:3]
+    assert drain(srv.port, "fl") == ITEMS[:3]
 
 
 def test_fanout_child_reads_behind_too(srv: ServerProcess) -> None:
@@ -101,8 +90,8 @@ def test_fanout_child_reads_behind_too(srv: ServerProcess) -> None:
     put(srv, "fan", ITEMS)
     srv.kill()
     srv.start()
-    assert drain(srv, "fan") == ITEMS
-    assert drain(srv, "fan+c") == ITEMS
+    assert drain(srv.port, "fan") == ITEMS
+    assert drain(srv.port, "fan+c") == ITEMS
 
 
 def test_delete_removes_every_segment(srv: ServerProcess) -> None:
@@ -112,7 +101,7 @@ def test_delete_removes_every_segment(srv: ServerProcess) -> None:
     assert list(srv.data_dir.glob("del.*")) == []
     srv.kill()
     srv.start()
-    assert drain(srv, "del") == []
+    assert drain(srv.port, "del") == []
 
 
 def test_partly_consumed_with_an_open_read_then_kill_9(srv: ServerProcess) -> None:
@@ -126,4 +115,4 @@ def test_partly_consumed_with_an_open_read_then_kill_9(srv: ServerProcess) -> No
     holder.close()
     srv.start()
     # The open read is back at the head; the 39 plain gets stay done.
-    assert drain(srv, "pc") == [ITEMS[0], *ITEMS[40:]]
+    assert drain(srv.port, "pc") == [ITEMS[0], *ITEMS[40:]]

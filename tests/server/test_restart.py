@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, server_stats, wait_until
+from helpers import ServerProcess, Wire, drain_replies, server_stats, wait_until
 
 
 def put(w: Wire, queue: str, data: bytes, flags: int = 0, exptime: int = 0) -> None:
@@ -36,17 +36,6 @@ def restart(srv: ServerProcess, how: str) -> None:
     srv.start()
 
 
-def drain(srv: ServerProcess, queue: str) -> list[bytes]:
-    got: list[bytes] = []
-    with Wire(srv.port) as w:
-        for _ in range(1000):
-            reply = w.call(f"get {queue}\r\n".encode())
-            if reply == b"END\r\n":
-                return got
-            got.append(reply)
-    raise AssertionError("did not drain")
-
-
 HOW = pytest.mark.parametrize("how", ["kill-9", "sigterm"])
 
 
@@ -58,7 +47,7 @@ def test_signal_stops_cleanly_and_keeps_everything(server: ServerProcess, how: s
         assert w.call(b"get q\r\n") == value("q", b"a")
         restart(server, how)
     assert "Traceback" not in server.log()
-    assert drain(server, "q") == [value("q", b"b"), value("q", b"c")]
+    assert drain_replies(server.port, "q") == [value("q", b"b"), value("q", b"c")]
 
 
 @HOW
@@ -70,7 +59,7 @@ def test_plain_get_and_confirmed_reads_stay_gone(server: ServerProcess, how: str
         assert w.call(b"get q/open\r\n") == value("q/open", b"b")
         assert w.call(b"get q/close\r\n") == b"END\r\n"
         restart(server, how)
-    assert drain(server, "q") == [value("q", b"c"), value("q", b"d")]
+    assert drain_replies(server.port, "q") == [value("q", b"c"), value("q", b"d")]
 
 
 @HOW
@@ -84,7 +73,7 @@ def test_confirm_command_is_journalled(tmp_path: Path, how: str) -> None:
             assert w.call(b"get q/open\r\n") == value("q/open", b"b")
             assert w.call(b"confirm q 2\r\n") == b"END\r\n"
             restart(srv, how)
-        assert drain(srv, "q") == [value("q", b"c")]
+        assert drain_replies(srv.port, "q") == [value("q", b"c")]
     finally:
         assert srv.stop() == 0
 
@@ -98,7 +87,7 @@ def test_aborted_read_is_back_at_the_head_after_restart(server: ServerProcess, h
         assert w.call(b"get q/abort\r\n") == b"END\r\n"
         assert w.call(b"get q/peek\r\n") == value("q/peek", b"a")
         restart(server, how)
-    assert drain(server, "q") == [value("q", b"a"), value("q", b"b")]
+    assert drain_replies(server.port, "q") == [value("q", b"a"), value("q", b"b")]
 
 
 @HOW
@@ -111,9 +100,9 @@ def test_flush_and_flush_all_stay_flushed(server: ServerProcess, how: str) -> No
         assert w.call(b"flush_all\r\n") == b"Flushed all queues.\r\n"
         put(w, "two", b"newer")
         restart(server, how)
-    assert drain(server, "one") == []
-    assert drain(server, "two") == [value("two", b"newer")]
-    assert drain(server, "three") == []
+    assert drain_replies(server.port, "one") == []
+    assert drain_replies(server.port, "two") == [value("two", b"newer")]
+    assert drain_replies(server.port, "three") == []
 
 
 @HOW
@@ -142,7 +131,7 @@ def test_flags_expiry_and_order_survive(server: ServerProcess, how: str) -> None
     # Expiry is an absolute time in the journal: downtime counts.
     wait_until(lambda: time.time() > set_at + 1.1, 3, what="the short expiry to pass")
     restart(server, how)
-    assert drain(server, "q") == [value("q", b"last", 2**32 - 1)]
+    assert drain_replies(server.port, "q") == [value("q", b"last", 2**32 - 1)]
 
 
 @HOW
@@ -155,9 +144,9 @@ def test_fanout_children_and_open_reads_of_children(server: ServerProcess, how: 
         restart(server, how)
     with Wire(server.port) as w:
         put(w, "feed", b"y")
-    assert drain(server, "feed") == [value("feed", b"x"), value("feed", b"y")]
-    assert drain(server, "feed+a") == [value("feed+a", b"x"), value("feed+a", b"y")]
-    assert drain(server, "feed+b") == [value("feed+b", b"x"), value("feed+b", b"y")]
+    assert drain_replies(server.port, "feed") == [value("feed", b"x"), value("feed", b"y")]
+    assert drain_replies(server.port, "feed+a") == [value("feed+a", b"x"), value("feed+a", b"y")]
+    assert drain_replies(server.port, "feed+b") == [value("feed+b", b"x"), value("feed+b", b"y")]
 
 
 @HOW
@@ -180,7 +169,7 @@ def test_delivery_count_survives_restart(tmp_path: Path, how: str) -> None:
         restart(srv, how)
         with Wire(srv.port) as w:
             assert w.call(b"get poison/open\r\n") == b"END\r\n"
-        assert drain(srv, "poison_dead") == [value("poison_dead", b"bad")]
+        assert drain_replies(srv.port, "poison_dead") == [value("poison_dead", b"bad")]
     finally:
         assert srv.stop() == 0
 
@@ -198,7 +187,9 @@ def test_open_read_at_crash_counts_as_a_delivery(tmp_path: Path, how: str) -> No
         holder.close()
         with Wire(srv.port) as w:
             assert w.call(b"get poison/open\r\n") == b"END\r\n"
-        assert drain(srv, "poison_dead") == [value("poison_dead", b"crashes-the-worker")]
+        assert drain_replies(srv.port, "poison_dead") == [
+            value("poison_dead", b"crashes-the-worker")
+        ]
     finally:
         assert srv.stop() == 0
 
@@ -230,4 +221,4 @@ def test_many_restarts_keep_a_consistent_queue(server: ServerProcess, how: str) 
         with Wire(server.port) as w:
             expected = [value("m/peek", model[0])] if model else [b"END\r\n"]
             assert [w.call(b"get m/peek\r\n")] == expected
-    assert drain(server, "m") == [value("m", d) for d in model]
+    assert drain_replies(server.port, "m") == [value("m", d) for d in model]
