@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,6 @@ class ServerProc:
     data_dir: Path
     log_path: Path
     popen: subprocess.Popen[bytes]
-    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:

@@ -43,10 +43,6 @@ class ItemTooLarge(RemoteProtocolError):
         super().__init__(f"object too large for cache ({size} > {limit} bytes)", close=False)
 
 
-class LocalProtocolError(ProtocolError):
-    """This side tried to do something the protocol does not allow (a bug, not the peer's)."""
-
-
 # -- queues ---------------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ This module imports nothing from the rest of kestrelq: supervisord tooling stand
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 AutoRestart = Literal["true", "false", "unexpected"]
@@ -87,7 +87,6 @@ class Program:
     events: tuple[str, ...] = ()
     buffer_size: int = 10
     comment: str = ""
-    extra: tuple[tuple[str, str], ...] = field(default=())
 
     @property
     def section(self) -> str:

@@ -76,7 +76,6 @@ def program_items(program: Program) -> list[tuple[str, str]]:
         # with a comma or '%' would be cut or expanded.
         env = ",".join(f'{key}="{value}"' for key, value in p.environment)
         items.append(("environment", env))
-    items += list(p.extra)
     return items
 
 
