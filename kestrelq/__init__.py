@@ -4,4 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# What `version` answers: the Kestrel release whose protocol we speak, then our own version.
+# libmemcached (memcping, memcstat, PHP's Memcached) refuses a reply whose major number is 0.
+WIRE_VERSION = f"2.4.1 kestrelq-{__version__}"
+
+__all__ = ["WIRE_VERSION", "__version__"]

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
-from kestrelq import __version__
+from kestrelq import WIRE_VERSION
 from kestrelq.errors import (
     ItemRejected,
     JournalCorrupt,
@@ -228,7 +228,7 @@ class QueueProtocol(asyncio.Protocol):
             case c.DumpStats(queues):
                 self._reply(replies.dump_stats(server.dump_stats(queues)))
             case c.Version():
-                self._reply(replies.version(__version__))
+                self._reply(replies.version(WIRE_VERSION))
             case c.Reload():
                 server.reload()
                 self._reply(replies.RELOADED)

@@ -17,7 +17,7 @@ from helpers import ServerProcess
 from pymemcache import serde
 from pymemcache.client.base import Client
 
-from kestrelq import __version__
+from kestrelq import WIRE_VERSION, __version__
 
 
 def client(server: ServerProcess, **kwargs: Any) -> Client:
@@ -42,7 +42,7 @@ def test_set_get_delete(server: ServerProcess) -> None:
 def test_version_and_stats(server: ServerProcess) -> None:
     c = client(server)
     try:
-        assert c.version() == __version__.encode()
+        assert c.version() == WIRE_VERSION.encode()
         c.set("work", b"12345", noreply=False)
         stats = c.stats()
         assert stats[b"version"] == __version__.encode()
@@ -63,7 +63,7 @@ def test_get_with_options_echoes_the_key(server: ServerProcess, key: str) -> Non
         # pymemcache matches the VALUE line against the key it sent; a bare `VALUE q` would
         # make it raise and drop the connection.
         assert c.get(key) == b"payload"
-        assert c.version() == __version__.encode()  # still in step
+        assert c.version() == WIRE_VERSION.encode()  # still in step
     finally:
         c.close()
 
@@ -129,7 +129,7 @@ def test_default_noreply_set_stays_in_step(server: ServerProcess) -> None:
         for i in range(200):
             assert c.set("quiet", b"%d" % i) is True
         # A server that answered the noreply sets would feed those STOREDs to these calls.
-        assert c.version() == __version__.encode()
+        assert c.version() == WIRE_VERSION.encode()
         assert [c.get("quiet") for _ in range(200)] == [b"%d" % i for i in range(200)]
         assert c.get("quiet") is None
     finally:

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from helpers import ServerProcess, Wire, connect, server_stats, wait_until
 
-from kestrelq import __version__
+from kestrelq import WIRE_VERSION
 from kestrelq.journal.store import segment_name
 
-VERSION = f"VERSION {__version__}\r\n".encode()
+VERSION = f"VERSION {WIRE_VERSION}\r\n".encode()
 MAX_ITEM_BYTES = 1024
 LONG_NAME = "n" * 129
 

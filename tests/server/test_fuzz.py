@@ -22,9 +22,9 @@ from helpers import ServerProcess, Wire, connect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kestrelq import __version__
+from kestrelq import WIRE_VERSION
 
-VERSION = f"VERSION {__version__}\r\n".encode()
+VERSION = f"VERSION {WIRE_VERSION}\r\n".encode()
 
 TOKENS = [
     b"set", b"get", b"gets", b"GET", b"delete", b"flush", b"flush_all", b"flush_expired",

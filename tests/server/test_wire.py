@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import ServerProcess, Wire, server_stats, wait_until
 
-from kestrelq import __version__
+from kestrelq import WIRE_VERSION, __version__
 from kestrelq.journal.store import segment_name
 
 
@@ -77,21 +77,21 @@ def test_command_word_case_insensitive_queue_name_case_sensitive(server: ServerP
         assert w.call(b"SET Jobs 0 0 1\r\nx\r\n") == b"STORED\r\n"
         assert w.call(b"GET jobs\r\n") == b"END\r\n"
         assert w.call(b"Gets Jobs\r\n") == value("Jobs", b"x")
-        assert w.call(b"VERSION\r\n") == f"VERSION {__version__}\r\n".encode()
+        assert w.call(b"VERSION\r\n") == f"VERSION {WIRE_VERSION}\r\n".encode()
 
 
 def test_bare_lf_line_endings(server: ServerProcess) -> None:
     with Wire(server.port) as w:
         assert w.call(b"set q 0 0 2\nhi\r\n") == b"STORED\r\n"
         assert w.call(b"get q\n") == value("q", b"hi")
-        assert w.call(b"version\n") == f"VERSION {__version__}\r\n".encode()
+        assert w.call(b"version\n") == f"VERSION {WIRE_VERSION}\r\n".encode()
 
 
 def test_noreply_set_sends_nothing_and_stays_in_step(server: ServerProcess) -> None:
     with Wire(server.port) as w:
         # If the server answered the noreply sets, `version` would read a STORED first.
         w.send(b"set q 0 0 1 noreply\r\na\r\nset q 7 0 1 noreply\r\nb\r\n")
-        assert w.call(b"version\r\n") == f"VERSION {__version__}\r\n".encode()
+        assert w.call(b"version\r\n") == f"VERSION {WIRE_VERSION}\r\n".encode()
         assert w.call(b"get q\r\n") == value("q", b"a")
         assert w.call(b"get q\r\n") == value("q", b"b", 7)
 
@@ -101,7 +101,7 @@ def test_noreply_refused_set_sends_nothing(tmp_path: Path) -> None:
     try:
         with Wire(srv.port) as w:
             w.send(b"set one 0 0 1 noreply\r\na\r\nset one 0 0 1 noreply\r\nb\r\n")
-            assert w.call(b"version\r\n") == f"VERSION {__version__}\r\n".encode()
+            assert w.call(b"version\r\n") == f"VERSION {WIRE_VERSION}\r\n".encode()
             assert w.call(b"get one\r\n") == value("one", b"a")
             assert w.call(b"get one\r\n") == b"END\r\n"
     finally:
@@ -269,7 +269,7 @@ def test_delete_noreply(server: ServerProcess) -> None:
     with Wire(server.port) as w:
         assert put(w, "gone", b"a") == b"STORED\r\n"
         w.send(b"delete gone noreply\r\n")
-        assert w.call(b"version\r\n") == f"VERSION {__version__}\r\n".encode()
+        assert w.call(b"version\r\n") == f"VERSION {WIRE_VERSION}\r\n".encode()
         assert w.call(b"get gone\r\n") == b"END\r\n"
 
 
@@ -365,7 +365,7 @@ def test_dump_stats_brace_format(server: ServerProcess) -> None:
 
 def test_version(server: ServerProcess) -> None:
     with Wire(server.port) as w:
-        assert w.call(b"version\r\n") == f"VERSION {__version__}\r\n".encode()
+        assert w.call(b"version\r\n") == f"VERSION {WIRE_VERSION}\r\n".encode()
 
 
 # -- reload, shutdown, quit -----------------------------------------------------------------------
