@@ -1,6 +1,6 @@
 """Static checks of the container files: what a review would look for, checked on every run.
 
-No engine needed: the Dockerfiles are read as text and compose.yaml through
+No engine needed: images/Dockerfile is read as text and compose.yaml through
 `docker compose config` (the client only), against conf/stack.toml's stop times.
 """
 
@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGES = ("queue", "worker", "app")
-PREFIX_RE = re.compile(r"^FROM .*?# --- End of the shared prefix\.", re.DOTALL | re.MULTILINE)
+DOCKERFILE = REPO / "images" / "Dockerfile"
+SERVICES = ("queue", "worker", "app")
+STAGE_RE = re.compile(r"^FROM (\S+) AS (\S+)$", re.MULTILINE)
 
 
 def duration_s(text: str) -> float:
@@ -29,25 +30,48 @@ def duration_s(text: str) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
-def test_dockerfiles_share_their_prefix() -> None:
-    """The three images share their layers only while their first lines are identical."""
-    prefixes = {}
-    for image in IMAGES:
-        text = (REPO / "images" / image / "Dockerfile").read_text()
-        match = PREFIX_RE.search(text)
-        assert match, f"images/{image}/Dockerfile lost its shared-prefix markers"
-        prefixes[image] = match.group(0)
-    assert prefixes["queue"] == prefixes["worker"] == prefixes["app"]
-    assert prefixes["queue"].startswith("FROM debian:bookworm-slim\n")
+def stages() -> dict[str, str]:
+    """images/Dockerfile's stages: {name: the image or stage it starts FROM}."""
+    text = DOCKERFILE.read_text()
+    assert len(STAGE_RE.findall(text)) == len(re.findall(r"^FROM ", text, re.MULTILINE)), (
+        "every FROM names its stage"
+    )
+    return {name: parent for parent, name in STAGE_RE.findall(text)}
+
+
+def test_one_dockerfile_a_target_per_service_on_one_base() -> None:
+    """Every service image is a target of the one Dockerfile and starts from its shared stage.
+
+    The shared lines exist once, so the images share their layers without a copy to keep equal.
+    """
+    assert stages() == {
+        "base": "debian:bookworm-slim",
+        **dict.fromkeys(SERVICES, "base"),
+    }
+    assert sorted(p.name for p in (REPO / "images").glob("*/Dockerfile")) == []
 
 
 def test_images_run_unprivileged_under_an_init() -> None:
-    for image in IMAGES:
-        text = (REPO / "images" / image / "Dockerfile").read_text()
-        assert re.search(r"^USER kestrelq$", text, re.MULTILINE), image
-        assert 'ENTRYPOINT ["tini", "--"' in text, image
-        # pip cannot reach PyPI from a container build here: Debian packages only.
-        assert "pip install" not in text, image
+    text = DOCKERFILE.read_text()
+    base = text[: text.index("\nFROM base AS ")]
+    # Set once in the shared stage; a target that changed USER would run as someone else.
+    assert re.search(r"^USER kestrelq$", base, re.MULTILINE)
+    assert re.findall(r"^USER .*$", text, re.MULTILINE) == ["USER kestrelq"]
+    for entrypoint in re.findall(r"^ENTRYPOINT .*$", text, re.MULTILINE):
+        assert entrypoint.startswith('ENTRYPOINT ["tini", "--"'), entrypoint
+    # pip cannot reach PyPI from a container build here: Debian packages only.
+    assert "pip install" not in text
+
+
+def test_service_files_are_copied_into_their_image() -> None:
+    """images/<service>/ holds what only that image has; each file is copied into it."""
+    text = DOCKERFILE.read_text()
+    for service in ("queue", "worker"):
+        files = sorted(p.name for p in (REPO / "images" / service).iterdir())
+        assert files, f"images/{service}/ is empty"
+        stage = text[text.index(f"FROM base AS {service}\n") :].split("\nFROM ", 1)[0]
+        for name in files:
+            assert f"COPY images/{service}/{name} " in stage, (service, name)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +110,8 @@ def test_compose_builds_restarts_and_orders(compose_config: dict[str, Any]) -> N
     assert set(services) == {"queue", "worker", "app"}
     for name, service in services.items():
         assert service["pull_policy"] == "build", name
-        assert service["build"]["dockerfile"] == f"images/{name}/Dockerfile"
+        assert service["build"]["dockerfile"] == "images/Dockerfile"
+        assert service["build"]["target"] == name
         assert service["restart"] == "unless-stopped", name
     for name in ("worker", "app"):
         assert services[name]["depends_on"]["queue"]["condition"] == "service_healthy"
