@@ -31,7 +31,17 @@ class ProtocolError(KestrelqError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer sent something malformed (CLIENT_ERROR)."""
+    """The peer sent something malformed: a client's command (CLIENT_ERROR), or, in the
+    client half, a server's reply."""
+
+
+class ReplyError(KestrelqError):
+    """The server answered a command with ERROR, CLIENT_ERROR or SERVER_ERROR (our client)."""
+
+    def __init__(self, word: str, reason: str) -> None:
+        super().__init__(f"{word} {reason}" if reason else word)
+        self.word = word
+        self.reason = reason
 
 
 class ItemTooLarge(RemoteProtocolError):
