@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from kestrelq.errors import ConfigError, JournalError
+from kestrelq.client import DEFAULT_HOST, DEFAULT_PORT, Client, address_from_env
+from kestrelq.errors import ConfigError, JournalError, KestrelqError
 from kestrelq.server import config as config_mod
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         ("peek", "show the head item of a queue without removing it", _peek),
     ):
         sub = subparsers.add_parser(name, help=helptext, description=helptext)
-        sub.add_argument("--host", default="127.0.0.1")
-        sub.add_argument("--port", type=int, default=22133)
+        # Found as the worker and send.py find it: the option, else the environment (in the
+        # compose stack KESTRELQ_HOST=queue), else the default.
+        sub.add_argument("--host", help=f"server address (KESTRELQ_HOST, else {DEFAULT_HOST})")
+        sub.add_argument("--port", type=int, help=f"(KESTRELQ_PORT, else {DEFAULT_PORT})")
         sub.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
         if name == "peek":
             sub.add_argument("queue")
@@ -72,61 +75,33 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def request(host: str, port: int, line: bytes, timeout: float) -> bytes:
-    """Send one command line and read its whole reply: STAT lines or a VALUE block up to END,
-    or a single error line."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(line + b"\r\n")
-        data = b""
-        while not _reply_complete(data):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        return data
+def _connect(args: argparse.Namespace) -> Client:
+    """A client for the server named by the options or the environment; ConfigError if bad."""
+    try:
+        env_host, env_port = address_from_env()
+    except ValueError as exc:
+        if args.port is None:
+            raise ConfigError(str(exc)) from None
+        env_host, env_port = DEFAULT_HOST, DEFAULT_PORT
+    args.host = args.host or env_host
+    args.port = args.port or env_port
+    return Client(args.host, args.port, args.timeout)
 
 
-def _reply_complete(data: bytes) -> bool:
-    first, sep, rest = data.partition(b"\r\n")
-    if not sep:
-        return False
-    if first.startswith(b"VALUE "):
-        # The data block may itself contain "END\r\n": count its bytes instead.
-        length = int(first.rsplit(b" ", 1)[1])
-        return len(rest) >= length + len(b"\r\nEND\r\n")
-    if first.startswith((b"STAT ", b"queue '")):
-        return data.endswith(b"\r\nEND\r\n")
-    return True
-
-
-def _client_error(args: argparse.Namespace, exc: OSError) -> int:
-    print(f"kestrelq: cannot reach {args.host}:{args.port}: {exc}", file=sys.stderr)
-    return 1
-
-
-def parse_stats(reply: bytes) -> dict[str, str]:
-    """`STAT name value` lines as a dict."""
-    stats: dict[str, str] = {}
-    for raw in reply.decode(errors="replace").splitlines():
-        parts = raw.split(" ", 2)
-        if len(parts) == 3 and parts[0] == "STAT":
-            stats[parts[1]] = parts[2]
-    return stats
-
-
-def parse_dump_stats(reply: bytes) -> dict[str, dict[str, str]]:
-    """Kestrel's `dump_stats` brace format: per queue, unambiguous even for names with `_`."""
-    queues: dict[str, dict[str, str]] = {}
-    current: dict[str, str] | None = None
-    for raw in reply.decode(errors="replace").splitlines():
-        if raw.startswith("queue '") and raw.endswith("' {"):
-            current = queues.setdefault(raw[len("queue '") : -len("' {")], {})
-        elif raw == "}":
-            current = None
-        elif current is not None and "=" in raw:
-            key, _, value = raw.strip().partition("=")
-            current[key] = value
-    return queues
+def _with_client(args: argparse.Namespace, command: Callable[[Client], int]) -> int:
+    """Run a client command; a bad setting exits 2, an unreachable or refusing server 1."""
+    try:
+        with _connect(args) as client:
+            return command(client)
+    except ConfigError as exc:
+        print(f"kestrelq: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"kestrelq: cannot reach {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    except KestrelqError as exc:
+        print(f"kestrelq: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
 
 
 def format_stats(server: dict[str, str], queues: dict[str, dict[str, str]]) -> str:
@@ -154,29 +129,21 @@ def format_stats(server: dict[str, str], queues: dict[str, dict[str, str]]) -> s
 
 
 def _stats(args: argparse.Namespace) -> int:
-    try:
-        server = parse_stats(request(args.host, args.port, b"stats", args.timeout))
-        queues = parse_dump_stats(request(args.host, args.port, b"dump_stats", args.timeout))
-    except OSError as exc:
-        return _client_error(args, exc)
-    print(format_stats(server, queues))
-    return 0
+    def show(client: Client) -> int:
+        print(format_stats(client.stats(), client.dump_stats()))
+        return 0
+
+    return _with_client(args, show)
 
 
 def _peek(args: argparse.Namespace) -> int:
-    try:
-        reply = request(args.host, args.port, f"get {args.queue}/peek".encode(), args.timeout)
-    except OSError as exc:
-        return _client_error(args, exc)
-    if not reply.startswith(b"VALUE "):
-        if reply == b"END\r\n":
+    def show(client: Client) -> int:
+        item = client.get(f"{args.queue}/peek")
+        if item is None:
             print(f"{args.queue}: empty")
             return 0
-        print(reply.decode(errors="replace").strip(), file=sys.stderr)
-        return 1
-    header, _, rest = reply.partition(b"\r\n")
-    _, _, flags, length = header.split(b" ")
-    data = rest[: int(length)]
-    print(f"{args.queue}: head item, {int(length)} bytes, flags {int(flags)}")
-    sys.stdout.write(data.decode(errors="replace") + "\n")
-    return 0
+        print(f"{args.queue}: head item, {len(item.data)} bytes, flags {item.flags}")
+        sys.stdout.write(item.data.decode(errors="replace") + "\n")
+        return 0
+
+    return _with_client(args, show)

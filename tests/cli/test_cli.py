@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 from helpers import ServerProcess, Wire, free_port
 
 
-def kestrelq(*args: str) -> subprocess.CompletedProcess[str]:
+def kestrelq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    # The caller's own KESTRELQ_HOST/PORT must not leak in: each test says what it sets.
+    environ = {k: v for k, v in os.environ.items() if k not in ("KESTRELQ_HOST", "KESTRELQ_PORT")}
     return subprocess.run(
-        [sys.executable, "-m", "kestrelq", *args], capture_output=True, text=True, timeout=30
-    )
+        [sys.executable, "-m", "kestrelq", *args],
+        capture_output=True, text=True, timeout=30, env={**environ, **env},
+    )  # fmt: skip
 
 
 def test_stats_table_per_queue(server: ServerProcess) -> None:
@@ -59,3 +63,42 @@ def test_bad_config_stops_serve_with_a_message(tmp_path) -> None:  # type: ignor
     result = kestrelq("serve", "--config", str(bad), "--port", str(free_port()))
     assert result.returncode == 2
     assert "fsync must be always, never or milliseconds" in result.stderr
+
+
+def test_client_commands_find_the_server_in_the_environment(server: ServerProcess) -> None:
+    # As `docker compose exec app kestrelq stats` runs them: KESTRELQ_HOST=queue, no options.
+    with Wire(server.port) as w:
+        assert w.call(b"set env_only 0 0 4\r\nhead\r\n") == b"STORED\r\n"
+    env = {"KESTRELQ_HOST": "localhost", "KESTRELQ_PORT": str(server.port)}
+    stats = kestrelq("stats", **env)
+    assert stats.returncode == 0, stats.stderr
+    assert any(line.split()[:2] == ["env_only", "1"] for line in stats.stdout.splitlines())
+    peek = kestrelq("peek", "env_only", **env)
+    assert peek.returncode == 0, peek.stderr
+    assert peek.stdout.splitlines() == ["env_only: head item, 4 bytes, flags 0", "head"]
+
+
+def test_client_options_win_over_the_environment(server: ServerProcess) -> None:
+    env = {"KESTRELQ_HOST": "localhost", "KESTRELQ_PORT": str(free_port())}
+    result = kestrelq("peek", "q", "--host", "127.0.0.1", "--port", str(server.port), **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "q: empty"
+
+
+def test_client_commands_name_the_address_they_tried() -> None:
+    port = free_port()
+    result = kestrelq("stats", "--timeout", "2", KESTRELQ_HOST="localhost", KESTRELQ_PORT=str(port))
+    assert result.returncode == 1
+    assert f"cannot reach localhost:{port}" in result.stderr
+
+
+def test_bad_port_in_the_environment_is_a_clear_error() -> None:
+    result = kestrelq("stats", KESTRELQ_PORT="twenty")
+    assert result.returncode == 2
+    assert "KESTRELQ_PORT must be a number, not 'twenty'" in result.stderr
+
+
+def test_peek_refuses_a_bad_queue_name(server: ServerProcess) -> None:
+    result = kestrelq("peek", "bad.name", "--port", str(server.port))
+    assert result.returncode == 1
+    assert "bad queue name" in result.stderr
