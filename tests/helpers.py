@@ -335,14 +335,9 @@ def render_test_stack(root: Path, **overrides: Any) -> tuple[Path, Any]:
     Data, logs and the socket land in root/var/host (the description's relative paths).
     Returns (conf dir, the Stack used); `overrides` are extra `Overrides` fields.
     """
-    from kestrelq.supervisord.stack import (
-        Overrides,
-        apply_overrides,
-        load_stack,
-        make_dirs,
-        render_stack,
-        write_files,
-    )
+    from kestrelq.supervisord.files import make_dirs, write_files
+    from kestrelq.supervisord.render import render_stack
+    from kestrelq.supervisord.stack import Overrides, apply_overrides, load_stack
 
     out = root / "conf"
     paths = {"app_dir": str(REPO / "app"), **overrides.pop("paths", {})}

@@ -9,16 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kestrelq.supervisord.stack import (
-    Overrides,
-    StackError,
-    apply_overrides,
-    drift,
-    load_stack,
-    make_dirs,
-    render_stack,
-    write_files,
-)
+from kestrelq.supervisord.files import drift, make_dirs, write_files
+from kestrelq.supervisord.render import render_stack
+from kestrelq.supervisord.stack import PATH_KEYS, Overrides, StackError, apply_overrides, load_stack
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +61,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=os.environ.get("KESTRELQ_CONF_ONLY") or None,
         help="render only the queue program or only the workers (env KESTRELQ_CONF_ONLY)",
     )
-    for key in ("app-dir", "run-dir", "log-dir", "data-dir"):
-        p.add_argument(f"--{key}", help=f"override paths.{key.replace('-', '_')}")
+    for key in PATH_KEYS:
+        p.add_argument(f"--{key.replace('_', '-')}", help=f"override paths.{key}")
     p.add_argument("--listen-host", help="address the queue server binds")
     p.add_argument(
         "--connect-host",
@@ -89,11 +82,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> Overrides:
     workers = args.workers if args.workers is not None else _env_int("KESTRELQ_WORKERS")
-    paths = {
-        key: getattr(args, key)
-        for key in ("app_dir", "run_dir", "log_dir", "data_dir")
-        if getattr(args, key)
-    }
+    paths = {key: getattr(args, key) for key in PATH_KEYS if getattr(args, key)}
     return Overrides(
         workers=workers,
         mode=args.mode,

@@ -14,16 +14,16 @@ import pytest
 from helpers import REPO, child_env
 from supervisor.options import ServerOptions
 
+from kestrelq.supervisord.files import drift, write_files
+from kestrelq.supervisord.render import render_stack
 from kestrelq.supervisord.stack import (
     Overrides,
+    QueueSpec,
     Stack,
     StackError,
     apply_overrides,
-    drift,
     load_stack,
     parse_stack,
-    render_stack,
-    write_files,
 )
 
 CONF = REPO / "conf"
@@ -152,6 +152,9 @@ def test_absolute_paths_stay_absolute() -> None:
         pytest.param({"queues": {"work": {"workers": True}}}, "must be int", id="bool-workers"),
         pytest.param({"queues": {"work": {"workers": -1}}}, "may not be negative", id="negative"),
         pytest.param({"queues": {"a/b": {}}}, "queue names are", id="bad-queue-name"),
+        pytest.param({"queues": {"a+b+c": {}}}, "one '\\+' between", id="two-plus"),
+        pytest.param({"server": {"prot": 1}}, r"\[server\]: unknown keys prot", id="server-typo"),
+        pytest.param({"paths": {"logdir": "x"}}, r"\[paths\]: unknown keys logdir", id="path-typo"),
         pytest.param({"server": {"port": "22133"}}, "server.port must be int", id="str-port"),
         pytest.param({"queue_defaults": {"colour": 1}}, "unknown keys colour", id="bad-default"),
     ],
@@ -159,6 +162,28 @@ def test_absolute_paths_stay_absolute() -> None:
 def test_bad_descriptions_are_refused_clearly(doc: dict[str, object], message: str) -> None:
     with pytest.raises(StackError, match=message):
         parse_stack(doc, "stack.toml")
+
+
+def test_an_empty_description_is_the_defaults() -> None:
+    """Defaults live in `Stack` and `QueueSpec` only: loading adds none of its own."""
+    assert parse_stack({}, "s.toml") == Stack(source="s.toml")
+    queue = parse_stack({"queues": {"jobs": {}}}, "s.toml").queues[0]
+    assert queue == QueueSpec(name="jobs")
+
+
+def test_a_fanout_child_queue_gets_workers_and_server_settings(tmp_path: Path) -> None:
+    """`parent+child` is a queue name the server accepts, so the description accepts it too."""
+    from kestrelq.server import config as server_config
+
+    doc = {"queues": {"work": {}, "work+audit": {"workers": 2, "max_deliveries": 3}}}
+    files = render_stack(parse_stack(doc, "s.toml"))
+    # `+` reads as a space in the status page's URLs: the program is named with a `.`.
+    program = ini(files["supervisord.d/work.audit_worker.ini"])["program:work.audit_worker"]
+    assert "--queue work+audit " in program["command"]
+    config = tmp_path / "kestrelq.toml"
+    config.write_text(files["kestrelq.toml"])
+    loaded = server_config.load({"config_file": str(config)}, environ={})
+    assert loaded.queues["work+audit"].max_deliveries == 3
 
 
 def test_write_files_then_drift_detects_edits_and_stale_files(tmp_path: Path) -> None:

@@ -1,0 +1,140 @@
+"""The supervisord programs of a stack: the queue server, each queue's workers, the listener.
+
+One function per kind of program, from a validated `Stack`; `programs()` picks those the
+stack's `only` asks for. The keys that are supervisor's defaults are left to `Program`.
+"""
+
+from __future__ import annotations
+
+from kestrelq.supervisord.model import Program
+from kestrelq.supervisord.stack import QueueSpec, Stack, here_path
+
+
+def _log(stack: Stack, name: str, stream: str = "/dev/stdout") -> tuple[str, str, int]:
+    """(logfile, maxbytes, backups) for one program in the stack's mode.
+
+    In a container the program writes to `stream` (the container's log); on a host, to
+    `<log_dir>/<name>.log`, rotated.
+    """
+    if stack.mode == "container":
+        return stream, "0", 0
+    return f"{here_path(stack.log_dir, 1)}/{name}.log", stack.log_maxbytes, stack.log_backups
+
+
+def queue_program(stack: Stack) -> Program:
+    logfile, maxbytes, backups = _log(stack, "queue")
+    command = (
+        f"{stack.python} -m kestrelq serve --config {here_path('kestrelq.toml', 1)}"
+        f" --host {stack.listen_host} --port {stack.port}"
+        f" --data-dir {here_path(stack.data_dir, 1)}"
+    )
+    return Program(
+        name="queue",
+        command=command,
+        user=stack.user or None,
+        priority=10,
+        autorestart="true",
+        startsecs=1,
+        startretries=10,
+        stopsignal="TERM",
+        stopwaitsecs=stack.queue_stopwaitsecs,
+        redirect_stderr=True,
+        stdout_logfile=logfile,
+        stdout_logfile_maxbytes=maxbytes,
+        stdout_logfile_backups=backups,
+        environment=(("PYTHONUNBUFFERED", "1"),),
+        comment=(
+            "The queue server. Lowest priority number: started first, stopped last.\n"
+            "SIGTERM makes it stop accepting, answer what is in flight and sync its journals."
+        ),
+    )
+
+
+def worker_program_name(queue: str) -> str:
+    """The program of a queue's workers, `<queue>_worker`.
+
+    A fanout child's `+` becomes `.` (never part of a queue name, so no two queues meet):
+    supervisord's status page puts program names in URLs, where `+` reads as a space.
+    """
+    return f"{queue.replace('+', '.')}_worker"
+
+
+def worker_program(stack: Stack, queue: QueueSpec) -> Program:
+    name = worker_program_name(queue.name)
+    logfile, maxbytes, backups = _log(stack, "%(program_name)s_%(process_num)02d")
+    command = queue.command or (
+        f"{stack.python} consume.py --queue {queue.name}"
+        f" --host {stack.connect_host} --port {stack.port} --wait-ms {queue.wait_ms}"
+    )
+    return Program(
+        name=name,
+        command=command,
+        process_name="%(program_name)s_%(process_num)02d",
+        numprocs=queue.workers,
+        directory=here_path(stack.app_dir, 1),
+        user=stack.user or None,
+        priority=100,
+        # true, not unexpected: a worker that exits 0 (burst mode, recycling) comes back too.
+        autorestart="true",
+        startsecs=1,
+        startretries=10,
+        stopsignal="TERM",
+        # The worker finishes and confirms its current message on the first SIGTERM; this is
+        # the longest a task may take before supervisord escalates to SIGKILL.
+        stopwaitsecs=queue.stopwaitsecs,
+        stopasgroup=True,
+        killasgroup=True,
+        redirect_stderr=True,
+        stdout_logfile=logfile,
+        stdout_logfile_maxbytes=maxbytes,
+        stdout_logfile_backups=backups,
+        environment=(("PYTHONUNBUFFERED", "1"),),
+        comment=(
+            f"{queue.workers} consumers of queue {queue.name!r}. They start after the queue and\n"
+            "reconnect with backoff while it is down (supervisord has no readiness wait)."
+        ),
+    )
+
+
+def listener_program(stack: Stack) -> Program:
+    marker = f"{here_path(stack.run_dir, 1)}/FATAL"
+    command = f"{stack.python} -m kestrelq.supervisord.listener --marker {marker}"
+    if stack.mode == "container":
+        command += " --stop-supervisord"
+    stderr, maxbytes, backups = _log(stack, "fatal_listener", stream="/dev/stderr")
+    return Program(
+        name="fatal_listener",
+        command=command,
+        kind="eventlistener",
+        events=("PROCESS_STATE_FATAL",),
+        user=stack.user or None,
+        priority=1,
+        autorestart="true",
+        # stdout is the event protocol, not a log; the listener logs on stderr.
+        stdout_logfile="NONE",
+        stdout_logfile_maxbytes="0",
+        stdout_logfile_backups=0,
+        stderr_logfile=stderr,
+        stderr_logfile_maxbytes=maxbytes,
+        stderr_logfile_backups=backups,
+        comment=(
+            "supervisord never exits or alerts when a program gives up (FATAL): this listener\n"
+            "logs it and writes a marker file"
+            + (
+                ", then stops supervisord so the container restarts."
+                if stack.mode == "container"
+                else "."
+            )
+        ),
+    )
+
+
+def programs(stack: Stack) -> list[Program]:
+    """The programs of the stack, filtered by `only`."""
+    out: list[Program] = []
+    if stack.only in ("all", "queue"):
+        out.append(queue_program(stack))
+    if stack.only in ("all", "workers"):
+        out += [worker_program(stack, q) for q in stack.queues if q.workers > 0]
+    out.append(listener_program(stack))
+    return out
