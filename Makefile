@@ -1,6 +1,7 @@
 # kestrelq: the only entry point for humans and CI.
-# `make up` runs the stack in containers; `make test` runs every test (unit, server, host chaos,
-# container chaos). See README.md.
+# `make up` runs the stack in containers; `make test` runs everything CI runs (lint, types,
+# conf-check, and every test: unit, server, chaos, containers, bench). `make help` lists the
+# targets; docs/testing.md says what each test target runs.
 
 .DEFAULT_GOAL := all
 SHELL := /bin/bash
@@ -10,6 +11,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 sources = kestrelq app bench tests
 
+.PHONY: help
+help:  ## this list
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
+
 # ---- Python environment -------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,40 +24,63 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 .PHONY: install
-install: $(VENV)/.installed
+install: $(VENV)/.installed  ## the venv in .venv (editable install, with test and bench extras)
 
 .PHONY: format
-format: install
+format: install  ## ruff format and ruff check --fix
 	$(PY) -m ruff format $(sources)
 	$(PY) -m ruff check --fix $(sources)
 
 .PHONY: lint
-lint: install
+lint: install  ## ruff check and ruff format --check
 	$(PY) -m ruff check $(sources)
 	$(PY) -m ruff format --check $(sources)
 
 .PHONY: typecheck
-typecheck: install
+typecheck: install  ## mypy (strict) on the package, app/ and bench/
 	$(PY) -m mypy
 
 # ---- Tests ----------------------------------------------------------------------------------
-.PHONY: test-unit
-test-unit: install
-	$(PY) -m pytest -m "not chaos and not docker"
+# Markers (registered in pyproject.toml, set by path in tests/conftest.py): `server` starts real
+# processes (the queue server, workers, supervisord); `chaos` kills them while messages flow;
+# `docker` needs a Docker engine and Compose v2; `bench` needs memcached, beanstalkd and
+# redis-server. Tests with none of these run in this process.
+PYTEST := $(PY) -m pytest
+# Branch coverage of kestrelq, the server subprocesses included (pyproject.toml [tool.coverage]).
+COVERAGE := --cov --cov-report=term:skip-covered
 
-.PHONY: test
-test: install lint typecheck conf-check
-	$(PY) -m pytest
+.PHONY: test test-unit test-server test-host-chaos test-docker test-bench test-local
+# The container tests need an engine and the base image: base-image sets both up first.
+test: install lint typecheck conf-check base-image  ## everything CI runs: checks, then every test, with coverage
+	$(PYTEST) $(COVERAGE)
+
+test-unit: install  ## tests that start no process (seconds)
+	$(PYTEST) -m "not server and not chaos and not docker and not bench"
+
+test-server: install  ## tests against real server, worker and supervisord processes
+	$(PYTEST) -m "server and not chaos and not docker and not bench"
+
+test-host-chaos: install  ## kill -9 of the server and workers on this machine (no Docker)
+	$(PYTEST) -m "chaos and not docker"
+
+test-docker: install base-image  ## every test that needs Docker (images, container chaos)
+	$(PYTEST) -m docker
+
+test-bench: install  ## the benchmark harness end to end (needs memcached, beanstalkd, redis-server)
+	$(PYTEST) -m bench
+
+test-local: install  ## every test that needs no Docker and no bench peers
+	$(PYTEST) -m "not docker and not bench"
 
 .PHONY: all
-all: lint typecheck conf-check test-unit
+all: lint typecheck conf-check test-unit  ## the default: checks and the unit tests
 
 # ---- Queue server -----------------------------------------------------------------------------
 .PHONY: serve
-serve: install
+serve: install  ## kestrelq serve on 127.0.0.1:22133, journals in var/queue
 	$(VENV)/bin/kestrelq serve --data-dir var/queue
 
-# ---- supervisord configuration and host mode (issue 5) -----------------------------------------
+# ---- supervisord configuration and host mode ------------------------------------------------
 # conf/ is rendered from conf/stack.toml by `kestrelq conf` and committed; conf-check (part of
 # `make test`) fails when the committed files differ from a fresh rendering.
 HOST_VAR := var/host
@@ -59,10 +88,10 @@ HOST_PASSWORD := $(HOST_VAR)/run/supervisor.password
 SUPERVISORCTL := $(VENV)/bin/supervisorctl -c conf/supervisord.conf
 
 .PHONY: conf conf-check host-up host-status host-down
-conf: install
+conf: install  ## render conf/ from conf/stack.toml
 	$(VENV)/bin/kestrelq conf --out conf
 
-conf-check: install
+conf-check: install  ## fail when the committed conf/ differs from a fresh rendering
 	$(VENV)/bin/kestrelq conf --out conf --check
 
 # The password of supervisord's status page on 127.0.0.1:9001 (user kestrelq), made once.
@@ -73,7 +102,7 @@ $(HOST_PASSWORD):
 # supervisord (daemonized, no root) on the committed conf/: the queue on 127.0.0.1:22133 and
 # the workers; journals, logs, socket and pid file under var/host/. .venv/bin goes first on
 # PATH because the programs run `python3`.
-host-up: install conf-check $(HOST_PASSWORD)
+host-up: install conf-check $(HOST_PASSWORD)  ## the stack under supervisord on this machine (no Docker)
 	@mkdir -p $(HOST_VAR)/run $(HOST_VAR)/log $(HOST_VAR)/queue
 	@if $(SUPERVISORCTL) pid >/dev/null 2>&1; then echo "supervisord is already running"; else \
 		PATH="$(abspath $(VENV))/bin:$$PATH" \
@@ -87,16 +116,16 @@ host-up: install conf-check $(HOST_PASSWORD)
 	@echo "Worker output:   tail -f $(HOST_VAR)/log/work_worker_00.log"
 	@echo "Status page:     http://127.0.0.1:9001/ (user kestrelq, password in $(HOST_PASSWORD))"
 
-host-status: install
+host-status: install  ## supervisorctl status of host mode
 	$(SUPERVISORCTL) status
 
 # supervisorctl shutdown returns before the programs are down: wait for the pid file to go.
-host-down: install
+host-down: install  ## stop host mode (workers finish their message first)
 	@$(SUPERVISORCTL) shutdown || true
 	@for i in $$(seq 600); do [ -e $(HOST_VAR)/run/supervisord.pid ] || break; sleep 0.1; done
 	@[ ! -e $(HOST_VAR)/run/supervisord.pid ] && echo "supervisord stopped"
 
-# ---- Containers (issue 3) ---------------------------------------------------------------------
+# ---- Containers ------------------------------------------------------------------------------
 # The Docker engine, Compose v2 and the base image are set up by scripts/ (idempotent; the
 # README's Containers section says why each step exists). `docker compose` (the v2 plugin) is
 # used where it exists, else a standalone v2 `docker-compose`.
@@ -104,13 +133,13 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 STACK_ENV := var/stack.env
 
 .PHONY: docker-engine base-image images up down logs ps chaos-test
-docker-engine:
+docker-engine:  ## install and start a Docker engine and Compose v2 (root)
 	scripts/docker-engine.sh
 
-base-image: docker-engine
+base-image: docker-engine  ## pull or build debian:bookworm-slim
 	scripts/base-image.sh
 
-images: base-image
+images: base-image  ## docker compose build
 	$(COMPOSE) build
 
 # A random password for the supervisord status pages, made once and kept (var/ is not in git);
@@ -123,7 +152,7 @@ $(STACK_ENV):
 
 # compose.yaml has pull_policy: build, so `up` rebuilds what changed (layer cache) and never
 # pulls a kestrelq image; --wait returns once the queue and the workers are healthy.
-up: base-image $(STACK_ENV)
+up: base-image $(STACK_ENV)  ## build and start the stack in containers, wait until healthy
 	$(COMPOSE) up --detach --wait
 	@$(COMPOSE) ps
 	@echo
@@ -135,40 +164,37 @@ up: base-image $(STACK_ENV)
 	@echo "  workers http://127.0.0.1:$${KESTRELQ_WORKER_STATUS_PORT:-9002}/"
 	@echo "More workers: KESTRELQ_WORKERS=8 make up.  Stop: make down (the journal volume stays)."
 
-down:
+down:  ## stop the stack (the journal volume stays)
 	$(COMPOSE) down
 
-logs:
+logs:  ## follow the stack's logs
 	$(COMPOSE) logs --follow --tail=100
 
-ps:
+ps:  ## docker compose ps
 	$(COMPOSE) ps
 
 # The container chaos suite alone (it is also part of `make test`).
-chaos-test: install base-image
+chaos-test: install base-image  ## the container chaos suite alone (chaos and docker)
 	$(PY) -m pytest -m "chaos and docker" tests/chaos
 
-# `make test` runs the container tests too, which need an engine and the base image.
-test: base-image
 
-
-# ---- Benchmarks (issue 4) ---------------------------------------------------------------------
+# ---- Benchmarks ------------------------------------------------------------------------------
 # kestrelq against memcached, beanstalkd (binlog) and redis (appendonly) on 127.0.0.1, each on a
 # free port: table, chart and JSON in bench/results/. Extra flags: make bench BENCH_ARGS="-n 50000".
 # `python -m bench --help` lists the scenarios (--fsync-scale, --backlog N, --fairness).
 BENCH_ARGS ?=
 
 .PHONY: bench bench-quick bench-targets
-bench: install
+bench: install  ## kestrelq against memcached, beanstalkd and redis; results in bench/results/
 	$(PY) -m bench $(BENCH_ARGS)
 
-bench-quick: install
+bench-quick: install  ## a tiny benchmark run (about 20 s)
 	$(PY) -m bench --quick $(BENCH_ARGS)
 
-# Every target of issue 4 in one run: the matrix, group commit, a 1,000,000-item backlog, fairness.
-bench-targets: install
+# Every scenario in one run: the matrix, group commit, a 1,000,000-item backlog, fairness.
+bench-targets: install  ## the benchmark with every scenario
 	$(PY) -m bench --fsync-scale --backlog 1000000 --fairness $(BENCH_ARGS)
 
 .PHONY: clean
-clean:
+clean:  ## remove var/, build output and caches
 	rm -rf var build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

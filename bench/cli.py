@@ -3,7 +3,7 @@
 For every server configuration and client count: start a fresh server on a free port, have C
 client processes enqueue N messages of S bytes, then dequeue them all, check every id came
 back intact, and record rate, latency percentiles, server CPU per message and peak RSS.
-Repeat R times; report medians, each row's ratio to kestrelq, the issue's targets, a chart.
+Repeat R times; report medians, each row's ratio to kestrelq, the performance targets, a chart.
 Scenario flags add the other targets: --fsync-scale, --backlog N, --fairness.
 """
 

@@ -1,7 +1,7 @@
 """`python -m bench.compare OLD.json NEW.json`: what changed between two bench runs.
 
-For the server work of issue 4 ("measure each change; keep what pays"): run `make bench`
-before and after a change, then compare the two JSON files row by row. Rates are shown as
+For work on the server (measure each change; keep what pays): run `make bench` before and
+after a change, then compare the two JSON files row by row. Rates are shown as
 NEW/OLD (above 1 is faster), CPU per message as NEW/OLD (below 1 is cheaper).
 """
 

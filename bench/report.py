@@ -151,7 +151,7 @@ class Check:
 
 
 def target_checks(rows: list[Row], ref_label: str) -> list[Check]:
-    """The issue's throughput targets that the client matrix can judge."""
+    """The throughput targets that the client matrix can judge."""
     by_key = {(r.label, r.mode, r.clients): r for r in rows}
     checks: list[Check] = []
     for c in sorted({r.clients for r in rows}):

@@ -1,4 +1,5 @@
-"""The issue's other targets, one function each: group commit, a large backlog, fairness.
+"""The performance targets beyond the client matrix, one function each: group commit, a
+large backlog, fairness.
 
 Each scenario starts its own kestrelq, measures, checks what came back, and returns a
 Markdown section plus the numbers, so the harness can print and save them with the table.

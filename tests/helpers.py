@@ -147,7 +147,7 @@ def request(port: int, payload: bytes, timeout_s: float = 10.0) -> bytes:
         return read_all(sock)
 
 
-# ---- supervisord (issue 5: workers and supervisord) ----------------------------------------
+# ---- supervisord: the rendered stack under a real supervisord ---------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -229,7 +229,7 @@ class Supervisord:
         return self.proc.returncode
 
 
-# ---- raw wire client (issue 2: server tests through real sockets) ---------------------------
+# ---- raw wire client: server tests through real sockets -------------------------------------
 
 
 class Wire:

@@ -1,6 +1,6 @@
 """Crash tests of the queue server: kill -9 under load, torn and damaged journals, a full disk.
 
-What must hold (issue 2): every message that got STORED is delivered at least once after any
+What must hold: every message that got STORED is delivered at least once after any
 number of crashes; what was never opened comes out in FIFO order; a torn journal tail is cut
 off with a warning and the intact prefix served; a damaged record mid-file stops the start
 with a message naming the file and offset (unless salvaging); with the disk full, writes are

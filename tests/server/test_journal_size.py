@@ -1,4 +1,4 @@
-"""The journals' total size on disk stays bounded while items flow through (issue 2).
+"""The journals' total size on disk stays bounded while items flow through.
 
 Kestrel compacted by looking at one file and let old ones pile up; here the whole data
 directory is measured, with and without items left in the queue between rounds.
