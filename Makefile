@@ -43,22 +43,23 @@ typecheck: install  ## mypy (strict) on the package, app/ and bench/
 # ---- Tests ----------------------------------------------------------------------------------
 # Markers (registered in pyproject.toml, set by path in tests/conftest.py): `server` starts real
 # processes (the queue server, workers, supervisord); `chaos` kills them while messages flow;
-# `docker` needs a Docker engine and Compose v2; `bench` needs memcached, beanstalkd and
-# redis-server. Tests with none of these run in this process.
+# `docker` needs a Docker engine and Compose v2; `external` needs programs CI installs from
+# Debian (memcached, beanstalkd, redis-server, libmemcached-tools); `bench` runs the benchmark
+# harness. Tests with none of these run in this process.
 PYTEST := $(PY) -m pytest
 # Branch coverage of kestrelq, the server subprocesses included (pyproject.toml [tool.coverage]).
 COVERAGE := --cov --cov-report=term:skip-covered
 
-.PHONY: test test-unit test-server test-host-chaos test-docker test-bench test-local
+.PHONY: test test-unit test-server test-host-chaos test-docker test-external test-local
 # The container tests need an engine and the base image: base-image sets both up first.
 test: install lint typecheck conf-check base-image  ## everything CI runs: checks, then every test, with coverage
 	$(PYTEST) $(COVERAGE)
 
 test-unit: install  ## tests that start no process (seconds)
-	$(PYTEST) -m "not server and not chaos and not docker and not bench"
+	$(PYTEST) -m "not server and not chaos and not docker and not external"
 
 test-server: install  ## tests against real server, worker and supervisord processes
-	$(PYTEST) -m "server and not chaos and not docker and not bench"
+	$(PYTEST) -m "server and not chaos and not docker and not external"
 
 test-host-chaos: install  ## kill -9 of the server and workers on this machine (no Docker)
 	$(PYTEST) -m "chaos and not docker"
@@ -66,11 +67,11 @@ test-host-chaos: install  ## kill -9 of the server and workers on this machine (
 test-docker: install base-image  ## every test that needs Docker (images, container chaos)
 	$(PYTEST) -m docker
 
-test-bench: install  ## the benchmark harness end to end (needs memcached, beanstalkd, redis-server)
-	$(PYTEST) -m bench
+test-external: install  ## tests needing memcached, beanstalkd, redis-server, libmemcached-tools
+	$(PYTEST) -m external
 
-test-local: install  ## every test that needs no Docker and no bench peers
-	$(PYTEST) -m "not docker and not bench"
+test-local: install  ## every test that needs neither Docker nor the external programs
+	$(PYTEST) -m "not docker and not external"
 
 .PHONY: all
 all: lint typecheck conf-check test-unit  ## the default: checks and the unit tests

@@ -3,7 +3,9 @@
 Markers are set here, by path, so that a test file never has to remember them (docs/testing.md):
 
 - `server`: starts real processes (`kestrelq serve`, `kestrelq work`/`conf`, supervisord);
-- `bench`: needs memcached, beanstalkd and redis-server (the benchmark's peers);
+- `external`: needs programs that CI installs from Debian (`.ci/run`) and a developer's machine
+  may lack: memcached, beanstalkd, redis-server, libmemcached-tools;
+- `bench`: the benchmark harness against its peers (memcached, beanstalkd, redis-server);
 - `chaos` and `docker` are set by the chaos modules themselves.
 
 A test with none of these is an in-process test (`make test-unit`), and that is checked: if it
@@ -28,6 +30,7 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "server/": ("server",),
     "server/test_write_loss.py": (),  # an in-process Server with a failing writev
     "compat/": ("server",),
+    "compat/test_libmemcached.py": ("server", "external"),
     "cli/": ("server",),
     "worker/": ("server",),
     "worker/test_app_tasks.py": (),
@@ -35,17 +38,17 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "supervisord/test_supervisord_live.py": ("server",),
     "chaos/test_host_chaos.py": ("server",),
     "chaos/test_server_crash.py": ("server",),
-    "bench/test_bench_smoke.py": ("server", "bench"),
+    "bench/test_bench_smoke.py": ("server", "bench", "external"),
 }
 
 # Single tests in otherwise in-process files: (file, test name prefix) -> markers.
 MARKERS_BY_TEST: dict[tuple[str, str], tuple[str, ...]] = {
     ("supervisord/test_conf_stack.py", "test_cli_"): ("server",),  # runs `kestrelq conf`
     ("bench/test_bench_units.py", "test_profiled_kestrelq"): ("server",),
-    ("bench/test_bench_units.py", "test_beanstalk_client_against_real"): ("server", "bench"),
+    ("bench/test_bench_units.py", "test_beanstalk_client_against_real"): ("server", "external"),
 }
 
-PROCESS_MARKERS = ("server", "chaos", "docker", "bench")
+PROCESS_MARKERS = ("server", "chaos", "docker", "bench", "external")
 
 
 def _markers_for(item: pytest.Item) -> tuple[str, ...]:
