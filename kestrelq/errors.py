@@ -100,16 +100,23 @@ class JournalWriteFailed(JournalError):
 
 
 class JournalCorrupt(JournalError):
-    """A damaged record in the middle of a journal file."""
+    """A damaged record in a journal file.
+
+    The format's decoder raises it with no `path` (it sees bytes, not files); the reader
+    that knows the file raises it again with `in_file`.
+    """
 
     def __init__(self, path: str, offset: int, detail: str) -> None:
         super().__init__(
-            f"{path}: damaged journal record at offset {offset}: {detail}; "
+            f"{path or 'journal'}: damaged journal record at offset {offset}: {detail}; "
             "start with --salvage to drop everything from that offset on"
         )
         self.path = path
         self.offset = offset
         self.detail = detail
+
+    def in_file(self, path: str) -> JournalCorrupt:
+        return JournalCorrupt(path, self.offset, self.detail)
 
 
 class ConfigError(KestrelqError):

@@ -32,7 +32,8 @@ import struct
 import zlib
 from enum import IntEnum
 
-from kestrelq.queue.item import Item
+from kestrelq.errors import JournalCorrupt
+from kestrelq.journal.item import Item
 from kestrelq.value import value
 
 MAGIC = b"KQJ\x01"
@@ -169,10 +170,6 @@ def _encode_small(record: Record) -> bytes:
             return _frame(Opcode.FLUSH, b"")
 
 
-class BadRecord(Exception):
-    """The bytes at an offset are not a valid record (checksum, opcode or length)."""
-
-
 _BARE: dict[int, Record] = {
     Opcode.REMOVE: REMOVE,
     Opcode.FLUSH: FLUSH,
@@ -186,44 +183,60 @@ _XID_OPS: dict[int, type[Open] | type[Confirm] | type[Unremove]] = {
 }
 
 
+def record_end(buf: bytes | memoryview, offset: int, max_length: int) -> int | None:
+    """Check the framing and checksum of the record at `offset`; its end offset if whole.
+
+    Returns None when the buffer ends inside the record (a torn tail if the file ends
+    there). Raises JournalCorrupt when the bytes cannot be a record. This is the one place
+    the framing is checked: `decode` and the readers that only verify both go through it.
+    """
+    if offset + HEADER.size > len(buf):
+        return None
+    length: int
+    crc: int
+    length, crc = HEADER.unpack_from(buf, offset)
+    if length == 0 or length > max_length:
+        raise JournalCorrupt("", offset, f"impossible record length {length}")
+    start = offset + HEADER.size
+    stop = start + length
+    if stop > len(buf):
+        return None
+    if zlib.crc32(buf[start:stop]) != crc:
+        raise JournalCorrupt("", offset, "checksum mismatch")
+    return stop
+
+
 def decode(buf: bytes | memoryview, offset: int, max_length: int) -> tuple[Record, int] | None:
     """Decode the record at `offset`.
 
     Returns (record, next offset), or None when the buffer ends inside the record (a torn tail
-    if the file ends there). Raises BadRecord when the bytes cannot be a record.
+    if the file ends there). Raises JournalCorrupt (with no path: the caller knows the file)
+    when the bytes cannot be a record.
     """
-    end = len(buf)
-    if offset + HEADER.size > end:
+    stop = record_end(buf, offset, max_length)
+    if stop is None:
         return None
-    length, crc = HEADER.unpack_from(buf, offset)
-    if length == 0 or length > max_length:
-        raise BadRecord(f"impossible record length {length}")
-    start = offset + HEADER.size
-    stop = start + length
-    if stop > end:
-        return None
-    body = buf[start:stop]
-    if zlib.crc32(body) != crc:
-        raise BadRecord("checksum mismatch")
+    body = buf[offset + HEADER.size : stop]
+    length = stop - offset - HEADER.size
     op = body[0]
     if op == Opcode.ADD or op == Opcode.SNAP_ADD:
         if length < 1 + ADD_FIELDS.size:
-            raise BadRecord("short ADD record")
+            raise JournalCorrupt("", offset, "short ADD record")
         flags, added_ms, expires_ms, deliveries = ADD_FIELDS.unpack_from(body, 1)
         item = Item(bytes(body[1 + ADD_FIELDS.size :]), flags, added_ms, expires_ms, deliveries)
         return (Add(item) if op == Opcode.ADD else SnapAdd(item)), stop
     if op in _BARE:
         if length != 1:
-            raise BadRecord("payload on a record that has none")
+            raise JournalCorrupt("", offset, "payload on a record that has none")
         return _BARE[op], stop
     if op == Opcode.BEHIND:
         if length != 1 + BEHIND_FIELDS.size:
-            raise BadRecord("bad BEHIND record length")
+            raise JournalCorrupt("", offset, "bad BEHIND record length")
         return Behind(*BEHIND_FIELDS.unpack_from(body, 1)), stop
     cls = _XID_OPS.get(op)
     if cls is None:
-        raise BadRecord(f"unknown opcode {op}")
+        raise JournalCorrupt("", offset, f"unknown opcode {op}")
     if length != 1 + XID.size:
-        raise BadRecord("bad xid record length")
+        raise JournalCorrupt("", offset, "bad xid record length")
     (xid,) = XID.unpack_from(body, 1)
     return cls(xid), stop

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kestrelq.errors import ItemRejected, QueueFull, ReadWhileOpen, TooManyOpenReads
+from kestrelq.journal.item import Item
 from kestrelq.queue import names
 from kestrelq.queue.config import QueueConfig
-from kestrelq.queue.item import Item
 from kestrelq.queue.state import BehindReader, LogFn, QueueState
 from kestrelq.value import value
 

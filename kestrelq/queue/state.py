@@ -50,8 +50,8 @@ from kestrelq.journal.format import (
     SnapAdd,
     Unremove,
 )
+from kestrelq.journal.item import Item
 from kestrelq.queue.config import QueueConfig
-from kestrelq.queue.item import Item
 
 # log(record, essential): essential records free the disk reserve if they must (see Storage).
 LogFn = Callable[[Record, bool], None]

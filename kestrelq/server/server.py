@@ -19,10 +19,10 @@ from typing import Any
 
 from kestrelq import __version__
 from kestrelq.errors import InvalidQueueName, JournalError
+from kestrelq.journal.policy import FsyncPolicy
 from kestrelq.journal.store import JournalStore, StoreLimits
 from kestrelq.queue import names
 from kestrelq.queue.collection import QueueCollection
-from kestrelq.queue.config import FsyncPolicy
 from kestrelq.server import config as config_mod
 from kestrelq.server.config import ServerConfig
 from kestrelq.server.connection import QueueProtocol
@@ -48,8 +48,9 @@ class Server:
             ),
             salvage=config.salvage,
             batch_writes=config.batch_writes,
+            on_write_lost=self._write_lost,
+            on_segment_full=self._segment_full,
         )
-        self.store.on_write_lost = self._write_lost
         # How the server ends when the journal falls behind memory; a seam for tests.
         self.exit: Callable[[int], None] = os._exit
         self.collection = QueueCollection(
@@ -111,7 +112,6 @@ class Server:
 
     async def start(self) -> None:
         self.recover()
-        self.store.segment_full = self._segment_full
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: QueueProtocol(self),
@@ -302,7 +302,6 @@ class Server:
             fds, _ = self.store.take_dirty(periodic=True)
             if fds:
                 await loop.run_in_executor(None, self.store.fsync_fds, fds)
-                self.store.fsyncs += 1
 
     # -- housekeeping ----------------------------------------------------------------------
 

@@ -8,18 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from fake_files import FilesWith
 
 from kestrelq.errors import JournalError, JournalFull, JournalWriteFailed
 from kestrelq.journal import format as fmt
-from kestrelq.journal.store import (
-    SUFFIX,
-    JournalStore,
-    StoreLimits,
-    fallocate_keep_size,
-    segment_name,
-)
-from kestrelq.queue.config import FsyncPolicy
-from kestrelq.queue.item import Item
+from kestrelq.journal.files import fallocate_keep_size
+from kestrelq.journal.item import Item
+from kestrelq.journal.policy import FsyncPolicy
+from kestrelq.journal.store import SUFFIX, JournalStore, StoreLimits, segment_name
 
 
 def batched_store(
@@ -79,7 +75,7 @@ def test_big_items_are_not_joined_and_many_records_fit_one_call(tmp_path: Path) 
         calls.append(len(parts))
         return os.writev(fd, parts)
 
-    store = batched_store(tmp_path, write_fn=counting_writev)
+    store = batched_store(tmp_path, files=FilesWith(writev=counting_writev))
     journal = store.journal("q")
     calls.clear()
     big = bytes(range(256)) * 256  # 64 KiB: passed to writev as it is, not copied
@@ -114,7 +110,7 @@ def test_room_is_reserved_ahead_a_megabyte_at_a_time(tmp_path: Path) -> None:
         assert fallocate_keep_size is not None
         fallocate_keep_size(fd, offset, length)
 
-    store = batched_store(tmp_path, allocate_fn=recording)
+    store = batched_store(tmp_path, files=FilesWith(fallocate=recording))
     journal = store.journal("q")
     for _ in range(1000):
         journal.append(add(b"x" * 100), False)
@@ -129,7 +125,7 @@ def test_disk_full_refuses_before_anything_is_logged(tmp_path: Path) -> None:
     def no_room(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    store = batched_store(tmp_path, reserve=4096, allocate_fn=no_room)
+    store = batched_store(tmp_path, reserve=4096, files=FilesWith(fallocate=no_room))
     journal = store.journal("q")
     with pytest.raises(JournalFull):
         journal.append(add(b"new item"), False)
@@ -153,7 +149,7 @@ def test_the_last_bytes_of_a_disk_are_used_exactly(tmp_path: Path) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
         free["bytes"] -= length
 
-    store = batched_store(tmp_path, allocate_fn=tight)
+    store = batched_store(tmp_path, files=FilesWith(fallocate=tight))
     journal = store.journal("q")
     journal.append(add(b"a" * 100), False)
     with pytest.raises(JournalFull):
@@ -170,7 +166,8 @@ def test_essential_records_free_the_reserve_when_room_runs_out(tmp_path: Path) -
         if state["full"] and (tmp_path / ".reserve").exists():
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    store = batched_store(tmp_path, reserve=4096, allocate_fn=full_until_reserve_freed)
+    files = FilesWith(fallocate=full_until_reserve_freed)
+    store = batched_store(tmp_path, reserve=4096, files=files)
     journal = store.journal("q")
     with pytest.raises(JournalFull):
         journal.append(add(b"refused"), False)
@@ -187,7 +184,7 @@ def test_without_fallocate_each_record_is_written_at_once(tmp_path: Path) -> Non
     def unsupported(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
-    store = batched_store(tmp_path, allocate_fn=unsupported)
+    store = batched_store(tmp_path, files=FilesWith(fallocate=unsupported))
     journal = store.journal("q")
     journal.append(add(b"one"), False)
     assert not store.batching and store.unwritten == []
@@ -203,15 +200,15 @@ def test_a_failed_batched_write_is_reported_as_lost(tmp_path: Path) -> None:
     def eio(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
-    store = batched_store(tmp_path)
-    store.on_write_lost = lost.append
+    files = FilesWith()
+    store = batched_store(tmp_path, files=files, on_write_lost=lost.append)
     journal = store.journal("q")
     journal.append(add(b"one"), False)
-    store.write_fn = eio
+    files.writev_fn = eio
     with pytest.raises(JournalWriteFailed):
         store.write_pending()
     assert len(lost) == 1 and "Input/output error" in str(lost[0])
-    store.write_fn = os.writev
+    files.writev_fn = None
     assert on_disk(tmp_path) == []  # nothing half-written was left behind
     store.close()
 

@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+from fake_files import FilesWith
 
 from kestrelq.errors import JournalCorrupt, JournalFull
 from kestrelq.journal import format as fmt
+from kestrelq.journal.item import Item
+from kestrelq.journal.policy import FsyncPolicy
 from kestrelq.journal.store import JournalStore, StoreLimits
-from kestrelq.queue.config import FsyncPolicy
-from kestrelq.queue.item import Item
 
 SEGMENT_1 = "q.0000000001.kqj"
 
@@ -43,7 +44,7 @@ def test_round_trip(record: fmt.Record) -> None:
 def test_any_flipped_byte_is_detected(position: int) -> None:
     data = bytearray(fmt.encode(fmt.Add(Item(b"payload-bytes", 1, 2, 3, 0))))
     data[position] ^= 0x40
-    with pytest.raises(fmt.BadRecord):
+    with pytest.raises(JournalCorrupt):
         fmt.decode(bytes(data), 0, 1 << 20)
 
 
@@ -136,7 +137,7 @@ def test_write_failure_leaves_no_partial_record(tmp_path: Path) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
         return os.writev(fd, parts)
 
-    store = store_at(tmp_path, write_fn=flaky_write)
+    store = store_at(tmp_path, files=FilesWith(writev=flaky_write))
     log = store.log_for("q")  # call 1: the magic header
     log(RECORDS[0], False)  # call 2
     with pytest.raises(JournalFull):
@@ -159,7 +160,7 @@ def test_disk_full_releases_reserve_for_reads_only(tmp_path: Path) -> None:
         tmp_path,
         lambda n: FsyncPolicy("always"),
         StoreLimits(reserve_bytes=4096),
-        write_fn=write_fn,
+        files=FilesWith(writev=write_fn),
     )
     store.open()
     assert (tmp_path / ".reserve").stat().st_size == 4096
@@ -236,7 +237,7 @@ def test_short_writes_are_completed(tmp_path: Path) -> None:
     def one_byte_at_a_time(fd: int, parts: list[bytes]) -> int:
         return os.write(fd, bytes(b"".join(parts)[:1]))
 
-    store = store_at(tmp_path, write_fn=one_byte_at_a_time)
+    store = store_at(tmp_path, files=FilesWith(writev=one_byte_at_a_time))
     log = store.log_for("q")
     for record in RECORDS:
         log(record, False)

@@ -14,9 +14,9 @@ from kestrelq.errors import (
     TooManyOpenReads,
 )
 from kestrelq.journal.format import Add, Record
+from kestrelq.journal.item import Item
 from kestrelq.queue.collection import GetOptions, QueueCollection, Session
 from kestrelq.queue.config import QueueConfig
-from kestrelq.queue.item import Item
 from kestrelq.queue.state import QueueState
 
 OPEN = GetOptions(open=True)

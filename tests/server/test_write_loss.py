@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +14,9 @@ from kestrelq.server.config import load
 from kestrelq.server.server import EXIT_JOURNAL_LOST, Server
 
 
-async def _scenario(tmp_path: Path) -> tuple[list[int], bytes, bytes]:
+async def _scenario(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[int], bytes, bytes]:
     config = load({"data_dir": str(tmp_path / "data"), "port": 0, "fsync": "never"}, {})
     server = Server(config)
     exits: list[int] = []
@@ -29,14 +30,14 @@ async def _scenario(tmp_path: Path) -> tuple[list[int], bytes, bytes]:
         def eio(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
             raise OSError(errno.EIO, "Input/output error")
 
-        server.store.write_fn = eio
+        monkeypatch.setattr(server.store.files, "writev", eio)
         writer.write(b"set q 0 0 6\r\nsecond\r\nget q\r\n")
         rest = await asyncio.wait_for(reader.read(), 5)  # until the server drops us
         writer.close()
         return exits, first, rest
     finally:
         # No graceful shutdown: it would checkpoint memory, which the real exit never does.
-        server.store.write_fn = os.writev
+        monkeypatch.undo()
         assert server._server is not None
         server._server.close()
         await server._server.wait_closed()
@@ -47,10 +48,10 @@ async def _scenario(tmp_path: Path) -> tuple[list[int], bytes, bytes]:
 
 
 def test_failed_batched_write_exits_without_acknowledging(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with caplog.at_level(logging.CRITICAL, logger="kestrelq.server.server"):
-        exits, first, rest = asyncio.run(_scenario(tmp_path))
+        exits, first, rest = asyncio.run(_scenario(tmp_path, monkeypatch))
     assert first == b"STORED\r\n"
     # Neither the set nor the get that ran after it in memory was answered: the client
     # cannot take "second" as stored, nor "first" as delivered.

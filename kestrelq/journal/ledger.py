@@ -1,0 +1,175 @@
+"""The sequence ledger: which appends are written, which are durable, and who waits for them.
+
+Theory of operation
+-------------------
+Every append to any journal gets the next sequence number (`seq`). Three marks trail it:
+
+    synced_seq  <=  written_seq  <=  seq
+    (on disk)       (in a file)      (appended; batched records may be in memory still)
+
+and `always_seq` is the seq of the last append to a journal whose policy is `always`: a reply
+to a command that made such an append may go out only once `synced_seq` has reached it. An
+fsync started now covers `written_seq`, never more: records still batched in memory are not in
+the file it flushes.
+
+Group commit: the ledger keeps the set of `always` files written since their last fsync. The
+server calls `sync_always()` once per turn of its event loop, which fdatasyncs each of them
+(one round shared by every command of the turn; what arrives meanwhile rides on the next),
+then advances `synced_seq` and runs the callbacks of everyone waiting for a seq it now covers.
+`periodic` files are collected by `take_dirty(periodic=True)` and fsynced in a worker thread
+by `fsync_fds`; nobody waits for those.
+
+The API a server needs, and all it needs, to hold a reply for its fsync:
+
+    seq = ledger.always_seq            # after running the command: the seq the reply needs
+    ledger.durable(seq)                # True: reply now
+    ledger.when_durable(seq, reply)    # else: called from sync_always() once it is
+    ledger.waiting                     # True while someone waits: schedule sync_always()
+
+A callback must not raise; it runs inside `sync_always()`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from kestrelq.journal.files import Files
+
+
+class Syncable(Protocol):
+    """A journal file the ledger can fsync: its current descriptor, -1 when closed."""
+
+    @property
+    def fd(self) -> int: ...
+
+
+class Ledger:
+    """Sequence numbers and fsync bookkeeping for all journals of a store."""
+
+    def __init__(self, files: Files, has_unwritten: Callable[[], bool]) -> None:
+        self._files = files
+        # Whether batched records are still in memory (then written_seq cannot catch up).
+        self._has_unwritten = has_unwritten
+        self.seq = 0
+        self.always_seq = 0
+        self.written_seq = 0
+        self.synced_seq = 0
+        # Rounds of fsync: the loop thread counts `always` rounds, the worker thread periodic
+        # ones, each in its own field, so no count is lost between threads.
+        self._always_rounds = 0
+        self._periodic_rounds = 0
+        self._dirty_always: set[Syncable] = set()
+        self._dirty_periodic: set[Syncable] = set()
+        self._waiters: list[tuple[int, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+
+    @property
+    def fsyncs(self) -> int:
+        return self._always_rounds + self._periodic_rounds
+
+    # -- what the journals report ----------------------------------------------------------
+
+    def appended(self, always: bool) -> None:
+        self.seq += 1
+        if always:
+            self.always_seq = self.seq
+
+    def written(self, file: Syncable, mode: str) -> None:
+        """Records of `file` reached it (policy `mode`): it needs its fsync now."""
+        if mode == "always":
+            self._dirty_always.add(file)
+        elif mode == "periodic":
+            self._dirty_periodic.add(file)
+
+    def all_written(self) -> None:
+        """Every batched record is in its file."""
+        self.written_seq = self.seq
+
+    def forget(self, file: Syncable) -> None:
+        """`file` was closed or its records were just fsynced another way (a new segment)."""
+        self._dirty_always.discard(file)
+        self._dirty_periodic.discard(file)
+
+    # -- durability ------------------------------------------------------------------------
+
+    def durable(self, seq: int) -> bool:
+        return seq <= self.synced_seq
+
+    def when_durable(self, seq: int, callback: Callable[[], None]) -> None:
+        """Call `callback` from the `sync_always()` that makes `seq` durable (now if it is)."""
+        if self.durable(seq):
+            callback()
+        else:
+            heapq.heappush(self._waiters, (seq, next(self._order), callback))
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._waiters)
+
+    def sync_always(self) -> None:
+        """fdatasync every `always` file with written records, here; advance synced_seq.
+
+        (fdatasync: an append's new size is flushed with the data; the timestamps need not.)
+        """
+        covered = self._written_upto()
+        if self._dirty_always:
+            for file in self._dirty_always:
+                if file.fd >= 0:
+                    self._files.fdatasync(file.fd)
+            self._always_rounds += 1
+        self._dirty_always.clear()
+        self._synced(covered)
+
+    def take_dirty(self, periodic: bool = False) -> tuple[list[int], int]:
+        """Duplicated fds of files that need an fsync, and the seq the fsync will cover.
+
+        Only written records count: batched ones still pending are covered by a later fsync.
+        """
+        covered = self._written_upto()
+        dirty = self._dirty_periodic if periodic else self._dirty_always
+        fds = []
+        for file in dirty:
+            if file.fd < 0:
+                continue
+            try:
+                # A duplicate, so a segment switch closing the fd meanwhile cannot make the
+                # worker thread fsync some other file.
+                fds.append(self._files.dup(file.fd))
+            except OSError:
+                # No descriptor to spare (EMFILE): fsync right here, in the loop thread.
+                self._files.fsync(file.fd)
+        dirty.clear()
+        return fds, covered
+
+    def fsync_fds(self, fds: Iterable[int]) -> None:
+        """fdatasync (in a worker thread: periodic syncs) and close the duplicated fds."""
+        fds = list(fds)
+        try:
+            for fd in fds:
+                self._files.fdatasync(fd)
+        finally:
+            for fd in fds:
+                self._files.close(fd)
+        self._periodic_rounds += 1
+
+    def sync_all(self) -> None:
+        """fsync every dirty file, whatever its policy (start-up and shutdown)."""
+        fds, seq = self.take_dirty()
+        more, _ = self.take_dirty(periodic=True)
+        self.fsync_fds(fds + more)
+        self._synced(seq)
+
+    def _synced(self, covered: int) -> None:
+        self.synced_seq = max(self.synced_seq, covered)
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self.synced_seq:
+            heapq.heappop(waiters)[2]()
+
+    def _written_upto(self) -> int:
+        """The seq an fsync started now covers: every append, unless some are still batched."""
+        if not self._has_unwritten():
+            self.written_seq = self.seq
+        return self.written_seq

@@ -1,0 +1,38 @@
+"""When journal writes reach the disk: the fsync policy, shared by the journal and the queues."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kestrelq.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class FsyncPolicy:
+    """When journal writes reach the disk.
+
+    `always`: a reply that changed the queue is sent only after fsync (group commit shares one
+    fsync among every writer waiting at that moment). `period_ms`: a background fsync at most
+    that often; a crash can lose that much. `never`: the OS decides.
+    """
+
+    mode: str  # "always" | "periodic" | "never"
+    period_ms: int = 0
+
+    @classmethod
+    def parse(cls, value: str | int) -> FsyncPolicy:
+        text = str(value).strip().lower()
+        if text in ("always", "never"):
+            return cls(text)
+        try:
+            period_ms = int(text.removesuffix("ms"))
+        except ValueError:
+            raise ConfigError(
+                f"fsync must be always, never or milliseconds, not {value!r}"
+            ) from None
+        if period_ms < 0:
+            raise ConfigError(f"fsync period must be >= 0 ms, not {period_ms}")
+        return cls("always") if period_ms == 0 else cls("periodic", period_ms)
+
+    def __str__(self) -> str:
+        return str(self.period_ms) if self.mode == "periodic" else self.mode

@@ -1,0 +1,425 @@
+"""Writing one queue's journal: appends, batching, room reserved ahead, cut-back, new segments.
+
+Theory of operation
+-------------------
+A queue's journal is a series of segment files, `<data_dir>/<queue>.<n>.kqj`; appends go to
+the newest. The journal is the truth and memory a cache, so a record is in the file before the
+command that caused it is answered. Three rules keep the file something a reader can trust:
+
+1. A failed write is cut back off the file with `ftruncate`, so the file never holds half a
+   record that a later append would bury in the middle (where it would be damage, not a torn
+   tail).
+2. Batched writes (the server's default) keep a record in memory until the store's
+   `write_pending`, which the server calls before it sends the replies that depend on it: a
+   pipelined batch of commands then costs one `writev` per queue. A full disk must still be
+   found *before* a command changes anything, so `append` first reserves room past the end of
+   the file with fallocate(KEEP_SIZE), a megabyte at a time. A write that fails after its
+   commands were applied leaves memory ahead of the journal; the store's `on_write_lost` (the
+   server: exit at once, restart from the journal) is the only safe answer. Where the file
+   system cannot fallocate, batching is switched off and each record is written at once.
+3. A new segment starts with a checkpoint (the queue's state as records, see `format`),
+   written to a temp file, fsynced, renamed into place and made durable by a directory fsync
+   before the old segment is closed; old segments are unlinked only after that, and only when
+   no item behind (read-behind) still points into them. At every instant the directory names
+   a whole newest segment.
+
+Everything shared between the journals of a store (the file operations, the sequence ledger,
+the disk reserve, the reader, the store's callbacks) comes in one `JournalContext`; a journal
+changes only its own fields and tells the others through their methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kestrelq.errors import JournalFull, JournalWriteFailed
+from kestrelq.journal.cursor import BehindCursor
+from kestrelq.journal.files import Files
+from kestrelq.journal.format import MAGIC, Record, encode, encode_parts
+from kestrelq.journal.item import Item
+from kestrelq.journal.ledger import Ledger
+from kestrelq.journal.policy import FsyncPolicy
+from kestrelq.journal.reader import SegmentReader
+from kestrelq.journal.reserve import DiskReserve
+
+logger = logging.getLogger(__name__)
+
+SUFFIX = ".kqj"
+_WRITE_CHUNK_BYTES = 1 << 20
+# Room reserved ahead of a batched journal's end, one fallocate call per this many bytes.
+_PREALLOCATE_BYTES = 1 << 20
+# Batched records up to this size are joined into one buffer.
+_JOIN_BYTES = 16 << 10
+
+
+# writev takes at most this many buffers (EINVAL past it).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+
+
+def segment_name(name: str, number: int) -> str:
+    return f"{name}.{number:010d}{SUFFIX}"
+
+
+def parse_segment_name(filename: str) -> tuple[str, int] | None:
+    """(queue, segment number) of a journal file name, None for anything else."""
+    if not filename.endswith(SUFFIX):
+        return None
+    queue, dot, number = filename[: -len(SUFFIX)].rpartition(".")
+    if not dot or not number.isdigit():
+        return None
+    return queue, int(number)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    max_record_bytes: int = (64 << 20) + 64
+    reserve_bytes: int = 8 << 20
+    segment_bytes: int = 64 << 20  # start a new segment after this much growth
+    idle_compact_bytes: int = 64 << 10  # an empty queue's segment is rewritten past this
+
+
+class Batching:
+    """Whether appends are batched; switched off for good where fallocate is not supported."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def unsupported(self, data_dir: Path, why: str) -> None:
+        if self._enabled:
+            logger.warning("fallocate not supported in %s (%s): writing each record at once",
+                           data_dir, why)  # fmt: skip
+        self._enabled = False
+
+
+@dataclass(frozen=True, slots=True)
+class JournalContext:
+    """What the journals of one store share (built by the store)."""
+
+    data_dir: Path
+    files: Files
+    ledger: Ledger
+    reserve: DiskReserve
+    reader: SegmentReader
+    limits: StoreLimits
+    batching: Batching
+    salvage: bool
+    # The journal holds batched records now (it was empty): the store lists it for writing.
+    on_pending: Callable[[Journal], None]
+    # Write every journal's batched records (reports a failure as lost; see rule 2).
+    write_pending: Callable[[], None]
+    # The journal has grown by segment_bytes: the server starts a new segment as soon as the
+    # command that filled it is done (a checkpoint needs the new state).
+    on_segment_full: Callable[[str], None]
+    # fsync the data directory (after a create, rename or unlink in it).
+    fsync_dir: Callable[[], None]
+
+
+class Journal:
+    """The journal of one queue: its segment files, appends, checkpoints, read-behind."""
+
+    def __init__(
+        self, ctx: JournalContext, name: str, policy: FsyncPolicy, segments: list[int]
+    ) -> None:
+        self._ctx = ctx
+        self.name = name
+        self.policy = policy
+        self.segments = sorted(segments) or [1]
+        self.sizes: dict[int, int] = {}
+        self.current = self.segments[-1]
+        self.fd = -1
+        self.size = 0
+        self.base_size = 0
+        self.last_offset = 0
+        self.rotations = 0
+        # Batched records not yet written, and how far past `size` the disk room is reserved.
+        # Small records are joined in `pending_tail` (one copy is cheaper than an iovec each);
+        # big ones stay separate buffers, so an item's data is never copied.
+        self.pending: list[bytes | bytearray] = []
+        self.pending_tail = bytearray()
+        self.pending_bytes = 0
+        self.allocated = 0
+        self.cursor = BehindCursor(
+            name,
+            ctx.reader,
+            self._segment_numbers,
+            self.path,
+            ctx.write_pending,
+            ctx.salvage,
+            (self.current, len(MAGIC)),
+        )
+        self._open_current()
+
+    def path(self, number: int | None = None) -> Path:
+        return self._ctx.data_dir / segment_name(
+            self.name, self.current if number is None else number
+        )
+
+    def _segment_numbers(self) -> list[int]:
+        return list(self.segments)
+
+    @property
+    def total_size(self) -> int:
+        return sum(self.sizes.get(n, 0) for n in self.segments[:-1]) + self.size
+
+    def set_policy(self, policy: FsyncPolicy) -> None:
+        self.policy = policy
+
+    def _open_current(self) -> None:
+        files = self._ctx.files
+        for number in self.segments[:-1]:
+            self.sizes[number] = files.file_size(self.path(number))
+        self.fd = files.open_append(self.path())
+        self.size = self.base_size = self.allocated = files.size(self.fd)
+        if self.size < len(MAGIC):
+            # New file, or one torn inside its header: start it cleanly.
+            files.ftruncate(self.fd, 0)
+            self.size = 0
+            self._write([MAGIC])
+            self._ctx.fsync_dir()
+
+    # -- appending -------------------------------------------------------------------------
+
+    def append(self, record: Record, essential: bool) -> None:
+        """Log one record, or raise JournalFull / JournalWriteFailed having logged nothing.
+
+        Batched, the record is only kept (its disk room reserved) until `write_pending`.
+        """
+        ctx = self._ctx
+        if ctx.reserve.released and not essential:
+            raise JournalFull("disk full: new items refused until space is freed")
+        data = encode_parts(record)
+        if ctx.batching.enabled:
+            offset = self.size + self.pending_bytes
+            length = sum(map(len, data))
+            end = offset + length
+            if end > self.allocated and not self._reserve_room(end, essential):
+                self.append(record, essential)  # fallocate turned out not to work here
+                return
+            if not self.pending_bytes:
+                ctx.on_pending(self)
+            if length <= _JOIN_BYTES:
+                tail = self.pending_tail
+                for part in data:
+                    tail += part
+            else:
+                if self.pending_tail:
+                    self.pending.append(self.pending_tail)
+                    self.pending_tail = bytearray()
+                self.pending += data
+            self.pending_bytes += length
+        else:
+            offset = self.size
+            try:
+                self._write(data)
+            except JournalFull:
+                if not essential or not ctx.reserve.release():
+                    raise
+                self._write(data)
+            self._written()
+        self.last_offset = offset
+        ctx.ledger.appended(self.policy.mode == "always")
+        if self.size + self.pending_bytes - self.base_size >= ctx.limits.segment_bytes:
+            ctx.on_segment_full(self.name)
+
+    def _reserve_room(self, end: int, essential: bool) -> bool:
+        """Make sure the disk has room up to `end` before a batched record is accepted.
+
+        False if the file system cannot reserve room: batching is then off for good.
+        """
+        ctx = self._ctx
+        start = self.allocated
+        while True:
+            try:
+                try:
+                    ctx.files.fallocate(self.fd, start, end + _PREALLOCATE_BYTES - start)
+                    self.allocated = end + _PREALLOCATE_BYTES
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    ctx.files.fallocate(self.fd, start, end - start)  # the last of the disk
+                    self.allocated = end
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    if essential and ctx.reserve.release():
+                        continue
+                    raise JournalFull("disk full") from exc
+                if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    ctx.batching.unsupported(ctx.data_dir, exc.strerror or str(exc))
+                    return False
+                raise JournalWriteFailed(f"{self.path()}: {exc.strerror}") from exc
+
+    def write_pending(self) -> None:
+        """Write the batched records with one writev (raises JournalError on failure)."""
+        if not self.pending_bytes:
+            return
+        data = self.pending
+        if self.pending_tail:
+            data.append(self.pending_tail)
+        self.pending, self.pending_tail, self.pending_bytes = [], bytearray(), 0
+        self._write(data)
+        self._written()
+
+    def _written(self) -> None:
+        """Records of this journal reached the file: it needs its fsync now."""
+        self._ctx.ledger.written(self, self.policy.mode)
+
+    def _write(self, parts: Sequence[bytes | bytearray]) -> None:
+        start = self.size
+        files = self._ctx.files
+        try:
+            for first in range(0, len(parts), _IOV_MAX):
+                chunk = parts[first : first + _IOV_MAX]
+                written = files.writev(self.fd, chunk)
+                self.size += written
+                if written < sum(map(len, chunk)):  # a short write: go on from where it stopped
+                    view = memoryview(b"".join(chunk))[written:]
+                    while view:
+                        written = files.writev(self.fd, [view])
+                        view = view[written:]
+                        self.size += written
+        except OSError as exc:
+            self._cut_back(start)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise JournalFull("disk full") from exc
+            raise JournalWriteFailed(f"{self.path()}: {exc.strerror}") from exc
+
+    def _cut_back(self, size: int) -> None:
+        try:
+            self._ctx.files.ftruncate(self.fd, size)
+        except OSError:
+            logger.exception("could not cut %s back to %d bytes", self.path(), size)
+        self.size = size
+
+    # -- read-behind (the queue's BehindReader) --------------------------------------------
+
+    def mark(self) -> None:
+        self.cursor.seek(self.current, self.last_offset)
+
+    def seek(self, segment: int, offset: int) -> None:
+        self.cursor.seek(segment, offset)
+
+    def position(self) -> tuple[int, int]:
+        return self.cursor.position()
+
+    def read(self, count: int, max_bytes: int) -> list[Item]:
+        return self.cursor.read(count, max_bytes)
+
+    def verify_behind(self) -> None:
+        self.cursor.verify()
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def replay(self) -> Iterator[Record]:
+        """The records of the newest segment; `last_offset` tracks each one for mark()."""
+        start = len(MAGIC)
+        for record, end in self._ctx.reader.records(self.path(), start, repair=True):
+            self.last_offset = start
+            yield record
+            start = end
+        self.size = self.allocated = self._ctx.files.size(self.fd)
+
+    # -- segments --------------------------------------------------------------------------
+
+    def should_rotate(self, empty: bool, behind: bool) -> bool:
+        limits = self._ctx.limits
+        if self.size - self.base_size >= limits.segment_bytes:
+            return True
+        if empty and self.size > max(limits.idle_compact_bytes, self.base_size):
+            return True
+        keep_from = self.position()[0] if behind else self.current
+        return self.segments[0] < keep_from
+
+    def rotate(self, records: Iterable[Record], behind: bool) -> bool:
+        """Start a new segment with `records` (a checkpoint); drop segments nothing needs.
+
+        Returns False, keeping the current segment, if the new one could not be written.
+        """
+        ctx = self._ctx
+        files = ctx.files
+        if self.pending_bytes:
+            ctx.write_pending()  # the old segment must be whole until the new one is
+        number = self.current + 1
+        final = self.path(number)
+        tmp = final.with_name(final.name + ".tmp")
+        size = 0
+        try:
+            fd = files.open_new(tmp)
+        except OSError as exc:
+            logger.warning("new segment for %s failed (%s); keeping the old one", self.name, exc)
+            return False
+        try:
+            chunk = bytearray(MAGIC)
+            for record in records:
+                chunk += encode(record)
+                if len(chunk) >= _WRITE_CHUNK_BYTES:
+                    size += self._write_all(fd, chunk)
+                    chunk.clear()
+            size += self._write_all(fd, chunk)
+            files.fsync(fd)
+            files.fsync(self.fd)  # the old segment may still hold items behind
+        except OSError as exc:
+            files.close(fd)
+            files.unlink(tmp)
+            logger.warning("new segment for %s failed (%s); keeping the old one", self.name, exc)
+            return False
+        files.close(fd)
+        files.rename(tmp, final)
+        ctx.fsync_dir()
+        old_total = self.total_size
+        self._close_fd()
+        self.sizes[self.current] = self.size
+        self.fd = files.open_append(final, create=False)
+        self.current = number
+        self.segments.append(number)
+        self.size = self.base_size = self.allocated = size
+        self.rotations += 1
+        ctx.ledger.forget(self)
+        keep_from = self.position()[0] if behind else number
+        for old in [n for n in self.segments if n < keep_from]:
+            files.unlink(self.path(old))
+            self.segments.remove(old)
+            self.sizes.pop(old, None)
+        ctx.fsync_dir()
+        logger.info("journal %s: segment %d, %d -> %d bytes on disk",
+                    self.name, number, old_total, self.total_size)  # fmt: skip
+        return True
+
+    def _write_all(self, fd: int, data: bytes | bytearray) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[self._ctx.files.write(fd, view) :]
+        return len(data)
+
+    def delete(self) -> None:
+        # The queue is gone: so are its unwritten records.
+        self.pending, self.pending_tail, self.pending_bytes = [], bytearray(), 0
+        self._close_fd()
+        for number in self.segments:
+            self._ctx.files.unlink(self.path(number))
+
+    def close(self) -> None:
+        if self.pending_bytes:
+            self._ctx.write_pending()
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            files = self._ctx.files
+            if self.allocated > self.size:
+                # Give back the room reserved past the end (truncating to the same size
+                # frees blocks beyond it).
+                with contextlib.suppress(OSError):
+                    files.ftruncate(self.fd, self.size)
+            files.close(self.fd)
+            self.fd = -1
