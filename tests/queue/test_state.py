@@ -138,11 +138,20 @@ def test_close_confirms_and_abort_returns_to_head() -> None:
 
 
 def test_close_and_abort_with_nothing_open_are_harmless() -> None:
-    coll, _, _ = make()
+    coll, storage, _ = make()
+    coll.add("q", item(b"a"), 0)
     s = Session(coll)
     assert s.get("q", CLOSE, 0) is None
     assert s.get("q", ABORT, 0) is None
-    assert s.get("q", CLOSE_OPEN, 0) is None
+    # Harmless: the item is still there, nothing is open and nothing more was journalled.
+    state = coll.queue("q")
+    assert list(state.ready) == [item(b"a")] and not state.open_reads
+    assert storage.logs["q"] == [Add(item(b"a"))]
+    # A close with nothing open does not stop the open that comes with it.
+    assert s.get("q", CLOSE_OPEN, 0) == item(b"a", deliveries=1)
+    assert s.get("q", CLOSE_OPEN, 0) is None  # confirms "a"; the queue is empty now
+    assert not state.open_reads and state.items == 0
+    same(state, replayed(storage, "q"))
 
 
 def test_open_limit_and_plain_get_with_open_read() -> None:
