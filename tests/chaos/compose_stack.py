@@ -1,20 +1,22 @@
 """Driving one compose project of the kestrelq stack from the container chaos tests.
 
-`Stack` wraps testcontainers' `DockerCompose` (up, down) and the `docker compose` command line
-for what that class does not wrap (stop, kill, ps, logs, exec with the output kept). Handled
-messages are read from `docker compose logs worker`, exactly where a user would look: the
-worker prints `echo id=<id>: <text>` for every `echo` task it handled. `Producer` runs
-container_producer.py in the app container and collects what the server acknowledged.
+`Stack` runs the `docker compose` command line for one project (up, down, stop, kill, ps, logs,
+exec with the output kept). Handled messages are read from `docker compose logs worker`,
+exactly where a user would look: the worker prints `echo id=<id>: <text>` for every `echo` task
+it handled. `Producer` runs container_producer.py in the app container and collects what the
+server acknowledged.
+
+Isolation: compose takes COMPOSE_PROJECT_NAME, KESTRELQ_IMAGE_TAG and every other setting from
+the caller's shell before any --env-file, so a developer who exported them for their own stack
+would have the tests drive, and tear down, that stack. Every compose command here runs in
+`compose_env()`: the caller's environment without any COMPOSE_* or KESTRELQ_* variable, plus the
+test project's own values. Each project tags its images with its own name and removes them when
+it goes down, so a run leaves no image behind, tagged or dangling.
 """
 
 from __future__ import annotations
 
 import os
-
-# The Ryuk reaper image cannot be pulled where no registry is reachable; the fixtures take
-# their compose projects down themselves. Set before testcontainers reads its configuration.
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-
 import re
 import secrets
 import socket
@@ -22,12 +24,12 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers import free_port, wait_until
-from testcontainers.compose import DockerCompose
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCER = Path(__file__).with_name("container_producer.py")
@@ -36,12 +38,45 @@ PRODUCER = Path(__file__).with_name("container_producer.py")
 HANDLED_RE = re.compile(r"echo id=([A-Za-z0-9_-]+):")
 # `supervisorctl status` lines: "work_worker:work_worker_00   RUNNING   pid 12, uptime 0:00:05"
 STATUS_RE = re.compile(r"^(\S+)\s+([A-Z]+)(?:\s+pid (\d+),)?", re.MULTILINE)
+PROJECT_LABEL = "com.docker.compose.project"
 # Workers in the test stack: not the default (2), so the test sees KESTRELQ_WORKERS work.
 WORKERS = 3
 
 # Recovery timings collected by the tests, printed at the end of the run by
 # pytest_terminal_summary (so they show in every run, not only with -s).
 TIMINGS: list[tuple[str, str, float]] = []
+
+
+def compose_env(values: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment without its compose and kestrelq settings, plus `values`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "KESTRELQ_"))}
+    return env | dict(values)
+
+
+def project_images(project: str) -> list[str]:
+    """Ids of every image, tagged or dangling, that compose built for `project`.
+
+    Compose labels what it builds with the project's name, so even an image that lost its tag
+    (rebuilt under the same name) is still found here.
+    """
+    out = subprocess.run(
+        ["docker", "images", "--all", "--quiet", "--filter", f"label={PROJECT_LABEL}={project}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return sorted(set(out.stdout.split()))
+
+
+def assert_no_images_left(project: str) -> None:
+    """Nothing a test project built outlives it: no tagged image, no dangling one."""
+    left = project_images(project)
+    if left:
+        subprocess.run(
+            ["docker", "image", "rm", "--force", *left], capture_output=True, check=False
+        )
+    assert left == [], f"compose project {project} left images behind: {left}"
 
 
 def record_timing(scenario: str, what: str, seconds: float) -> None:
@@ -94,29 +129,62 @@ class Stack:
     env_file: Path
     override: Path
     project: str
+    image_tag: str
     queue_port: int
     worker_status_port: int
     password: str
-    compose: DockerCompose = field(init=False)
+    settings: dict[str, str]
     producers: list[Producer] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.compose = DockerCompose(
-            context=str(self.root),
-            compose_file_name=["compose.yaml", str(self.override)],
-            env_file=str(self.env_file),
-            build=True,
-            wait=True,
-            quiet_build=True,
-        )
+    @property
+    def command(self) -> list[str]:
+        """`docker compose` with this project's files (run it in `self.env`)."""
+        return [
+            "docker",
+            "compose",
+            "-f",
+            "compose.yaml",
+            "-f",
+            str(self.override),
+            "--env-file",
+            str(self.env_file),
+        ]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return compose_env(self.settings)
+
+    @contextmanager
+    def running(self) -> Iterator[Stack]:
+        """Build the images and start the stack, healthy; down with volume and images after."""
+        try:
+            self.run("up", "--build", "--quiet-build", "--detach", "--wait", timeout_s=900)
+            yield self
+        finally:
+            self.stop_producers()
+            self.run("down", "--volumes", "--remove-orphans", "--rmi", "all", check=False)
+
+    def up(self) -> None:
+        """Start what is stopped or missing again, from the images built at the start.
+
+        --no-build: compose.yaml's `pull_policy: build` would otherwise rebuild on every `up`,
+        and a tree edited meanwhile would swap the code under test in the middle of a run.
+        """
+        self.run("up", "--no-build", "--detach", "--wait")
 
     def run(
         self, *args: str, timeout_s: float = 180, check: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """`docker compose <args>` for this project; a failure shows its output."""
-        cmd = [*self.compose.docker_compose_command(), *args]
+        cmd = [*self.command, *args]
         result = subprocess.run(
-            cmd, cwd=self.root, capture_output=True, text=True, timeout=timeout_s, input=stdin
+            cmd,
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            input=stdin,
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -180,7 +248,7 @@ class Stack:
     def start_producer(self, prefix: str, count: int, interval_ms: float) -> Producer:
         """Run the producer in the app container, in the background."""
         cmd = [
-            *self.compose.docker_compose_command(),
+            *self.command,
             "exec",
             "-T",
             "app",
@@ -193,6 +261,7 @@ class Stack:
         proc = subprocess.Popen(
             cmd,
             cwd=self.root,
+            env=self.env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -240,19 +309,26 @@ def _bind(fn: Callable[[str], bool], arg: str) -> Callable[[], bool]:
 
 
 def make_stack(root: Path, tmp: Path, label: str) -> Stack:
-    """Files that isolate one compose project: an env file and an override."""
-    project = f"kestrelq-test-{label}-{secrets.token_hex(3)}"
+    """One compose project of its own: name, image tag, ports, password, in an env and an override.
+
+    The settings go into the environment of every compose command (`compose_env`) and into
+    the env file too, so `docker compose --env-file <it>` reproduces the stack by hand.
+    """
+    project = new_project(label)
     queue_port, queue_status, worker_status = free_port(), free_port(), free_port()
     password = secrets.token_urlsafe(12)
+    settings = {
+        "COMPOSE_PROJECT_NAME": project,
+        "KESTRELQ_QUEUE_PORT": str(queue_port),
+        "KESTRELQ_QUEUE_STATUS_PORT": str(queue_status),
+        "KESTRELQ_WORKER_STATUS_PORT": str(worker_status),
+        "KESTRELQ_WORKERS": str(WORKERS),
+        # Its own tag: a shared one moved from project to project and left the images it
+        # moved away from dangling (compose labels each image with its project).
+        "KESTRELQ_IMAGE_TAG": project,
+    }
     env_file = tmp / "stack.env"
-    env_file.write_text(
-        f"COMPOSE_PROJECT_NAME={project}\n"
-        f"KESTRELQ_QUEUE_PORT={queue_port}\n"
-        f"KESTRELQ_QUEUE_STATUS_PORT={queue_status}\n"
-        f"KESTRELQ_WORKER_STATUS_PORT={worker_status}\n"
-        f"KESTRELQ_WORKERS={WORKERS}\n"
-        "KESTRELQ_IMAGE_TAG=test\n"
-    )
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     override = tmp / "compose.override.yaml"
     override.write_text(
         "services:\n"
@@ -268,7 +344,14 @@ def make_stack(root: Path, tmp: Path, label: str) -> Stack:
         env_file=env_file,
         override=override,
         project=project,
+        image_tag=project,
         queue_port=queue_port,
         worker_status_port=worker_status,
         password=password,
+        settings=settings,
     )
+
+
+def new_project(label: str) -> str:
+    """A compose project name for one test stack; never a user's (`kestrelq` by default)."""
+    return f"kestrelq-test-{label}-{secrets.token_hex(3)}"

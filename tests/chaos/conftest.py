@@ -1,9 +1,10 @@
 """Fixtures for the container chaos tests: the real stack of compose.yaml, isolated.
 
 Each stack is its own compose project (`kestrelq-test-<label>-<random>`), publishes on free
-127.0.0.1 ports, tags its images `test` and sets its own status-page password, so the tests run
-beside a developer's `make up` stack without touching it. Images are built from the working
-tree (`docker compose up --build`; the layer cache makes a rebuild cost seconds).
+127.0.0.1 ports, tags its images with its project name and sets its own status-page password,
+whatever the caller's shell exports, so the tests run beside a developer's `make up` stack
+without touching it. Images are built once per stack from the working tree (the layer cache
+makes that cost seconds) and removed with it: a run leaves no image behind.
 
 No Docker engine is a failure, not a skip: `make test` and CI start one first.
 """
@@ -15,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from compose_stack import REPO, TIMINGS, Stack, make_stack, record_timing
+from compose_stack import REPO, TIMINGS, Stack, assert_no_images_left, make_stack, record_timing
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -65,10 +66,11 @@ def stack(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """The stack of this checkout, up and healthy; taken down with its volume afterwards."""
     s = make_stack(REPO, tmp_path_factory.mktemp("stack"), "chaos")
     start = time.monotonic()
-    with s.compose:
+    with s.running():
         record_timing("stack", "build + up --wait (healthy)", time.monotonic() - start)
         s.wait_all_running()
         yield s
+    assert_no_images_left(s.project)
 
 
 @pytest.fixture(autouse=True)

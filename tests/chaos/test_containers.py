@@ -183,7 +183,7 @@ def test_queue_container_dies(stack: Stack) -> None:
     subprocess.run(["docker", "kill", old_container], check=True, capture_output=True)
     assert stack.inspect("queue", "{{.State.Status}}") == "exited"
     stack.run("rm", "--force", "queue")
-    stack.run("up", "--detach", "--wait")
+    stack.up()
     record_timing(scenario, "compose recreated it, healthy", time.monotonic() - killed)
     assert stack.container_id("queue") != old_container, "the container was not recreated"
     check_delivered(stack, scenario, stored, killed)
@@ -211,6 +211,6 @@ def test_restart_whole_stack(stack: Stack) -> None:
     assert stack.inspect("queue", "{{.State.ExitCode}}") == "0"
 
     starting = time.monotonic()
-    stack.run("up", "--detach", "--wait")
+    stack.up()
     record_timing(scenario, "up --wait until healthy", time.monotonic() - starting)
     check_delivered(stack, scenario, stored + flowing.ids("STORED"), starting)

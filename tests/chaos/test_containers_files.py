@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from compose_stack import make_stack
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "images" / "Dockerfile"
@@ -130,3 +131,49 @@ def test_stop_grace_outlasts_supervisord_stopwaitsecs(compose_config: dict[str, 
     services = compose_config["services"]
     assert duration_s(services["queue"]["stop_grace_period"]) > queue_wait
     assert duration_s(services["worker"]["stop_grace_period"]) > worker_wait
+
+
+@pytest.mark.docker
+def test_test_stacks_ignore_the_callers_compose_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A developer's exported project, image tag and ports never reach a test stack.
+
+    Compose prefers the shell's variables to any --env-file, so without the scrubbed
+    environment `make chaos-test` would build, drive and tear down the developer's own stack.
+    """
+    users = {
+        "COMPOSE_PROJECT_NAME": "my-own-kestrelq",
+        "KESTRELQ_IMAGE_TAG": "mine",
+        "KESTRELQ_QUEUE_PORT": "22133",
+    }
+    for key, value in users.items():
+        monkeypatch.setenv(key, value)
+    stack = make_stack(REPO, tmp_path, "isolation")
+
+    def resolved(env: dict[str, str]) -> dict[str, Any]:
+        out = subprocess.run(
+            [*stack.command, "config", "--format", "json"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        config: dict[str, Any] = json.loads(out.stdout)
+        return config
+
+    # The hazard is real: the same command in the caller's environment is the caller's stack.
+    naive = resolved(dict(os.environ))
+    assert naive["name"] == "my-own-kestrelq"
+    assert naive["services"]["queue"]["image"] == "kestrelq-queue:mine"
+
+    config = resolved(stack.env)
+    assert config["name"] == stack.project != "my-own-kestrelq"
+    assert stack.project.startswith("kestrelq-test-isolation-")
+    assert {name: s["image"] for name, s in config["services"].items()} == {
+        name: f"kestrelq-{name}:{stack.project}" for name in SERVICES
+    }
+    queue_ports = {str(p["published"]) for p in config["services"]["queue"]["ports"]}
+    assert "22133" not in queue_ports and str(stack.queue_port) in queue_ports

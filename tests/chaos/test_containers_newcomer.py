@@ -1,20 +1,20 @@
 """A newcomer's path, as the README tells it: clone, `make up`, send a message, see it handled.
 
 Runs in a fresh `git clone` of this repository (what is committed, nothing else), with its own
-compose project name and free ports so it never meets a developer's running stack.
+compose project name, image tag and free ports, and none of the caller's compose or kestrelq
+settings, so it never meets a developer's running stack; its images go when it does.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from compose_stack import REPO, record_timing
+from compose_stack import REPO, assert_no_images_left, compose_env, new_project, record_timing
 from helpers import free_port, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.docker, pytest.mark.timeout(900)]
@@ -40,14 +40,17 @@ def test_newcomer_clone_make_up_send(docker_ready: None, tmp_path: Path) -> None
         ["git", "clone", "--quiet", str(REPO), str(clone)], capture_output=True, text=True
     )
     assert cloned.returncode == 0, cloned.stderr
+    project = new_project("newcomer")
     label = secrets.token_hex(3)
-    env = os.environ | {
-        "COMPOSE_PROJECT_NAME": f"kestrelq-test-newcomer-{label}",
-        "KESTRELQ_QUEUE_PORT": str(free_port()),
-        "KESTRELQ_QUEUE_STATUS_PORT": str(free_port()),
-        "KESTRELQ_WORKER_STATUS_PORT": str(free_port()),
-        "KESTRELQ_IMAGE_TAG": "test",
-    }
+    env = compose_env(
+        {
+            "COMPOSE_PROJECT_NAME": project,
+            "KESTRELQ_QUEUE_PORT": str(free_port()),
+            "KESTRELQ_QUEUE_STATUS_PORT": str(free_port()),
+            "KESTRELQ_WORKER_STATUS_PORT": str(free_port()),
+            "KESTRELQ_IMAGE_TAG": project,
+        }
+    )
     try:
         start = time.monotonic()
         up = run(["make", "up"], clone, env)
@@ -79,5 +82,8 @@ def test_newcomer_clone_make_up_send(docker_ready: None, tmp_path: Path) -> None
         assert down.returncode == 0, down.stderr
         assert run(["docker", "compose", "ps", "--quiet"], clone, env).stdout.strip() == ""
     finally:
-        # `make down` keeps the journal volume on purpose; a test leaves nothing behind.
-        run(["docker", "compose", "down", "--volumes", "--remove-orphans"], clone, env)
+        # `make down` keeps the journal volume and the images on purpose; a test leaves
+        # nothing behind.
+        down = ["docker", "compose", "down", "--volumes", "--remove-orphans", "--rmi", "all"]
+        run(down, clone, env)
+    assert_no_images_left(project)
