@@ -5,11 +5,13 @@
     python send.py --count 100 hi       # 100 copies of each message
     python send.py --task digest "some text"           # a task envelope per message
     python send.py --task sleep --arg seconds=2        # a slow task
+    python send.py --task sleep --arg seconds=9 --time-limit-s 3   # ...that times out
     python send.py --json '{"task": "echo", "args": {"text": "hi"}}'
 
 The queue is reached at --host/--port, or $KESTRELQ_HOST/$KESTRELQ_PORT, or 127.0.0.1:22133.
-Each message waits for STORED (`noreply=False`: pymemcache's default would not wait), and the
-script exits non-zero with a clear message if the queue is unreachable or refuses a message.
+Each message waits for STORED (`noreply=False`: pymemcache's default would not wait). Exit
+codes, each with a clear message on stderr: 2 the queue cannot be reached, 3 it refused a
+message (NOT_STORED), 64 bad usage (EX_USAGE).
 Only the standard library and pymemcache are used, so it runs anywhere `app/` is copied.
 """
 
@@ -22,7 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
@@ -83,7 +85,13 @@ def build_messages(args: argparse.Namespace) -> Iterator[bytes]:
                 if text:
                     task_args.setdefault("text", text)
                 # A fresh id per message, so duplicates and losses can be told apart.
-                envelope = {"task": args.task, "args": task_args, "id": uuid.uuid4().hex}
+                envelope: dict[str, Any] = {
+                    "task": args.task,
+                    "args": task_args,
+                    "id": uuid.uuid4().hex,
+                }
+                if args.time_limit_s is not None:
+                    envelope["time_limit_s"] = args.time_limit_s
                 yield json.dumps(envelope, separators=(",", ":")).encode()
     elif not args.json:
         for text in texts:
@@ -112,8 +120,16 @@ def send_all(client: Client, queue: str, bodies: Iterator[bytes], expire_s: int)
         yield len(body)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad usage, the code we give "cannot reach the queue"; we say 64."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Put messages on a kestrelq queue.")
+    parser = _Parser(description="Put messages on a kestrelq queue.")
     parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="one message each")
     parser.add_argument("--queue", "-q", default=os.environ.get("KESTRELQ_QUEUE") or "work")
     parser.add_argument("--host", default=os.environ.get("KESTRELQ_HOST") or "127.0.0.1")
@@ -126,11 +142,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--json", action="append", metavar="ENVELOPE", help="send this JSON task envelope"
     )
+    parser.add_argument(
+        "--time-limit-s",
+        type=float,
+        help="the task's time limit in the envelope (default: the worker's, 5 minutes)",
+    )
     parser.add_argument("--expire-s", type=int, default=0, help="expiry in seconds (0 = never)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
+    if args.time_limit_s is not None and not args.task:
+        parser.error("--time-limit-s goes with --task (plain text has no envelope to carry it)")
+    if args.time_limit_s is not None and not 0 < args.time_limit_s < float("inf"):
+        parser.error("--time-limit-s must be a positive number of seconds")
 
     client = Client((args.host, args.port), connect_timeout=3.0, timeout=10.0, no_delay=True)
     sent = 0

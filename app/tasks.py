@@ -1,13 +1,19 @@
 """Example tasks for the demo application, dispatched by a JSON envelope.
 
 A message is either a JSON envelope `{"task": "digest", "args": {"text": "..."}, "id": "..."}`
-or plain text, which is handled as `digest` of that text. `handle(body)` returns the one line
-that `consume.py` prints. Tasks use only the standard library: the worker image installs
-Debian packages only.
+or plain text, which is handled as `digest` of that text. An envelope may also carry
+`"time_limit_s"`, which the worker applies to that message. The worker runs these tasks with
+
+    kestrelq work work --handler tasks:handle      # from this directory
+
+and logs one line per message, with what `handle(body)` returns in it. Tasks use only the
+standard library: the worker image installs Debian packages only.
 
 For tests and demos, set `KESTRELQ_HANDLED_LOG=/path/file` and every handled message appends
 `start <id> <pid>` before and `done <id> <pid>` after its task, one whole line per write
 (O_APPEND), so a test can tell exactly which messages were handled, how often, and by whom.
+An id is written escaped (`log_id`): no whitespace or control character of a message's id can
+split a line or add one.
 """
 
 from __future__ import annotations
@@ -107,15 +113,34 @@ def parse(body: bytes) -> Envelope:
     return Envelope("digest", {"text": text}, fallback_id)
 
 
+def log_id(message_id: str) -> str:
+    """`message_id` as one field of a line: whitespace, control characters and `\\` escaped."""
+    return "".join(_id_char(ch) for ch in message_id)
+
+
+def _id_char(ch: str) -> str:
+    if ch.isprintable() and not ch.isspace() and ch != "\\":
+        return ch
+    code = ord(ch)
+    # Fixed widths, so an escape never runs into the characters after it.
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
+
+
 def record(event: str, message_id: str) -> None:
-    """Append `<event> <id> <pid>` to $KESTRELQ_HANDLED_LOG, if set."""
+    """Append `<event> <id> <pid>` to $KESTRELQ_HANDLED_LOG, if set (the id escaped)."""
     path = os.environ.get("KESTRELQ_HANDLED_LOG")
     if not path:
         return
     # One write() of one line on an O_APPEND descriptor: lines from several workers never mix.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, f"{event} {message_id} {os.getpid()}\n".encode())
+        os.write(fd, f"{event} {log_id(message_id)} {os.getpid()}\n".encode())
     finally:
         os.close(fd)
 
@@ -129,4 +154,4 @@ def handle(body: bytes) -> str:
     record("start", envelope.id)
     result = fn(envelope.args)
     record("done", envelope.id)
-    return f"{envelope.task} id={envelope.id}: {result}"
+    return f"{envelope.task} id={log_id(envelope.id)}: {result}"

@@ -62,9 +62,20 @@ def worker_program_name(queue: str) -> str:
 def worker_program(stack: Stack, queue: QueueSpec) -> Program:
     name = worker_program_name(queue.name)
     logfile, maxbytes, backups = _log(stack, "%(program_name)s_%(process_num)02d")
+    # The worker's warm stop must end (the message given back by the worker itself) before
+    # supervisord's SIGKILL at stopwaitsecs: a few seconds less, at most half of it less.
+    stop_timeout_s = queue.stopwaitsecs - min(5.0, queue.stopwaitsecs / 2)
+    settings = dict(queue.settings)
+    # So the worker can say when it gives a message up to the dead-letter queue.
+    dead_letter = "".join(
+        f" --{key.replace('_', '-')} {settings[key]}"
+        for key in ("max_deliveries", "dead_letter")
+        if settings.get(key)
+    )
     command = queue.command or (
-        f"{stack.python} consume.py --queue {queue.name}"
+        f"{stack.python} -m kestrelq work {queue.name} --handler tasks:handle"
         f" --host {stack.connect_host} --port {stack.port} --wait-ms {queue.wait_ms}"
+        f" --stop-timeout-s {stop_timeout_s:g}{dead_letter}"
     )
     return Program(
         name=name,
@@ -79,8 +90,8 @@ def worker_program(stack: Stack, queue: QueueSpec) -> Program:
         startsecs=1,
         startretries=10,
         stopsignal="TERM",
-        # The worker finishes and confirms its current message on the first SIGTERM; this is
-        # the longest a task may take before supervisord escalates to SIGKILL.
+        # The worker finishes and confirms its current message on the first SIGTERM, for at
+        # most its --stop-timeout-s (above), then gives it back and exits before this SIGKILL.
         stopwaitsecs=queue.stopwaitsecs,
         stopasgroup=True,
         killasgroup=True,

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any
 
 from kestrelq.worker.registry import HandlerNotFound, resolve
-from kestrelq.worker.runtime import Handler, Worker
+from kestrelq.worker.runtime import (
+    DEFAULT_MAX_TIME_LIMIT_S,
+    DEFAULT_RETRY_DELAY_MAX_S,
+    DEFAULT_RETRY_DELAY_S,
+    DEFAULT_STOP_TIMEOUT_S,
+    DEFAULT_TIME_LIMIT_S,
+    Handler,
+    Worker,
+)
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +37,14 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _env_default(name: str, default: float) -> str:
+    # A string default: argparse converts it with the option's type, so a bad value in the
+    # environment is a usage error naming the option, not a traceback.
+    return os.environ.get(name) or f"{default:g}"
+
+
 def add_worker_args(parser: argparse.ArgumentParser) -> None:
-    """Options of the worker loop, shared by `kestrelq work` and `app/consume.py`."""
+    """Options of the worker loop (see kestrelq.worker.runtime for what each one means)."""
     add_connection_args(parser)
     parser.add_argument(
         "--wait-ms", type=int, default=1000, help="how long one blocking get waits (1000)"
@@ -47,6 +62,67 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         help="longest wait between reconnect attempts (5.0)",
     )
+    parser.add_argument(
+        "--time-limit-s",
+        type=_non_negative,
+        default=_env_default("KESTRELQ_TIME_LIMIT_S", DEFAULT_TIME_LIMIT_S),
+        help="a message's time limit unless its envelope sets time_limit_s; a handler past it "
+        "is interrupted and the message fails (env KESTRELQ_TIME_LIMIT_S, default "
+        f"{DEFAULT_TIME_LIMIT_S:g}; 0 = none). Keep it below the server's open-read timeout "
+        "(open_timeout_ms, 10 minutes by default), or the server gives the message to another "
+        "worker while this one is still on it",
+    )
+    parser.add_argument(
+        "--max-time-limit-s",
+        type=_non_negative,
+        default=_env_default("KESTRELQ_MAX_TIME_LIMIT_S", DEFAULT_MAX_TIME_LIMIT_S),
+        help="the longest time_limit_s an envelope may ask for (env KESTRELQ_MAX_TIME_LIMIT_S, "
+        f"default {DEFAULT_MAX_TIME_LIMIT_S:g})",
+    )
+    parser.add_argument(
+        "--stop-timeout-s",
+        type=_non_negative,
+        default=_env_default("KESTRELQ_STOP_TIMEOUT_S", DEFAULT_STOP_TIMEOUT_S),
+        help="on SIGTERM, finish the current message for at most this long, then give it back "
+        "and exit 1; keep it below supervisord's stopwaitsecs (env KESTRELQ_STOP_TIMEOUT_S, "
+        f"default {DEFAULT_STOP_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--retry-delay-s",
+        type=_non_negative,
+        default=_env_default("KESTRELQ_RETRY_DELAY_S", DEFAULT_RETRY_DELAY_S),
+        help="wait before giving a failed message back, doubled at each failure of the same "
+        f"message (env KESTRELQ_RETRY_DELAY_S, default {DEFAULT_RETRY_DELAY_S:g})",
+    )
+    parser.add_argument(
+        "--retry-delay-max-s",
+        type=_non_negative,
+        default=_env_default("KESTRELQ_RETRY_DELAY_MAX_S", DEFAULT_RETRY_DELAY_MAX_S),
+        help="the longest such wait (env KESTRELQ_RETRY_DELAY_MAX_S, default "
+        f"{DEFAULT_RETRY_DELAY_MAX_S:g})",
+    )
+    parser.add_argument(
+        "--max-deliveries",
+        type=int,
+        default=os.environ.get("KESTRELQ_MAX_DELIVERIES") or "0",
+        help="the queue's max_deliveries, so the worker can say when it gives a message up "
+        "to the dead-letter queue (env KESTRELQ_MAX_DELIVERIES, default 0 = not known)",
+    )
+    parser.add_argument(
+        "--dead-letter",
+        default="",
+        help="the queue's dead-letter queue, for that line (default QUEUE_dead)",
+    )
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more seconds")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -55,8 +131,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "work",
         help="consume a queue and run a handler on each message",
         description=(
-            "Consume QUEUE with reliable reads (get QUEUE/close/open/t=...). The first SIGTERM "
-            "finishes and confirms the current message; the second gives it back."
+            "Consume QUEUE with reliable reads (get QUEUE/close/open/t=...). Each message runs "
+            "under a time limit; a failed one is given back after a growing delay. The first "
+            "SIGTERM finishes and confirms the current message (for at most --stop-timeout-s); "
+            "the second gives it back. One log line per message: the worker's name, msg=<id>, "
+            "and a plain-text message's text."
         ),
     )
     p.add_argument("queue", metavar="QUEUE")
@@ -94,4 +173,11 @@ def worker_from_args(args: argparse.Namespace, handler: Handler) -> Worker:
         burst=args.burst,
         max_messages=args.max_messages,
         backoff_max_s=args.backoff_max_s,
+        time_limit_s=args.time_limit_s,
+        max_time_limit_s=args.max_time_limit_s,
+        stop_timeout_s=args.stop_timeout_s,
+        retry_delay_s=args.retry_delay_s,
+        retry_delay_max_s=args.retry_delay_max_s,
+        max_deliveries=args.max_deliveries,
+        dead_letter=args.dead_letter,
     )

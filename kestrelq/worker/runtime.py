@@ -16,19 +16,57 @@ Theory of operation. Rules first:
    redelivered, closes the client, and the first request on the new connection is a plain
    `get Q/open/t=`. The message will be handled again by someone: delivery is at-least-once,
    and handlers must be idempotent.
-4. A handler that raises: `get Q/abort` puts the message back at the head at once (closing
-   the connection would too, but costs a reconnect). The server counts deliveries and moves a
-   message that was opened `max_deliveries` times without a close to the dead-letter queue,
-   so a poison message stops bouncing without any bookkeeping here.
+4. A handler that raises, or runs past its time limit (rule 7), has failed. The worker logs ONE
+   line for it (the traceback only at DEBUG: a poison message must not flood the log), then
+   waits before giving the message back with `get Q/abort`: exponential in how often this
+   worker saw that message id fail (`retry_delay_s` doubling up to `retry_delay_max_s`, with
+   jitter), holding the open read meanwhile, so a poison message cannot spin in a hot loop
+   between the queue and a pool of workers, and the other workers keep serving the rest of
+   the queue. The server counts deliveries and moves a message that was opened
+   `max_deliveries` times without a close to the dead-letter queue. When the worker is told
+   that limit too (`max_deliveries`), the failure that reaches it says "gave up after N
+   deliveries" and names the dead-letter queue. The count is this worker's own (the server
+   does not send it): with a pool, the message is seen by several workers and the line may
+   come from none of them; the server's dead-letter queue is the record that counts.
 5. Stop: the first SIGTERM/SIGINT (or `request_stop()`) is warm: the current message is
    finished and confirmed with `get Q/close`, then the loop exits with 0. A message that
    arrives after the stop request (the blocking get was already on the wire) is given back
-   with `/abort` untouched. The second signal is cold: if a handler is running it is
+   with `/abort` untouched. The warm stop lasts at most `stop_timeout_s`: supervisord sends
+   SIGKILL `stopwaitsecs` after its SIGTERM, so the worker must give up first and on its own
+   terms, with the message given back by an `/abort` it sends, and a line saying so. Past
+   the stop timeout, or at a second signal, the stop is cold: a running handler is
    interrupted (`ColdShutdown`, a BaseException so `except Exception` in a handler cannot
    swallow it), the message is given back with `/abort`, and the loop exits with 1.
 6. A dead queue server never kills the worker: it reconnects with capped exponential backoff
    (with jitter, so a pool of workers does not reconnect in lockstep), logs every failed
    attempt and the recovery, and a stop request interrupts the backoff wait.
+7. Time limits. Every message has one: its envelope's `time_limit_s` (capped at
+   `max_time_limit_s`, so a message cannot grant itself for ever), else `time_limit_s`
+   (default 5 minutes; 0 turns limits off). It must stay below the server's open-read
+   timeout (`open_timeout_ms`, 10 minutes by default), or the server takes the message back
+   from a worker that is still on it and hands it to another. How a handler is interrupted:
+   a handler running in this thread cannot be killed safely from another thread, so the
+   limit is a SIGALRM timer (`setitimer`) whose Python handler raises `TaskTimeout` in the
+   main thread. That stops Python code and blocking calls alike (the signal interrupts the
+   system call and the exception propagates; PEP 475 retries only when the handler returns),
+   the handler's `finally` blocks run, the process and its connection stay up, and the
+   message fails through the normal path of rule 4. Rejected: one child process per message
+   (a fork and a pickled result per message, and handlers lose the state they keep between
+   messages: connections, caches, loaded models); exiting the process at once on every
+   timeout (each slow task would cost a restart and a reconnect, and the failure would
+   not be counted or logged as one). SIGALRM cannot reach
+   code that never returns to the interpreter (a C extension's loop, a masked signal), so a
+   watchdog thread is the backstop: if the handler is still running `HARD_GRACE_S` after its
+   deadline, it logs why and exits the process (`EXIT_STUCK`, 70). The connection closes,
+   the server gives the open read back, and supervisord starts a fresh worker. The same
+   timer and watchdog enforce `stop_timeout_s`. Limits need the main thread and the signal
+   handlers: with `handle_signals=False` (embedding) they are not enforced, and the start
+   line says so.
+8. Log lines. Every line starts with the worker's name (supervisord's process name, from
+   `SUPERVISOR_PROCESS_NAME`, else host:pid), and every line about a message carries
+   `msg=<id>`; a plain-text message's line shows its text (`text="..."`, cut at 200
+   characters). Whatever comes from a message, including what the handler returns or
+   raises, is escaped (`kestrelq.worker.message.escape`), so no message can add a line.
 
 Counters in the shutdown line: `processed` = handler returned, `failed` = handler raised,
 `redelivered` = messages handed back to the queue to be delivered again (aborted after a
@@ -41,9 +79,11 @@ import logging
 import os
 import random
 import signal
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -52,6 +92,8 @@ from typing import Any
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
+from kestrelq.worker.message import ID_MAX_CHARS, MessageInfo, describe, escape
+
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], object]
@@ -59,10 +101,30 @@ ClientFactory = Callable[[], Any]
 
 EXIT_OK = 0
 EXIT_COLD = 1
+EXIT_STUCK = 70  # EX_SOFTWARE: the watchdog ended a handler that SIGALRM could not reach
+
+DEFAULT_TIME_LIMIT_S = 300.0
+# Below the server's default open-read timeout (10 minutes), with room for the abort.
+DEFAULT_MAX_TIME_LIMIT_S = 540.0
+# Below the stopwaitsecs (30) that `kestrelq conf` renders by default.
+DEFAULT_STOP_TIMEOUT_S = 25.0
+DEFAULT_RETRY_DELAY_S = 1.0
+DEFAULT_RETRY_DELAY_MAX_S = 60.0
+HARD_GRACE_S = 5.0
+# How many failing message ids the worker remembers for its retry delays.
+FAILURES_REMEMBERED = 1024
+RESULT_MAX_CHARS = 300
 
 
 class ColdShutdown(BaseException):
-    """Raised inside a running handler by the second stop signal."""
+    """Raised inside a running handler by the second stop signal or the stop timeout."""
+
+
+class TaskTimeout(BaseException):
+    """Raised inside a running handler when its time limit passes.
+
+    A BaseException, so that `except Exception` in a handler does not swallow it.
+    """
 
 
 @dataclass(slots=True)
@@ -74,8 +136,61 @@ class WorkerCounts:
 
 
 def backoff_delay_s(attempt: int, initial_s: float, max_s: float) -> float:
-    """Capped exponential delay before reconnect attempt `attempt` (1-based), without jitter."""
-    return float(min(max_s, initial_s * (2 ** max(0, attempt - 1))))
+    """Capped exponential delay before attempt `attempt` (1-based), without jitter."""
+    return float(min(max_s, initial_s * (2 ** max(0, min(attempt, 64) - 1))))
+
+
+def default_worker_name() -> str:
+    """supervisord's name for this process, else host:pid."""
+    return os.environ.get("SUPERVISOR_PROCESS_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _Prefixed(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Puts the worker's name in front of every line."""
+
+    def __init__(self, base: logging.Logger, prefix: str) -> None:
+        super().__init__(base, {})
+        # Escaped, and % doubled: the prefix becomes part of a %-format string.
+        self.prefix = escape(prefix, 64).replace("%", "%%")
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        return f"{self.prefix} {msg}", kwargs
+
+
+class _Watchdog:
+    """Calls `on_expire` from its own thread if a deadline passes before it is disarmed."""
+
+    def __init__(self, on_expire: Callable[[], None]) -> None:
+        self._on_expire = on_expire
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float) -> None:
+        with self._cond:
+            self._deadline = deadline
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="kestrelq-worker-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining_s = self._deadline - time.monotonic()
+                if remaining_s <= 0:
+                    break
+                self._cond.wait(remaining_s)
+        self._on_expire()
 
 
 class Worker:
@@ -83,12 +198,24 @@ class Worker:
 
     Args:
         queue: queue name.
-        handler: called with the message bytes; raising means failure (the message is aborted).
+        handler: called with the message bytes; raising means failure (the message is aborted
+            after a retry delay). A `str` it returns is shown in the message's log line.
+        name: the worker's name in its log lines (default: `default_worker_name()`).
         wait_ms: how long one blocking `get` waits for a message.
         burst: exit (0) as soon as the queue is empty instead of waiting for more.
         max_messages: exit (0) after handling this many messages (recycling; 0 = never).
-        handle_signals: install SIGTERM/SIGINT handlers in `run()`; embedders pass False and
-            call `request_stop()` themselves (a cold stop then cannot interrupt a handler).
+        time_limit_s: a message's time limit unless its envelope sets one (0 = none). Keep it
+            below the server's open-read timeout (10 minutes by default).
+        max_time_limit_s: the most an envelope's `time_limit_s` may ask for.
+        stop_timeout_s: the longest a warm stop waits for the running handler; keep it below
+            supervisord's `stopwaitsecs`.
+        retry_delay_s, retry_delay_max_s: the wait before a failed message is given back,
+            doubling with each failure of the same message id seen here, up to the max.
+        max_deliveries: the queue's `max_deliveries`, if known, so that the worker can say
+            when it gives a message up to the dead-letter queue `dead_letter`.
+        handle_signals: install SIGTERM/SIGINT/SIGALRM handlers in `run()`; embedders pass
+            False and call `request_stop()` themselves (then time limits, the stop timeout
+            and a cold stop cannot interrupt a handler).
         client_factory: builds the pymemcache client (tests point it elsewhere).
     """
 
@@ -99,9 +226,17 @@ class Worker:
         *,
         host: str = "127.0.0.1",
         port: int = 22133,
+        name: str | None = None,
         wait_ms: int = 1000,
         burst: bool = False,
         max_messages: int = 0,
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+        max_time_limit_s: float = DEFAULT_MAX_TIME_LIMIT_S,
+        stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
+        retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
+        retry_delay_max_s: float = DEFAULT_RETRY_DELAY_MAX_S,
+        max_deliveries: int = 0,
+        dead_letter: str = "",
         handle_signals: bool = True,
         connect_timeout_s: float = 2.0,
         backoff_initial_s: float = 0.1,
@@ -112,14 +247,23 @@ class Worker:
         self.handler = handler
         self.host = host
         self.port = port
+        self.name = name or default_worker_name()
         self.wait_ms = wait_ms
         self.burst = burst
         self.max_messages = max_messages
+        self.time_limit_s = time_limit_s
+        self.max_time_limit_s = max_time_limit_s
+        self.stop_timeout_s = stop_timeout_s
+        self.retry_delay_s = retry_delay_s
+        self.retry_delay_max_s = retry_delay_max_s
+        self.max_deliveries = max_deliveries
+        self.dead_letter = dead_letter or f"{queue}_dead"
         self.handle_signals = handle_signals
         self.connect_timeout_s = connect_timeout_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.counts = WorkerCounts()
+        self.log = _Prefixed(logger, self.name)
         self._client_factory = client_factory or self._default_client
         self._client: Any = None
         self._confirm_pending = False
@@ -131,6 +275,14 @@ class Worker:
         self._failures = 0
         self._down_since = 0.0
         self._last_error: BaseException | None = None
+        # Time limits (rule 7): deadlines on the monotonic clock, None when not running.
+        self._enforce_limits = False
+        self._task_deadline: float | None = None
+        self._stop_deadline: float | None = None
+        self._timed_out = False
+        self._watchdog = _Watchdog(self._stuck)
+        self._current: MessageInfo | None = None
+        self._failed_ids: OrderedDict[str, int] = OrderedDict()
 
     # -- public API ------------------------------------------------------------------------
 
@@ -140,21 +292,31 @@ class Worker:
             cold = True
         if cold:
             self._cold = True
+        elif self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + self.stop_timeout_s
         self._stop = True
         self._wake.set()
 
     def run(self) -> int:
         """Run until stopped (or the queue is empty in burst mode); returns the exit code."""
         with self._signals():
-            logger.info(
-                "worker pid %d consuming queue %r at %s:%d (wait %d ms%s)",
+            self.log.info(
+                "pid %d consuming queue %r at %s:%d (wait %d ms, time limit %s, "
+                "stop timeout %gs%s)",
                 os.getpid(),
                 self.queue,
                 self.host,
                 self.port,
                 self.wait_ms,
+                f"{self.time_limit_s:g}s" if self.time_limit_s else "none",
+                self.stop_timeout_s,
                 ", burst" if self.burst else "",
             )
+            if not self._enforce_limits:
+                self.log.warning(
+                    "time limits and the stop timeout are not enforced: they need the main "
+                    "thread and the worker's own signal handlers"
+                )
             try:
                 self._loop()
             except ColdShutdown:
@@ -163,8 +325,8 @@ class Worker:
             self._finish()
         code = EXIT_COLD if self._cold else EXIT_OK
         c = self.counts
-        logger.info(
-            "worker pid %d stopped (%s): processed=%d failed=%d redelivered=%d reconnects=%d",
+        self.log.info(
+            "pid %d stopped (%s): processed=%d failed=%d redelivered=%d reconnects=%d",
             os.getpid(),
             "cold" if self._cold else "warm",
             c.processed,
@@ -181,20 +343,22 @@ class Worker:
             data = self._fetch()
             if data is None:
                 if self.burst and self._failures == 0:
-                    logger.info("queue %r is empty; burst mode ends", self.queue)
+                    self.log.info("queue %r is empty; burst mode ends", self.queue)
                     self._stop = True
                 continue
+            self._current = describe(data)
             if self._stopping():
                 # Arrived after a stop request: not started, so hand it back untouched.
                 self._give_back("stop requested before the handler started")
                 return
-            if self._run_handler(data):
+            if self._run_handler(data, self._current):
                 self._confirm_pending = True
                 if self.max_messages and self.counts.processed >= self.max_messages:
-                    logger.info("handled %d messages; exiting to be restarted", self.max_messages)
+                    self.log.info("handled %d messages; exiting to be restarted", self.max_messages)
                     self._stop = True
             else:
                 self._give_back("the handler failed")
+            self._current = None
 
     def _stopping(self) -> bool:
         # A method, not the attribute: a signal handler may set it between two statements.
@@ -216,27 +380,87 @@ class Worker:
         self._recovered()
         return value
 
-    def _run_handler(self, data: bytes) -> bool:
+    def _time_limit_s(self, info: MessageInfo) -> float:
+        if info.time_limit_s is not None:
+            return min(info.time_limit_s, self.max_time_limit_s)
+        return self.time_limit_s
+
+    def _run_handler(self, data: bytes, info: MessageInfo) -> bool:
+        """Run the handler under its time limit; True if it returned in time."""
+        limit_s = self._time_limit_s(info)
+        started = time.monotonic()
+        self._timed_out = False
+        self._task_deadline = started + limit_s if limit_s else None
+        error: BaseException | None = None
         try:
             self._in_handler = True
-            self.handler(data)
-        except Exception:
-            self.counts.failed += 1
-            logger.exception(
-                "handler failed on a message from %r (%d bytes)", self.queue, len(data)
-            )
-            return False
-        finally:
+            self._arm()
+            result = self.handler(data)
             self._in_handler = False
+            if self._timed_out:
+                # The handler caught TaskTimeout itself (a bare `except:`) and returned.
+                raise TaskTimeout
+        except (TaskTimeout, Exception) as exc:
+            error = exc
+        finally:
+            # Disarmed before the failure's retry delay, which is no part of the handler's time.
+            self._in_handler = False
+            self._task_deadline = None
+            self._arm()
+        elapsed_s = time.monotonic() - started
+        if error is not None:
+            if isinstance(error, TaskTimeout):
+                why = f"exceeded its time limit of {limit_s:g}s"
+            else:
+                why = f"{type(error).__name__}: {error}"
+            self._failed(info, why, elapsed_s, error)
+            return False
         self.counts.processed += 1
+        self._failed_ids.pop(info.id, None)
+        text = "" if info.text is None else f' text="{escape(info.text)}"'
+        shown = "" if result is None else f": {escape(str(result), RESULT_MAX_CHARS)}"
+        self.log.info(
+            "msg=%s%s done in %.3fs%s", escape(info.id, ID_MAX_CHARS), text, elapsed_s, shown
+        )
         return True
+
+    def _failed(self, info: MessageInfo, why: str, elapsed_s: float, error: BaseException) -> None:
+        """Count and log one failure (one line), then wait out its retry delay."""
+        self.counts.failed += 1
+        seen = self._failed_ids.pop(info.id, 0) + 1
+        self._failed_ids[info.id] = seen
+        while len(self._failed_ids) > FAILURES_REMEMBERED:
+            self._failed_ids.popitem(last=False)
+        msg_id = escape(info.id, ID_MAX_CHARS)
+        text = "" if info.text is None else f' text="{escape(info.text)}"'
+        head = "msg=%s%s failed after %.3fs (failure %d of this message here): %s"
+        args: tuple[object, ...] = (msg_id, text, elapsed_s, seen, escape(why))
+        # The traceback is for whoever debugs the handler, not for every poison delivery.
+        self.log.debug("msg=%s: traceback of the failure", msg_id, exc_info=error)
+        if self.max_deliveries and seen >= self.max_deliveries:
+            self._failed_ids.pop(info.id, None)
+            self.log.error(
+                head + "; gave up after %d deliveries, the server moves it to %r",
+                *args,
+                seen,
+                self.dead_letter,
+            )
+            return
+        delay_s = backoff_delay_s(seen, self.retry_delay_s, self.retry_delay_max_s)
+        delay_s *= random.uniform(0.5, 1.0)
+        self.log.warning(head + "; giving it back in %.2fs", *args, delay_s)
+        # Holding the open read while waiting: a stop request cuts the wait short.
+        self._wake.wait(delay_s)
 
     def _give_back(self, why: str) -> None:
         """Return the open message to the head of the queue (`/abort`)."""
         self.counts.redelivered += 1
+        msg = "" if self._current is None else f"msg={escape(self._current.id, ID_MAX_CHARS)} "
         try:
             self._command(f"{self.queue}/abort")
-            logger.info("gave a message back to %r: %s", self.queue, why)
+            # A failure has had its line already; a stop's give-back is news.
+            level = logging.DEBUG if why == "the handler failed" else logging.INFO
+            self.log.log(level, "%sgiven back to %r: %s", msg, self.queue, why)
         except (OSError, MemcacheError) as exc:
             # The connection is gone, and with it the open read: the server has put the
             # message back already.
@@ -277,7 +501,7 @@ class Worker:
             # a new connection.
             self.counts.redelivered += 1
             self._confirm_pending = False
-            logger.warning(
+            self.log.warning(
                 "connection lost before a handled message was confirmed; "
                 "the queue will deliver it again"
             )
@@ -295,7 +519,7 @@ class Worker:
     def _backoff(self) -> None:
         delay_s = backoff_delay_s(self._failures, self.backoff_initial_s, self.backoff_max_s)
         delay_s *= random.uniform(0.5, 1.0)
-        logger.warning(
+        self.log.warning(
             "queue at %s:%d unavailable (%s: %s); reconnect attempt %d in %.2fs",
             self.host,
             self.port,
@@ -309,7 +533,7 @@ class Worker:
     def _recovered(self) -> None:
         if self._failures:
             self.counts.reconnects += 1
-            logger.info(
+            self.log.info(
                 "reconnected to queue at %s:%d after %d failed attempts (%.1fs)",
                 self.host,
                 self.port,
@@ -317,6 +541,54 @@ class Worker:
                 time.monotonic() - self._down_since,
             )
             self._failures = 0
+
+    # -- time limits -----------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """Set the SIGALRM timer and the watchdog to the running handler's next deadline."""
+        if not self._enforce_limits:
+            return
+        deadlines = [d for d in (self._task_deadline, self._stop_deadline) if d is not None]
+        if not self._in_handler or not deadlines:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._watchdog.disarm()
+            return
+        first = min(deadlines)
+        # Never 0: that would disarm the timer instead of firing it at once.
+        signal.setitimer(signal.ITIMER_REAL, max(first - time.monotonic(), 0.001))
+        self._watchdog.arm(first + HARD_GRACE_S)
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if not self._in_handler:
+            return  # the handler returned just before the timer fired
+        now = time.monotonic()
+        if self._stop_deadline is not None and now >= self._stop_deadline:
+            self._cold = True
+            self._stop = True
+            self.log.warning(
+                "stop timeout (%gs) passed with the handler still running: cold shutdown",
+                self.stop_timeout_s,
+            )
+            raise ColdShutdown
+        if self._task_deadline is not None and now >= self._task_deadline:
+            self._timed_out = True
+            raise TaskTimeout
+        self._arm()  # woken early (timer rounding): wait for the rest
+
+    def _stuck(self) -> None:
+        """The watchdog's last resort (rule 7): the handler ignored SIGALRM past its grace."""
+        info = self._current
+        self.log.critical(
+            "msg=%s: the handler is still running %gs past its deadline and cannot be "
+            "interrupted; exiting (%d) so that a fresh worker takes over; the server gives the "
+            "message back when this connection closes",
+            "?" if info is None else escape(info.id, ID_MAX_CHARS),
+            HARD_GRACE_S,
+            EXIT_STUCK,
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EXIT_STUCK)
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -328,10 +600,15 @@ class Worker:
         name = signal.Signals(signum).name
         if self._signals_seen == 1 and not self._stop:
             self.request_stop()
-            logger.info("%s: warm shutdown, finishing the current message", name)
+            self._arm()
+            self.log.info(
+                "%s: warm shutdown, finishing the current message (at most %gs)",
+                name,
+                self.stop_timeout_s,
+            )
             return
         self.request_stop(cold=True)
-        logger.warning("%s again: cold shutdown, giving the current message back", name)
+        self.log.warning("%s again: cold shutdown, giving the current message back", name)
         if self._in_handler:
             raise ColdShutdown
 
@@ -343,8 +620,13 @@ class Worker:
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+        self._enforce_limits = True
         try:
             yield
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._watchdog.disarm()
+            self._enforce_limits = False
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

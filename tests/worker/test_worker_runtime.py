@@ -31,6 +31,7 @@ def make_worker(port: int, handler: object, **kwargs: object) -> Worker:
         "handle_signals": False,
         "backoff_initial_s": 0.02,
         "backoff_max_s": 0.2,
+        "retry_delay_s": 0.01,
     }
     opts.update(kwargs)
     return Worker("work", handler, **opts)  # type: ignore[arg-type]
