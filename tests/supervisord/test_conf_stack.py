@@ -179,7 +179,7 @@ def test_a_fanout_child_queue_gets_workers_and_server_settings(tmp_path: Path) -
     files = render_stack(parse_stack(doc, "s.toml"))
     # `+` reads as a space in the status page's URLs: the program is named with a `.`.
     program = ini(files["supervisord.d/work.audit_worker.ini"])["program:work.audit_worker"]
-    assert "--queue work+audit " in program["command"]
+    assert " -m kestrelq work work+audit " in program["command"]
     config = tmp_path / "kestrelq.toml"
     config.write_text(files["kestrelq.toml"])
     loaded = server_config.load({"config_file": str(config)}, environ={})
