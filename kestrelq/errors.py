@@ -100,23 +100,27 @@ class JournalWriteFailed(JournalError):
 
 
 class JournalCorrupt(JournalError):
-    """A damaged record in a journal file.
+    """A damaged journal file: a record that is whole but wrong, a damaged file header, or
+    records that should be there and are not.
 
-    The format's decoder raises it with no `path` (it sees bytes, not files); the reader
-    that knows the file raises it again with `in_file`.
+    `drops` says exactly what `--salvage` will give up to start anyway ("the 37 bytes from
+    offset 120 to 157"). The format's decoder raises it with no `path` (it sees bytes, not
+    files); the reader that knows the file raises it again with `in_file`.
     """
 
-    def __init__(self, path: str, offset: int, detail: str) -> None:
+    def __init__(self, path: str, offset: int, detail: str, drops: str = "") -> None:
+        drops = drops or f"the damaged bytes from offset {offset} on"
         super().__init__(
             f"{path or 'journal'}: damaged journal record at offset {offset}: {detail}; "
-            "start with --salvage to drop everything from that offset on"
+            f"start with --salvage to drop {drops}"
         )
         self.path = path
         self.offset = offset
         self.detail = detail
+        self.drops = drops
 
-    def in_file(self, path: str) -> JournalCorrupt:
-        return JournalCorrupt(path, self.offset, self.detail)
+    def in_file(self, path: str, drops: str = "") -> JournalCorrupt:
+        return JournalCorrupt(path, self.offset, self.detail, drops or self.drops)
 
 
 class ConfigError(KestrelqError):

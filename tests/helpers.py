@@ -5,6 +5,7 @@ Tests never sleep for readiness: they poll a condition until a deadline with `wa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -352,3 +353,49 @@ def render_test_stack(root: Path, **overrides: Any) -> tuple[Path, Any]:
     write_files(out, render_stack(stack))
     make_dirs(out, stack)
     return out, stack
+
+
+# ---- journal files and a small disk -------------------------------------------------------
+
+
+def segments(data_dir: Path, queue: str) -> list[Path]:
+    """The journal segment files of `queue`, oldest first."""
+    return sorted(data_dir.glob(f"{queue}.*.kqj"))
+
+
+def record_spans(buf: bytes) -> list[tuple[int, int]]:
+    """(start, end) of every record of a whole journal file."""
+    from kestrelq.journal.format import MAGIC, decode
+
+    spans = []
+    offset = len(MAGIC)
+    while offset < len(buf):
+        decoded = decode(buf, offset, len(buf))
+        assert decoded is not None, f"journal ends inside a record at {offset}"
+        spans.append((offset, decoded[1]))
+        offset = decoded[1]
+    return spans
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount_point: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of `size` at `mount_point` (a disk that fills up), unmounted at the end."""
+    mount_point.mkdir(exist_ok=True)
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)]
+    subprocess.run(cmd, check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill_disk(w: Wire, stored: list[bytes], refusals: list[bytes], queue: str = "full") -> None:
+    """Set items on `queue` to the last page: big ones until refused, then ever smaller."""
+    for size in (16 << 10, 4 << 10, 1 << 10, 128, 8, 1):
+        for _ in range(1000):
+            data = (b"%06d" % len(stored) + b"d" * size)[:size]
+            reply = w.call(b"set %s 0 0 %d\r\n%s\r\n" % (queue.encode(), len(data), data))
+            if reply != b"STORED\r\n":
+                refusals.append(reply)
+                break
+            stored.append(data)

@@ -69,20 +69,35 @@ class BehindCursor:
                 if len(items) >= count or size >= max_bytes:
                     return items
         if len(items) < count:
-            problem = f"{count - len(items)} items behind are missing"
+            missing = count - len(items)
+            problem = f"{missing} items behind are missing"
             if not self._salvage:
-                raise JournalCorrupt(str(self._path(self._pointer[0])), self._pointer[1], problem)
-            logger.error("journal %s: %s (salvaged damage)", self._name, problem)
+                raise JournalCorrupt(
+                    str(self._path(self._pointer[0])), self._pointer[1], problem,
+                    drops=f"the {missing} missing items",
+                )  # fmt: skip
+            logger.error("journal %s: %s; salvage drops them", self._name, problem)
         return items
 
     def verify(self) -> None:
-        """Check the checksum of every record an item behind will be read from.
+        """Check that the records items behind will be read from are there and whole.
 
         Those records are not replayed at start-up (that is the point of read-behind), but a
-        damaged one must stop the start now, not fail a consumer hours later.
+        missing or damaged one must stop the start now, not fail a consumer hours later.
         """
         segment, offset = self._pointer
-        for number in self._segments()[:-1]:
+        numbers = self._segments()
+        if segment not in numbers:
+            exc = JournalCorrupt(
+                str(self._path(segment)), offset,
+                "the segment holding the items behind is missing",
+                drops="every item behind",
+            )  # fmt: skip
+            if not self._salvage:
+                raise exc
+            logger.error("%s; salvage drops every item behind", exc)
+            return
+        for number in numbers[:-1]:
             if number >= segment:
                 start = offset if number == segment else len(MAGIC)
                 try:
@@ -90,7 +105,8 @@ class BehindCursor:
                 except JournalCorrupt as exc:
                     if not self._salvage:
                         raise
-                    logger.error("%s; salvage: items behind it will be skipped", exc)
+                    logger.error("%s: salvage drops %s and reads the items behind on from "
+                                 "there", exc.path, exc.drops)  # fmt: skip
 
     def _scan(self, segment: int, offset: int) -> Iterator[tuple[Record, int, int]]:
         """Records from (segment, offset) to the end of the journal, with where each ends."""

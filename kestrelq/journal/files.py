@@ -135,6 +135,8 @@ class Files:
         except BlockingIOError:
             os.close(fd)
             return None
+        if os.fstat(fd).st_mode & 0o111:
+            os.fchmod(fd, 0o644)  # made executable by an older kestrelq; it holds no program
         return fd
 
     def listdir(self, path: Path) -> list[str]:

@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import logging
 import mmap
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kestrelq.errors import JournalCorrupt
 from kestrelq.journal.files import Files
-from kestrelq.journal.format import MAGIC, RECORD_OVERHEAD, Record, decode, record_end
+from kestrelq.journal.format import HEADER, MAGIC, RECORD_OVERHEAD, Record, decode, record_end
 
 logger = logging.getLogger(__name__)
 
 _RELEASE_BYTES = 8 << 20
+LENGTH = struct.Struct("<I")
 
 
 class SegmentReader:
@@ -55,21 +57,37 @@ class SegmentReader:
     def records(self, path: Path, start: int, repair: bool) -> Iterator[tuple[Record, int]]:
         """(record, end offset) from `start` to the end of one segment file.
 
-        With `repair`, a torn tail is cut off the file (the newest segment after a crash);
-        without, it is damage like any other.
+        With `repair` (the newest segment, at start-up), a torn tail is cut off the file and a
+        file cut inside its header is reported and read as empty; without, both are damage.
         """
         with self._files.mapped(path) as view:
             size = len(view)
-            if size <= len(MAGIC) and repair:
+            if size < len(MAGIC) and bytes(view) == MAGIC[:size]:
+                if not repair:
+                    raise JournalCorrupt(
+                        str(path), 0, f"cut inside its file header ({size} bytes)",
+                        drops="this segment and the items behind in it",
+                    )  # fmt: skip
+                logger.error(
+                    "%s: only %d bytes, cut inside the %d-byte file header: no record can be "
+                    "read. Whatever was written to it and not fsynced is LOST (fsync never or "
+                    "periodic and a power cut, or a crash while the file was being created); "
+                    "the queue starts without it, and the file is rewritten on its first write",
+                    path, size, len(MAGIC),
+                )  # fmt: skip
                 return
             if view[: len(MAGIC)] != MAGIC:
-                raise JournalCorrupt(str(path), 0, "not a kestrelq journal")
+                yield from self._bad_header(path, view, max(start, len(MAGIC)), repair)
+                return
             yield from self._records(path, view, start, repair)
 
     def verify(self, path: Path, start: int) -> None:
         """Check lengths and checksums from `start` to the end of a segment, without decoding."""
         max_len = self._max_len
         with self._files.mapped(path) as view:
+            if view[: len(MAGIC)] != MAGIC:
+                resume = _next_valid(view, len(MAGIC), max_len)
+                raise JournalCorrupt(str(path), 0, _BAD_HEADER, _drops(view, 0, resume))
             released = 0
             offset = start
             size = len(view)
@@ -78,10 +96,26 @@ class SegmentReader:
                 try:
                     end = record_end(view, offset, max_len)
                 except JournalCorrupt as exc:
-                    raise exc.in_file(str(path)) from None
+                    resume = _next_valid(view, offset + 1, max_len)
+                    raise exc.in_file(str(path), _drops(view, offset, resume)) from None
                 if end is None:
-                    raise JournalCorrupt(str(path), offset, "record cut short")
+                    raise JournalCorrupt(
+                        str(path), offset, "record cut short", _drops(view, offset, None)
+                    )
                 offset = end
+
+    def _bad_header(
+        self, path: Path, view: memoryview, start: int, repair: bool
+    ) -> Iterator[tuple[Record, int]]:
+        """A file that does not start with the magic: damage, salvaged like any other."""
+        resume = _next_valid(view, len(MAGIC), self._max_len)
+        drops = _drops(view, 0, resume)
+        if not self._salvage:
+            raise JournalCorrupt(str(path), 0, _BAD_HEADER, drops)
+        logger.error("%s: %s: salvage drops %s", path, _BAD_HEADER, drops)
+        self._on_salvaged(path)
+        if resume is not None:
+            yield from self._records(path, view, max(start, resume), repair)
 
     def _records(
         self, path: Path, view: memoryview, offset: int, repair: bool
@@ -93,7 +127,7 @@ class SegmentReader:
             released = _release(view, released, offset)
             try:
                 decoded = decode(view, offset, max_len)
-                problem = "record cut short"
+                problem = "record cut short by the end of the file"
             except JournalCorrupt as exc:
                 decoded = None
                 problem = exc.detail
@@ -102,7 +136,7 @@ class SegmentReader:
                 yield record, offset
                 continue
             resume = _next_valid(view, offset + 1, max_len)
-            if resume is None and repair:
+            if resume is None and repair and _torn(view, offset):
                 logger.warning(
                     "%s: torn tail at offset %d (%s): cutting off %d bytes; "
                     "DATA WRITTEN AFTER THE LAST FSYNC MAY HAVE BEEN LOST",
@@ -110,16 +144,48 @@ class SegmentReader:
                 )  # fmt: skip
                 self._files.truncate(path, offset)
                 return
+            drops = _drops(view, offset, resume)
             if not self._salvage:
-                raise JournalCorrupt(str(path), offset, problem)
-            logger.error(
-                "%s: damaged record at offset %d (%s): salvage skips %d bytes",
-                path, offset, problem, (resume or size) - offset,
-            )  # fmt: skip
+                raise JournalCorrupt(str(path), offset, problem, drops)
+            logger.error("%s: damaged record at offset %d (%s): salvage drops %s",
+                         path, offset, problem, drops)  # fmt: skip
             self._on_salvaged(path)
             if resume is None:
                 return
             offset = resume
+
+
+_BAD_HEADER = "damaged file header (not a kestrelq journal)"
+
+
+def _torn(view: memoryview, offset: int) -> bool:
+    """Whether the bytes at `offset` (the last, undecodable ones) can be a torn write.
+
+    A torn write is a record cut short by the end of the file: its header is incomplete, or
+    the length it declares runs past the end; or zeros, a file extended but never written.
+    A record that fits in the file and fails its checksum was written whole and then
+    damaged: that is corruption, even at the very end.
+    """
+    size = len(view)
+    if offset + HEADER.size > size:
+        return True
+    length: int = LENGTH.unpack_from(view, offset)[0]
+    if length == 0:
+        return not bytes(view[offset:]).strip(b"\0")
+    return offset + HEADER.size + length > size
+
+
+def _drops(view: memoryview, offset: int, resume: int | None) -> str:
+    """What salvage gives up for damage at `offset`: up to the next whole record, or all."""
+    if resume is None:
+        return (
+            f"the {len(view) - offset} bytes from offset {offset} to the end of the file "
+            "(no whole record follows)"
+        )
+    return (
+        f"the {resume - offset} bytes from offset {offset} to {resume}, where the next whole "
+        "record starts"
+    )
 
 
 def _release(view: memoryview, released: int, offset: int) -> int:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kestrelq.errors import JournalFull, JournalWriteFailed
+from kestrelq.errors import JournalError, JournalFull, JournalWriteFailed
 from kestrelq.journal.cursor import BehindCursor
 from kestrelq.journal.files import Files
 from kestrelq.journal.format import MAGIC, Record, encode, encode_parts
@@ -157,7 +157,17 @@ class Journal:
             ctx.salvage,
             (self.current, len(MAGIC)),
         )
-        self._open_current()
+        # Whether the current segment is a file yet: a queue's first segment is created by
+        # its first write, so a queue that is only read costs no file and no descriptor.
+        self.on_disk = bool(segments)
+        # The file is new (or was cut inside its header): the magic goes out with the next
+        # write, in the same writev as its first record.
+        self._header_due = not self.on_disk
+        files = ctx.files
+        for number in self.segments[:-1]:
+            self.sizes[number] = files.file_size(self.path(number))
+        if self.on_disk:
+            self.size = self.base_size = self.allocated = files.file_size(self.path())
 
     def path(self, number: int | None = None) -> Path:
         return self._ctx.data_dir / segment_name(
@@ -174,18 +184,55 @@ class Journal:
     def set_policy(self, policy: FsyncPolicy) -> None:
         self.policy = policy
 
-    def _open_current(self) -> None:
+    def _ensure_open(self, essential: bool) -> None:
+        """Open the current segment for appending, creating it if it is not there yet."""
+        if self.fd >= 0:
+            return
+        ctx = self._ctx
+        files = ctx.files
+        while True:
+            try:
+                self.fd = files.open_append(self.path())
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    if essential and ctx.reserve.release():
+                        continue
+                    raise JournalFull("disk full") from exc
+                # Out of file descriptors or the like: refuse this command, keep serving.
+                raise JournalWriteFailed(
+                    f"cannot open the journal of {self.name}: {exc.strerror}"
+                ) from exc
+        size = files.size(self.fd)
+        self.allocated = size
+        if size < len(MAGIC):
+            # New, or cut inside its header by a crash: start it cleanly. The new name must
+            # survive a crash before any record in the file is acknowledged.
+            if size:
+                files.ftruncate(self.fd, 0)
+            self.size = self.base_size = self.allocated = 0
+            self._header_due = True
+            if not self.on_disk:
+                ctx.fsync_dir()
+        else:
+            self.size = size
+        self.on_disk = True
+
+    def _forget_empty_file(self) -> None:
+        """A write to a file just created failed: remove it, so no empty journal is left.
+
+        (An empty file is what a crash between create and first write leaves; at start-up it
+        is reported as a journal whose records may be lost. This one never had any.)
+        """
+        if self.size or self.pending_bytes or self.fd < 0:
+            return
         files = self._ctx.files
-        for number in self.segments[:-1]:
-            self.sizes[number] = files.file_size(self.path(number))
-        self.fd = files.open_append(self.path())
-        self.size = self.base_size = self.allocated = files.size(self.fd)
-        if self.size < len(MAGIC):
-            # New file, or one torn inside its header: start it cleanly.
-            files.ftruncate(self.fd, 0)
-            self.size = 0
-            self._write([MAGIC])
-            self._ctx.fsync_dir()
+        files.close(self.fd)
+        self.fd = -1
+        files.unlink(self.path())
+        self.on_disk = False
+        self._header_due = True
+        self._ctx.fsync_dir()
 
     # -- appending -------------------------------------------------------------------------
 
@@ -198,38 +245,54 @@ class Journal:
         if ctx.reserve.released and not essential:
             raise JournalFull("disk full: new items refused until space is freed")
         data = encode_parts(record)
-        if ctx.batching.enabled:
-            offset = self.size + self.pending_bytes
-            length = sum(map(len, data))
-            end = offset + length
-            if end > self.allocated and not self._reserve_room(end, essential):
-                self.append(record, essential)  # fallocate turned out not to work here
-                return
-            if not self.pending_bytes:
-                ctx.on_pending(self)
-            if length <= _JOIN_BYTES:
-                tail = self.pending_tail
-                for part in data:
-                    tail += part
+        self._ensure_open(essential)
+        if self._header_due:
+            data = (MAGIC, *data)
+        try:
+            if ctx.batching.enabled:
+                offset = self.size + self.pending_bytes
+                if not self._batch(data, offset, essential):
+                    self.append(record, essential)  # fallocate turned out not to work here
+                    return
             else:
-                if self.pending_tail:
-                    self.pending.append(self.pending_tail)
-                    self.pending_tail = bytearray()
-                self.pending += data
-            self.pending_bytes += length
-        else:
-            offset = self.size
-            try:
-                self._write(data)
-            except JournalFull:
-                if not essential or not ctx.reserve.release():
-                    raise
-                self._write(data)
-            self._written()
+                offset = self.size
+                try:
+                    self._write(data)
+                except JournalFull:
+                    if not essential or not ctx.reserve.release():
+                        raise
+                    self._write(data)
+                self._written()
+        except JournalError:
+            self._forget_empty_file()
+            raise
+        if self._header_due:
+            self._header_due = False
+            offset += len(MAGIC)
         self.last_offset = offset
         ctx.ledger.appended(self.policy.mode == "always")
         if self.size + self.pending_bytes - self.base_size >= ctx.limits.segment_bytes:
             ctx.on_segment_full(self.name)
+
+    def _batch(self, data: tuple[bytes, ...], offset: int, essential: bool) -> bool:
+        """Keep a record for `write_pending`, its room reserved; False if it cannot be."""
+        length = sum(map(len, data))
+        end = offset + length
+        if end > self.allocated and not self._reserve_room(end, essential):
+            return False
+        if not self.pending_bytes:
+            self._ctx.on_pending(self)
+        if length <= _JOIN_BYTES:
+            tail = self.pending_tail
+            for part in data:
+                tail += part
+        else:
+            if self.pending_tail:
+                self.pending.append(self.pending_tail)
+                self.pending_tail = bytearray()
+            self.pending += data
+        self.pending_bytes += length
+        return True
 
     def _reserve_room(self, end: int, essential: bool) -> bool:
         """Make sure the disk has room up to `end` before a batched record is accepted.
@@ -263,6 +326,7 @@ class Journal:
         """Write the batched records with one writev (raises JournalError on failure)."""
         if not self.pending_bytes:
             return
+        self._ensure_open(True)
         data = self.pending
         if self.pending_tail:
             data.append(self.pending_tail)
@@ -327,7 +391,8 @@ class Journal:
             self.last_offset = start
             yield record
             start = end
-        self.size = self.allocated = self._ctx.files.size(self.fd)
+        # The reader may have cut a torn tail off.
+        self.size = self.allocated = self._ctx.files.file_size(self.path())
 
     # -- segments --------------------------------------------------------------------------
 
@@ -367,7 +432,8 @@ class Journal:
                     chunk.clear()
             size += self._write_all(fd, chunk)
             files.fsync(fd)
-            files.fsync(self.fd)  # the old segment may still hold items behind
+            if self.fd >= 0:
+                files.fsync(self.fd)  # the old segment may still hold items behind
         except OSError as exc:
             files.close(fd)
             files.unlink(tmp)
@@ -383,6 +449,8 @@ class Journal:
         self.current = number
         self.segments.append(number)
         self.size = self.base_size = self.allocated = size
+        self.on_disk = True
+        self._header_due = False
         self.rotations += 1
         ctx.ledger.forget(self)
         keep_from = self.position()[0] if behind else number

@@ -18,9 +18,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, child_env, drain, server_stats, wait_until
+from helpers import (
+    ServerProcess,
+    Wire,
+    child_env,
+    drain,
+    fill_disk,
+    record_spans,
+    segments,
+    server_stats,
+    small_tmpfs,
+    wait_until,
+)
 
-from kestrelq.journal.format import MAGIC, Add, decode
+from kestrelq.journal.format import Add, decode
 
 pytestmark = pytest.mark.chaos
 
@@ -57,22 +68,6 @@ def longest_increasing(seq: list[int]) -> int:
         i = bisect.bisect_left(tails, x)
         tails[i : i + 1] = [x]
     return len(tails)
-
-
-def segments(data_dir: Path, queue: str) -> list[Path]:
-    return sorted(data_dir.glob(f"{queue}.*.kqj"))
-
-
-def record_spans(buf: bytes) -> list[tuple[int, int]]:
-    """(start, end) of every record of a journal file."""
-    spans = []
-    offset = len(MAGIC)
-    while offset < len(buf):
-        decoded = decode(buf, offset, len(buf))
-        assert decoded is not None, f"journal ends inside a record at {offset}"
-        spans.append((offset, decoded[1]))
-        offset = decoded[1]
-    return spans
 
 
 # -- kill -9 under load ----------------------------------------------------------------------
@@ -424,25 +419,8 @@ def test_after_salvaging_damage_behind_a_normal_start_works(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs, unmounted at teardown."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small-disk") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
-
-
-def fill_disk(w: Wire, stored: list[bytes], refusals: list[bytes]) -> None:
-    """Set items on queue `full` to the last page: big ones until refused, then ever smaller."""
-    for size in (16 << 10, 4 << 10, 1 << 10, 128, 8, 1):
-        for _ in range(1000):
-            data = (b"%06d" % len(stored) + b"d" * size)[:size]
-            reply = w.call(b"set full 0 0 %d\r\n%s\r\n" % (len(data), data))
-            if reply != b"STORED\r\n":
-                refusals.append(reply)
-                break
-            stored.append(data)
 
 
 def full_disk_server(tmp_path: Path, small_disk: Path, fsync: str) -> ServerProcess:

@@ -132,16 +132,16 @@ def test_write_failure_leaves_no_partial_record(tmp_path: Path) -> None:
 
     def flaky_write(fd: int, parts: list[bytes]) -> int:
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 2:
             os.write(fd, b"".join(parts)[:3])  # a partial write, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         return os.writev(fd, parts)
 
     store = store_at(tmp_path, files=FilesWith(writev=flaky_write))
-    log = store.log_for("q")  # call 1: the magic header
-    log(RECORDS[0], False)  # call 2
+    log = store.log_for("q")
+    log(RECORDS[0], False)  # call 1, with the file's magic header
     with pytest.raises(JournalFull):
-        log(RECORDS[1], False)  # call 3 fails after 3 bytes
+        log(RECORDS[1], False)  # call 2 fails after 3 bytes
     log(RECORDS[2], False)
     store.close()
     assert recovered(tmp_path) == [RECORDS[0], RECORDS[2]]
@@ -243,3 +243,40 @@ def test_short_writes_are_completed(tmp_path: Path) -> None:
         log(record, False)
     store.close()
     assert recovered(tmp_path) == RECORDS
+
+
+def test_a_whole_last_record_with_a_bad_checksum_is_damage_not_a_torn_tail(
+    tmp_path: Path,
+) -> None:
+    journal = write(tmp_path, RECORDS[:3])
+    data = bytearray(journal.read_bytes())
+    last = len(data) - len(fmt.encode(RECORDS[2]))
+    data[-1] ^= 0xFF  # the record is whole: only a write that was later damaged explains it
+    journal.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt) as info:
+        recovered(tmp_path)
+    assert info.value.offset == last and info.value.detail == "checksum mismatch"
+    assert info.value.drops == f"the {len(data) - last} bytes from offset {last} to the end " \
+        "of the file (no whole record follows)"  # fmt: skip
+    assert journal.read_bytes() == bytes(data)  # nothing cut off
+    assert recovered(tmp_path, salvage=True) == RECORDS[:2]
+
+
+def test_a_missing_segment_that_items_behind_are_read_from_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    store = store_at(tmp_path)
+    log = store.log_for("q")
+    journal = store.journals["q"]
+    log(fmt.Add(Item(b"behind")), False)
+    journal.mark()
+    checkpoint = [fmt.CHECKPOINT, fmt.Behind(*journal.position(), 1, 6)]
+    assert journal.rotate(checkpoint, behind=True)
+    store.close()
+    (tmp_path / SEGMENT_1).unlink()  # the directory lost the segment the checkpoint names
+    store = store_at(tmp_path)
+    assert list(store.recover("q")) == checkpoint
+    store.journal("q").seek(1, journal.position()[1])  # as the queue does on BEHIND
+    with pytest.raises(JournalCorrupt, match="segment holding the items behind is missing"):
+        store.journal("q").verify_behind()
+    store.close()
