@@ -3,7 +3,7 @@
 `Stack` runs the `docker compose` command line for one project (up, down, stop, kill, ps, logs,
 exec with the output kept). Handled messages are read from `docker compose logs worker`,
 exactly where a user would look: the worker prints `echo id=<id>: <text>` for every `echo` task
-it handled. `Producer` runs container_producer.py in the app container and collects what the
+it handled. `Producer` runs tests/producer.py in the app container and collects what the
 server acknowledged.
 
 Isolation: compose takes COMPOSE_PROJECT_NAME, KESTRELQ_IMAGE_TAG and every other setting from
@@ -32,7 +32,7 @@ from pathlib import Path
 from helpers import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-PRODUCER = Path(__file__).with_name("container_producer.py")
+PRODUCER = REPO / "tests" / "producer.py"
 # No \b or ^: workers share the container's stdout, and a line printed by one can arrive glued
 # to another's (print() writes the text and the newline separately).
 HANDLED_RE = re.compile(r"echo id=([A-Za-z0-9_-]+):")
@@ -254,9 +254,14 @@ class Stack:
             "app",
             "python",
             "-",
+            "--prefix",
             prefix,
+            "--count",
             str(count),
+            "--interval-ms",
             str(interval_ms),
+            "--task",
+            "echo",
         ]
         proc = subprocess.Popen(
             cmd,

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 from helpers import Supervisord, render_test_stack, request, wait_until
+from producer import Sender
 from pymemcache.client.base import Client
-from pymemcache.exceptions import MemcacheError
 
 pytestmark = pytest.mark.chaos
 
@@ -129,30 +129,30 @@ class Producer(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
-        client = Client(("127.0.0.1", self.port), timeout=5, connect_timeout=2)
+        sender = Sender("127.0.0.1", self.port, "work")
         try:
             for i in range(self.count):
                 if self.halt.is_set():
                     return
-                self._send_one(client, f"m{i:05d}")
+                self._send_one(sender, f"m{i:05d}")
                 self.halt.wait(1 / self.rate_per_s)  # pacing, so kills land mid-stream
         finally:
-            client.close()
+            sender.close()
 
-    def _send_one(self, client: Client, mid: str) -> None:
+    def _send_one(self, sender: Sender, mid: str) -> None:
         body = json.dumps({"task": "sleep", "args": {"seconds": 0.002}, "id": mid}).encode()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not self.halt.is_set():
-            try:
-                if client.set("work", body, noreply=False):
-                    self.stored.append(mid)
-                    return
+            outcome = sender.send(body)
+            if outcome == "STORED":
+                self.stored.append(mid)
+                return
+            if outcome == "REFUSED":
                 self.refused += 1  # NOT_STORED while the server shuts down: try again
-            except (OSError, MemcacheError):
+            else:
                 # The reply was lost: it may or may not be stored. Sent again below, so a
                 # duplicate is possible; the id counts as STORED once the retry says so.
                 self.errors += 1
-                client.close()
             self.halt.wait(0.05)  # the queue is restarting; supervisord brings it back
         self.uncertain.append(mid)
 

@@ -36,19 +36,27 @@ from kestrelq.journal.format import Add, decode
 pytestmark = pytest.mark.chaos
 
 LOAD_CLIENT = Path(__file__).resolve().parent.parent / "server" / "load_client.py"
+PRODUCER = Path(__file__).resolve().parent.parent / "producer.py"
 QUEUE = "chaos"
 PRODUCERS = 4
 CONSUMERS = 2
 KILLS = 3
 MAX_ITEMS_PER_PRODUCER = 3000
+# Makes a backlog big enough to outgrow a small memory window (read-behind).
+PADDING = 100
 
 
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def spawn(*args: object) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, str(LOAD_CLIENT), *map(str, args)]
+def spawn(script: Path, *args: object) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, str(script), *map(str, args)]
     return subprocess.Popen(cmd, env=child_env(), stderr=subprocess.DEVNULL)
+
+
+def stored_ids(path: Path) -> list[str]:
+    """The ids a producer saw STORED so far (its REFUSED and FAILED lines are not)."""
+    return [line.split()[1] for line in lines(path) if line.startswith("STORED ")]
 
 
 def lines(path: Path) -> list[str]:
@@ -107,13 +115,19 @@ def run_with_kills(
     acked_files = [tmp_path / f"acked-{p}" for p in range(PRODUCERS)]
     got_files = [tmp_path / f"received-{c}" for c in range(consumers)]
     producer_procs = [
-        spawn("produce", srv.port, QUEUE, p, acked_files[p], stop_producers, MAX_ITEMS_PER_PRODUCER)
+        spawn(
+            PRODUCER,
+            *("--port", srv.port, "--queue", QUEUE, "--prefix", p, "--pad", PADDING),
+            *("--count", MAX_ITEMS_PER_PRODUCER, "--stop", stop_producers, "--out", acked_files[p]),
+        )
         for p in range(PRODUCERS)
     ]
-    consumer_procs = [spawn("consume", srv.port, QUEUE, f, stop_consumers) for f in got_files]
+    consumer_procs = [
+        spawn(LOAD_CLIENT, "consume", srv.port, QUEUE, f, stop_consumers) for f in got_files
+    ]
 
     def acked_total() -> int:
-        return sum(len(lines(f)) for f in acked_files)
+        return sum(len(stored_ids(f)) for f in acked_files)
 
     def received_total() -> int:
         return sum(len(lines(f)) for f in got_files)
@@ -151,9 +165,10 @@ def run_with_kills(
     assert "Traceback" not in srv.log()
 
     def ids(raw: list[str]) -> list[Id]:
-        return [(int(a), int(b)) for a, b, *_ in (x.split(":") for x in raw)]
+        # Message ids are `<producer>-<n>`; a drained body still has its `:<padding>`.
+        return [(int(a), int(b)) for a, b in (x.split(":")[0].split("-") for x in raw)]
 
-    stored = {(p, int(n)) for p in range(PRODUCERS) for n in lines(acked_files[p])}
+    stored = set(ids([i for f in acked_files for i in stored_ids(f)]))
     received = [ids(lines(f)) for f in got_files]
     return stored, received, ids([x.decode() for x in leftovers])
 
