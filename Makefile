@@ -130,6 +130,10 @@ host-down: install  ## stop host mode (workers finish their message first)
 # The Docker engine, Compose v2 and the base image are set up by scripts/ (idempotent; the
 # README's Containers section says why each step exists). `docker compose` (the v2 plugin) is
 # used where it exists, else a standalone v2 `docker-compose`.
+# Where buildx is missing (Debian bookworm does not package it), every build starts with
+# "Docker Compose is configured to build using Bake, but buildx isn't installed": compose then
+# builds with its own builder on the engine's BuildKit, which is fine. COMPOSE_BAKE=false only
+# trades it for "COMPOSE_BAKE=false is deprecated", so it is left alone.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 STACK_ENV := var/stack.env
 

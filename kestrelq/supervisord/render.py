@@ -139,7 +139,10 @@ def render_supervisord_conf(stack: Stack) -> str:
         section(
             "unix_http_server",
             [("file", f"{run}/supervisor.sock"), ("chmod", "0700")],
-            "supervisorctl talks to this socket. Not in /tmp: cleaners delete files there.",
+            "supervisorctl talks to this socket. Not in /tmp: cleaners delete files there.\n"
+            "Its mode (0700) is the access check, so supervisord's CRIT line \"running without\n"
+            'any HTTP authentication checking" is expected: a password here would have to be\n'
+            "readable by supervisorctl, so by the same user who can open the socket anyway.",
         )
     )
     if stack.http_port:
