@@ -53,6 +53,43 @@ class ItemTooLarge(RemoteProtocolError):
         super().__init__(f"object too large for cache ({size} > {limit} bytes)", close=False)
 
 
+# -- access ---------------------------------------------------------------------------------
+
+
+class AccessDenied(KestrelqError):
+    """A command refused by the access rules (authentication, admin role, shutdown).
+
+    `reason` is the text after CLIENT_ERROR (memcached's words, which stock clients know);
+    `close` whether the connection ends with it.
+    """
+
+    reason = "permission denied"
+    close = False
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.reason)
+
+
+class Unauthenticated(AccessDenied):
+    """A command other than the login `set` on a connection that has not logged in."""
+
+    reason = "unauthenticated"
+    close = True
+
+
+class AuthenticationFailed(AccessDenied):
+    """The login `set` named an unknown user or a wrong password."""
+
+    reason = "authentication failure"
+    close = True
+
+
+class ShutdownDisabled(AccessDenied):
+    """`shutdown` on a server started without --enable-shutdown (memcached's -A)."""
+
+    reason = "shutdown not enabled"
+
+
 # -- queues ---------------------------------------------------------------------------------
 
 
@@ -125,3 +162,7 @@ class JournalCorrupt(JournalError):
 
 class ConfigError(KestrelqError):
     """A configuration file, variable or option is invalid."""
+
+
+class CredentialsRefused(KestrelqError):
+    """Our client's user and password were refused by the server: retrying cannot help."""

@@ -32,6 +32,8 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "compat/": ("server",),
     "compat/test_libmemcached.py": ("server", "external"),
     "cli/": ("server",),
+    "security/": ("server",),
+    "security/test_access_rules.py": (),
     "worker/": ("server",),
     "worker/test_app_tasks.py": (),
     "journal/test_read_behind_server.py": ("server",),
@@ -95,6 +97,15 @@ def _in_process_tests_start_no_process(
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A real kestrelq server process on a free port, stopped (and checked) at teardown."""
     proc = ServerProcess(tmp_path / "data").start()
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        assert proc.stop() == 0, proc.log()
+
+
+@pytest.fixture
+def shutdown_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """`server`, started with --enable-shutdown: it obeys the `shutdown` command."""
+    proc = ServerProcess(tmp_path / "data", "--enable-shutdown").start()
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:
         assert proc.stop() == 0, proc.log()

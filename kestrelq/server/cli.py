@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         const=True,
         help="start even if a journal is damaged mid-file, skipping the damaged bytes",
     )
+    _security_options(serve)
     serve.set_defaults(func=_serve)
 
     for name, helptext, func in (
@@ -59,11 +60,47 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         sub.set_defaults(func=func)
 
 
+_SECURITY_KEYS = ("plain", "auth_file", "admin_users", "enable_shutdown", "tls_port", "tls_cert",
+                  "tls_key", "tls_ca", "tls_verify", "tls_handshake_timeout_s")  # fmt: skip
+
+
+def _security_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("security", "authentication and TLS (docs/security.md)")
+    group.add_argument(
+        "--auth-file", dest="auth_file", metavar="FILE",
+        help="user:password lines; clients must log in with a set of 'user password' first",
+    )  # fmt: skip
+    group.add_argument(
+        "--admin-users", dest="admin_users", metavar="A,B",
+        help="users that may flush_all, flush, delete, reload, flush_all_expired, shutdown",
+    )  # fmt: skip
+    group.add_argument(
+        "--enable-shutdown", dest="enable_shutdown", action="store_const", const=True,
+        help="obey the shutdown command (refused by default, as memcached's -A)",
+    )  # fmt: skip
+    group.add_argument(
+        "--no-plain", dest="plain", action="store_const", const=False,
+        help="no plain listener on --port: TLS only",
+    )  # fmt: skip
+    group.add_argument("--tls-port", dest="tls_port", type=int, help="TLS listener port (off)")
+    group.add_argument("--tls-cert", dest="tls_cert", metavar="PEM", help="server certificate")
+    group.add_argument("--tls-key", dest="tls_key", metavar="PEM", help="its private key")
+    group.add_argument("--tls-ca", dest="tls_ca", metavar="PEM", help="CA for client certs")
+    group.add_argument(
+        "--tls-verify", dest="tls_verify", choices=["none", "optional", "required"],
+        help="client certificates: none (default), optional, required (mutual TLS)",
+    )  # fmt: skip
+    group.add_argument(
+        "--tls-handshake-timeout", dest="tls_handshake_timeout_s", type=float, metavar="S",
+        help="drop a TLS client that has not finished its handshake after S seconds (10)",
+    )  # fmt: skip
+
+
 def _serve(args: argparse.Namespace) -> int:
     from kestrelq.server.server import run
 
     keys = ("config_file", "host", "port", "data_dir", "fsync", "max_open_reads",
-            "max_connections", "max_item_bytes", "salvage")  # fmt: skip
+            "max_connections", "max_item_bytes", "salvage", *_SECURITY_KEYS)  # fmt: skip
     try:
         cfg = config_mod.load({k: getattr(args, k) for k in keys})
         return run(cfg)

@@ -13,6 +13,14 @@ The config file is TOML:
     max_item_bytes = 67108864
     disk_reserve_bytes = 8388608
     batch_writes = true         # one journal write per queue per batch of commands
+    plain = true                # the plain listener on `port` (false: TLS only)
+    auth_file = ""              # user:password lines; set: clients must log in (docs/security.md)
+    admin_users = "ops,deploy"  # may flush, delete, reload (a TOML list works too)
+    enable_shutdown = false     # obey the `shutdown` command
+    tls_port = 0                # 0: no TLS listener
+    tls_cert = ""               # the server's certificate (PEM), tls_key its key
+    tls_ca = ""                 # CA that client certificates must chain to
+    tls_verify = "none"         # none | optional | required (mutual TLS)
 
     [queue_defaults]            # every queue
     max_items = 0               # 0 = unlimited
@@ -53,6 +61,17 @@ class ServerConfig:
     salvage: bool = False
     shutdown_timeout_s: float = 10.0
     config_file: str = ""
+    # Security (kestrelq.server.security): off unless set.
+    plain: bool = True
+    auth_file: str = ""
+    admin_users: str = ""
+    enable_shutdown: bool = False
+    tls_port: int = 0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify: str = "none"
+    tls_handshake_timeout_s: float = 10.0
     queue_defaults: QueueConfig = QueueConfig()
     queues: Mapping[str, QueueConfig] = field(default_factory=dict)
 
@@ -69,6 +88,8 @@ def _convert(key: str, value: Any, kind: Any) -> Any:
     try:
         if key == "fsync":
             return value if isinstance(value, FsyncPolicy) else FsyncPolicy.parse(value)
+        if key == "admin_users" and isinstance(value, list):
+            return ",".join(str(v) for v in value)
         if kind in (bool, "bool"):
             if isinstance(value, bool):
                 return value
@@ -152,8 +173,9 @@ def load(
         except Exception as exc:
             raise ConfigError(f"[queues.{name}]: {exc}") from None
         queues[name] = _queue_config(section, defaults, f"[queues.{name}]")
-    if "port" in converted and not 0 <= converted["port"] <= 65535:
-        raise ConfigError(f"port out of range: {converted['port']}")
+    for key in ("port", "tls_port"):
+        if key in converted and not 0 <= converted[key] <= 65535:
+            raise ConfigError(f"{key} out of range: {converted[key]}")
     return ServerConfig(
         **converted,
         config_file=str(Path(path).resolve()) if path else "",

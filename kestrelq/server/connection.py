@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, cast
 
 from kestrelq import WIRE_VERSION
 from kestrelq.errors import (
+    AccessDenied,
+    AuthenticationFailed,
     ItemRejected,
     JournalCorrupt,
     JournalError,
@@ -58,6 +60,8 @@ _JOIN_REPLY_BYTES = 64 << 10
 
 def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
     """The wire reply for an error, and whether the connection must be closed after it."""
+    if isinstance(exc, AccessDenied):
+        return replies.error("CLIENT_ERROR", exc.reason), exc.close
     if isinstance(exc, ProtocolError):
         return replies.error(exc.word, exc.reason), exc.close
     if isinstance(exc, TooManyOpenReads | ReadWhileOpen):
@@ -109,6 +113,9 @@ class QueueProtocol(asyncio.Protocol):
         self.eof = False
         self._paused = False
         self._write_paused = False
+        # Who logged in (kestrelq.server.auth); until then, with an auth file, only a login.
+        self.user: str | None = None
+        self.must_login = server.security.access.users is not None
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -184,12 +191,16 @@ class QueueProtocol(asyncio.Protocol):
 
     def _execute(self, cmd: c.Command, now_ms: int) -> None:
         server = self.server
+        if self.must_login:
+            self._login(cmd)
+            return
         match cmd:
             case c.Get():
                 self._get(cmd, now_ms)
             case c.Set():
                 self._set(cmd, now_ms)
             case c.Shutdown():
+                server.security.access.check(self.user, cmd)
                 self.closing = True
                 server.request_shutdown("shutdown command")
             case c.Quit():
@@ -207,6 +218,7 @@ class QueueProtocol(asyncio.Protocol):
         """Queue maintenance and server information commands."""
         server = self.server
         coll = server.collection
+        server.security.access.check(self.user, cmd)
         match cmd:
             case c.Delete(queue, noreply):
                 coll.delete(queue)
@@ -232,6 +244,20 @@ class QueueProtocol(asyncio.Protocol):
             case c.Reload():
                 server.reload()
                 self._reply(replies.RELOADED)
+
+    def _login(self, cmd: c.Command) -> None:
+        try:
+            self.user = self.server.security.access.check(None, cmd)
+        except AuthenticationFailed:
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            logger.warning("authentication failure from %s", peer)
+            if isinstance(cmd, c.Set) and cmd.noreply:
+                self.closing = True  # no reply was asked for; the close is the answer
+                return
+            raise
+        self.must_login = False
+        if isinstance(cmd, c.Set) and not cmd.noreply:
+            self._reply(replies.STORED)
 
     def _set(self, cmd: c.Set, now_ms: int) -> None:
         try:

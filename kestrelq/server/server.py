@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kestrelq import __version__
-from kestrelq.errors import InvalidQueueName, JournalError
+from kestrelq.errors import InvalidQueueName, JournalError, KestrelqError
 from kestrelq.journal.policy import FsyncPolicy
 from kestrelq.journal.store import JournalStore, StoreLimits
 from kestrelq.queue import names
@@ -26,6 +26,7 @@ from kestrelq.queue.collection import QueueCollection
 from kestrelq.server import config as config_mod
 from kestrelq.server.config import ServerConfig
 from kestrelq.server.connection import QueueProtocol
+from kestrelq.server.security import Security
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class Server:
     def __init__(self, config: ServerConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
+        # First: a bad auth file or certificate stops the start before the journals are opened.
+        self.security = Security(config)
         self.store = JournalStore(
             config.data_dir,
             config.queue_fsync,
@@ -71,6 +74,7 @@ class Server:
         self._sync_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._stop = asyncio.Event()
         self._all_closed = asyncio.Event()
 
@@ -113,21 +117,34 @@ class Server:
     async def start(self) -> None:
         self.recover()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: QueueProtocol(self),
-            self.config.host,
-            self.config.port,
-            reuse_address=True,
-            backlog=1024,
-        )
+        cfg = self.config
+        if cfg.plain:
+            self._server = await loop.create_server(
+                lambda: QueueProtocol(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
+            )
+        if self.security.ssl_context is not None:
+            # A client that never finishes its handshake is dropped after the timeout; until
+            # it finishes, it has no QueueProtocol and costs only its socket.
+            self._tls_server = await loop.create_server(
+                lambda: QueueProtocol(self), cfg.host, cfg.tls_port, reuse_address=True,
+                backlog=1024, ssl=self.security.ssl_context,
+                ssl_handshake_timeout=cfg.tls_handshake_timeout_s,
+            )  # fmt: skip
         self._spawn(self._tick())
         if any(p.mode == "periodic" for p in self._policies()):
             self._spawn(self._periodic_sync())
-        sockets = ", ".join(str(s.getsockname()[:2]) for s in self._server.sockets)
+        sockets = ", ".join(
+            f"{s.getsockname()[:2]}{' tls' if srv is self._tls_server else ''}"
+            for srv in self._listeners()
+            for s in srv.sockets
+        )
         logger.info(
             "kestrelq %s listening on %s (pid %d, fsync %s)",
             __version__, sockets, os.getpid(), self.config.fsync,
         )  # fmt: skip
+
+    def _listeners(self) -> list[asyncio.Server]:
+        return [s for s in (self._server, self._tls_server) if s is not None]
 
     @property
     def port(self) -> int:
@@ -149,9 +166,10 @@ class Server:
             yield
             return
         loop = asyncio.get_running_loop()
-        sigs = (signal.SIGTERM, signal.SIGINT)
-        for sig in sigs:
+        sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        for sig in sigs[:2]:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
             yield
         finally:
@@ -164,6 +182,12 @@ class Server:
             os._exit(1)
         self.request_shutdown(sig.name)
 
+    def _on_hangup(self) -> None:
+        try:
+            self.reload()
+        except KestrelqError as exc:
+            logger.error("SIGHUP: reload failed: %s", exc)
+
     def request_shutdown(self, why: str) -> None:
         if not self._stop.is_set():
             logger.info("shutting down (%s)", why)
@@ -171,8 +195,8 @@ class Server:
 
     async def shutdown(self) -> None:
         self.shutting_down = True
-        if self._server is not None:
-            self._server.close()
+        for listener in self._listeners():
+            listener.close()
         for conn in list(self.connections):
             conn.shutdown()
         if self.connections:
@@ -188,8 +212,8 @@ class Server:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for listener in self._listeners():
+            await listener.wait_closed()
         # Leave each journal as short as it can be: drop segments nothing needs any more.
         for name in list(self.collection.queues):
             try:
@@ -355,7 +379,16 @@ class Server:
             journal.rotate(state.snapshot(), behind)
 
     def reload(self) -> None:
-        """Re-read the config file: queue settings change, listeners and limits do not."""
+        """Re-read the config file, the auth file and the TLS certificates (`reload`, SIGHUP).
+
+        Queue settings, users and certificates change; listeners and limits do not.
+        """
+        try:
+            self._reload_queues()
+        finally:
+            self.security.reload()
+
+    def _reload_queues(self) -> None:
         if not self.config.config_file:
             return
         fresh = config_mod.load({"config_file": self.config.config_file})

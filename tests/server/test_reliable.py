@@ -338,8 +338,9 @@ def test_delete_while_open_forgets_the_read(server: ServerProcess) -> None:
 
 @pytest.mark.parametrize("how", ["shutdown-command", "sigterm"])
 def test_shutdown_answers_parked_reads_and_returns_open_ones(
-    server: ServerProcess, how: str
+    shutdown_server: ServerProcess, how: str
 ) -> None:
+    server = shutdown_server
     holder, parked = Wire(server.port), Wire(server.port)
     try:
         put(holder, "q", b"held")

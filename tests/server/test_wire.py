@@ -395,7 +395,8 @@ def test_reload_without_config_file(server: ServerProcess) -> None:
         assert put(w, "q", b"x") == b"STORED\r\n"
 
 
-def test_shutdown_closes_without_reply_and_data_survives(server: ServerProcess) -> None:
+def test_shutdown_closes_without_reply_and_data_survives(shutdown_server: ServerProcess) -> None:
+    server = shutdown_server
     with Wire(server.port) as w:
         assert put(w, "keep", b"survivor", flags=5) == b"STORED\r\n"
         w.send(b"shutdown\r\n")
