@@ -115,6 +115,9 @@ def parse(body: bytes) -> Envelope:
 
 def log_id(message_id: str) -> str:
     """`message_id` as one field of a line: whitespace, control characters and `\\` escaped."""
+    # isprintable() is False for every whitespace but " ", and for every control character.
+    if message_id.isprintable() and " " not in message_id and "\\" not in message_id:
+        return message_id
     return "".join(_id_char(ch) for ch in message_id)
 
 

@@ -48,7 +48,11 @@ def escape(text: str, limit: int = TEXT_MAX_CHARS) -> str:
     The cut is marked with how much was left out, so a cut text is never taken for the whole.
     """
     shown = text[:limit]
-    out = "".join(_escape_char(ch) for ch in shown)
+    # The common case, a text with nothing to escape, in one C-level check.
+    if shown.isprintable() and "\\" not in shown:
+        out = shown
+    else:
+        out = "".join(_escape_char(ch) for ch in shown)
     if len(text) > limit:
         out += f"...(+{len(text) - limit} chars)"
     return out

@@ -164,6 +164,7 @@ class _Watchdog:
         self._on_expire = on_expire
         self._cond = threading.Condition()
         self._deadline: float | None = None
+        self._waiting_until: float | None = None
         self._thread: threading.Thread | None = None
 
     def arm(self, deadline: float) -> None:
@@ -174,7 +175,11 @@ class _Watchdog:
                     target=self._run, name="kestrelq-worker-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            # Wake the thread only if it would wake too late. Deadlines mostly move later,
+            # message after message, and the thread rechecks when its wait runs out: so it
+            # wakes about once per time limit, not once per message.
+            if self._waiting_until is None or deadline < self._waiting_until:
+                self._cond.notify()
 
     def disarm(self) -> None:
         with self._cond:
@@ -184,11 +189,13 @@ class _Watchdog:
         with self._cond:
             while True:
                 if self._deadline is None:
+                    self._waiting_until = None
                     self._cond.wait()
                     continue
                 remaining_s = self._deadline - time.monotonic()
                 if remaining_s <= 0:
                     break
+                self._waiting_until = self._deadline
                 self._cond.wait(remaining_s)
         self._on_expire()
 

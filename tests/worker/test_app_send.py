@@ -1,5 +1,5 @@
-"""app/send.py's exit codes, as its docstring and docs/operations.md promise: 64 for bad usage, apart
-from 2 for "cannot reach the queue" and 3 for a refused message."""
+"""app/send.py's exit codes, as its docstring and docs/operations.md promise: 64 for bad
+usage, apart from 2 for "cannot reach the queue" and 3 for a refused message."""
 
 from __future__ import annotations
 
