@@ -28,11 +28,13 @@ from bench import procstat
 from bench.drivers import QUEUE, make_payload, parse_id
 from bench.runner import percentile
 from bench.servers import HOST
+from kestrelq.protocol.client import ClientConnection, Reply, Status, Values
+from kestrelq.protocol.commands import Set
+from kestrelq.protocol.parser import parse_get_key
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-STORED = b"STORED\r\n"
 
 
 class LoadgenError(RuntimeError):
@@ -122,45 +124,42 @@ async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection(HOST, port, limit=1 << 24)
 
 
-async def _read_value(reader: asyncio.StreamReader) -> bytes | None:
-    """One reply to a `get`: the data block, or None for a bare END (miss or empty queue)."""
-    line = await reader.readline()
-    if line == b"END\r\n":
-        return None
-    parts = line.split()
-    if len(parts) < 4 or parts[0] != b"VALUE":
-        raise LoadgenError(f"unexpected reply to get: {line[:200]!r}")
-    n = int(parts[3])
-    block = await reader.readexactly(n + 2)
-    end = await reader.readline()
-    if end != b"END\r\n":
-        raise LoadgenError(f"no END after value: {end[:200]!r}")
-    return block[:n]
+async def replies(reader: asyncio.StreamReader, conn: ClientConnection) -> list[Reply]:
+    """Every reply `conn` still expects, read as they come (the client half frames them)."""
+    out: list[Reply] = []
+    while conn.pending:
+        reply = conn.next_event()
+        if reply is None:
+            data = await reader.read(1 << 18)
+            if not data:
+                raise LoadgenError(f"connection closed with {conn.pending} replies unread")
+            conn.receive_data(data)
+        else:
+            out.append(reply)
+    return out
 
 
 async def _put_conn(
     port: int, kind: str, queue: str, ids: range, size: int, depth: int, lat: list[float]
 ) -> None:
     reader, writer = await _open(port)
+    conn = ClientConnection()
     try:
         for batch in _batches(ids, depth):
-            parts = []
-            for i in batch:
-                key = f"k{i}" if kind == "memcached" else queue
-                parts.append(
-                    b"set %s 0 0 %d\r\n%s\r\n" % (key.encode(), size, make_payload(i, size))
-                )
+            data = b"".join(
+                [
+                    conn.send(Set(f"k{i}" if kind == "memcached" else queue, 0, 0,
+                                  make_payload(i, size)))
+                    for i in batch
+                ]
+            )  # fmt: skip
             t0 = time.perf_counter_ns()
-            writer.write(b"".join(parts))
-            expected = STORED * len(batch)
-            # Fixed-size replies: read them all at once; anything else is a failure to report.
-            try:
-                got = await reader.readexactly(len(expected))
-            except asyncio.IncompleteReadError as exc:
-                raise LoadgenError(f"connection closed during set: {exc.partial[:200]!r}") from None
+            writer.write(data)
+            got = await replies(reader, conn)
             lat.append((time.perf_counter_ns() - t0) / 1000.0)
-            if got != expected:
-                raise LoadgenError(f"set not STORED: {got[:200]!r}")
+            for reply in got:
+                if reply is not Status.STORED:
+                    raise LoadgenError(f"set not STORED: {reply}")
     finally:
         writer.close()
 
@@ -175,30 +174,33 @@ async def _take_conn(
     out: Tally,
 ) -> None:
     reader, writer = await _open(port)
+    conn = ClientConnection()
     try:
         if kind == "memcached":
             for batch in _batches(own_ids, depth):
                 t0 = time.perf_counter_ns()
-                writer.write(b"".join(b"get k%d\r\n" % i for i in batch))
-                for _ in batch:
-                    value = await _read_value(reader)
-                    if value is None:
+                writer.write(b"".join([conn.send(parse_get_key(b"k%d" % i)) for i in batch]))
+                for reply in await replies(reader, conn):
+                    if not isinstance(reply, Values):
+                        raise LoadgenError(f"unexpected reply to get: {reply}")
+                    if not reply.items:
                         raise LoadgenError("memcached lost a key (cache too small?)")
-                    out.add(value)
+                    out.add(reply.items[0].data)
                 lat.append((time.perf_counter_ns() - t0) / 1000.0)
             return
-        command = b"get %s\r\n" % key.encode()
+        get = parse_get_key(key.encode())
         drained = False
         while not drained:
             t0 = time.perf_counter_ns()
-            writer.write(command * depth)
-            for _ in range(depth):
-                value = await _read_value(reader)
-                if value is None:
+            writer.write(b"".join([conn.send(get) for _ in range(depth)]))
+            for reply in await replies(reader, conn):
+                if not isinstance(reply, Values):
+                    raise LoadgenError(f"unexpected reply to get: {reply}")
+                if reply.items:
+                    out.add(reply.items[0].data)
+                else:
                     # All producers are done, so an empty reply means the queue is drained.
                     drained = True
-                else:
-                    out.add(value)
             lat.append((time.perf_counter_ns() - t0) / 1000.0)
     finally:
         writer.close()

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import multiprocessing as mp
 import signal
-import socket
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.synchronize import Event
@@ -23,6 +22,11 @@ from bench.drivers import make_payload, parse_id
 from bench.report import Check
 from bench.runner import percentile
 from bench.servers import HOST, ServerSpec, start
+from kestrelq.client import Client
+from kestrelq.errors import KestrelqError
+from kestrelq.protocol.client import ClientConnection, Status, Values
+from kestrelq.protocol.commands import Set
+from kestrelq.protocol.parser import parse_get_key
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +45,8 @@ class Section:
 
 def server_stats(port: int, timeout_s: float = 5.0) -> dict[str, str]:
     """The server's `stats` reply as {name: value}."""
-    with socket.create_connection((HOST, port), timeout=timeout_s) as s:
-        s.sendall(b"stats\r\n")
-        buf = b""
-        while not buf.endswith(b"END\r\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    stats: dict[str, str] = {}
-    for line in buf.decode(errors="replace").splitlines():
-        parts = line.split(" ", 2)
-        if len(parts) == 3 and parts[0] == "STAT":
-            stats[parts[1]] = parts[2]
-    return stats
+    with Client(HOST, port, timeout_s) as client:
+        return client.stats()
 
 
 def _fsyncs(port: int) -> int | None:
@@ -134,19 +126,11 @@ def _first_item(port: int, timeout_s: float) -> tuple[float, bytes | None]:
     deadline = t0 + timeout_s
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((HOST, port), timeout=timeout_s) as s:
-                s.sendall(b"get bench\r\n")
-                buf = b""
-                while not (buf.endswith(b"END\r\n")):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-                if buf.startswith(b"VALUE"):
-                    header, _, rest = buf.partition(b"\r\n")
-                    n = int(header.split()[3])
-                    return time.monotonic() - t0, rest[:n]
-        except OSError:
+            with Client(HOST, port, timeout_s) as client:
+                item = client.get("bench")
+            if item is not None:
+                return time.monotonic() - t0, item.data
+        except (OSError, KestrelqError):
             pass
         time.sleep(0.005)  # poll interval while the server replays its journal
     return time.monotonic() - t0, None
@@ -244,15 +228,11 @@ def _big_flow(port: int, size: int, stop: Event, out: mp.Queue[Any]) -> None:
     moved = 0
     body = b"B" * size
     try:
-        with socket.create_connection((HOST, port), timeout=120) as s:
+        with Client(HOST, port, timeout=120) as client:
             out.put(("started", 0))
-            header = b"set big 0 0 %d\r\n" % size
             while True:
-                s.sendall(header + body + b"\r\n")
-                _recv_until(s, b"\r\n", 64)
-                s.sendall(b"get big\r\n")
-                reply = _recv_until(s, b"END\r\n", size + 256)
-                if reply.startswith(b"VALUE"):
+                client.set("big", body)
+                if client.get("big") is not None:
                     moved += 2 * size
                 if stop.is_set():
                     break
@@ -261,20 +241,12 @@ def _big_flow(port: int, size: int, stop: Event, out: mp.Queue[Any]) -> None:
         out.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def _recv_until(s: socket.socket, suffix: bytes, size_hint: int) -> bytes:
-    buf = bytearray()
-    while not buf.endswith(suffix):
-        chunk = s.recv(max(65536, min(size_hint - len(buf), 1 << 22)))
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buf += chunk
-    return bytes(buf)
-
-
 async def _small_client(
     port: int, index: int, seconds: float, rate: float, set_lat: list[float], get_lat: list[float]
 ) -> int:
     reader, writer = await asyncio.open_connection(HOST, port)
+    conn = ClientConnection()
+    get = parse_get_key(b"small")
     sent = 0
     interval = 1.0 / rate
     loop = asyncio.get_running_loop()
@@ -284,18 +256,18 @@ async def _small_client(
         while loop.time() < t_end:
             payload = make_payload(index * 10_000_000 + sent, 64)
             t0 = time.perf_counter_ns()
-            writer.write(b"set small 0 0 64\r\n" + payload + b"\r\n")
-            line = await reader.readline()
+            writer.write(conn.send(Set("small", 0, 0, payload)))
+            (stored,) = await loadgen.replies(reader, conn)
             set_lat.append((time.perf_counter_ns() - t0) / 1000)
-            if line != b"STORED\r\n":
-                raise RuntimeError(f"small set: {line!r}")
+            if stored is not Status.STORED:
+                raise RuntimeError(f"small set: {stored}")
             t0 = time.perf_counter_ns()
-            writer.write(b"get small\r\n")
-            value = await loadgen._read_value(reader)
+            writer.write(conn.send(get))
+            (got,) = await loadgen.replies(reader, conn)
             get_lat.append((time.perf_counter_ns() - t0) / 1000)
-            if value is None or len(value) != 64:
-                raise RuntimeError("small get came back empty")
-            parse_id(value)
+            if not isinstance(got, Values) or not got.items or len(got.items[0].data) != 64:
+                raise RuntimeError(f"small get came back empty: {got}")
+            parse_id(got.items[0].data)
             sent += 1
             # Paced, not flat out: the point is how long a small item waits behind big ones.
             next_at += interval

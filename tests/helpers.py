@@ -17,6 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kestrelq.client import Client
+from kestrelq.protocol.client import ClientConnection, encode
+from kestrelq.protocol.commands import Set
+
 T = TypeVar("T")
 
 
@@ -234,7 +238,11 @@ class Supervisord:
 
 
 class Wire:
-    """One raw connection for exact-bytes tests: send bytes, read whole replies."""
+    """One raw connection for exact-bytes tests: send any bytes, read whole replies as bytes.
+
+    The reply framing is the client half's (`ClientConnection.expect_reply`): a reply is cut
+    where it says the reply ends, and returned exactly as the server sent it.
+    """
 
     def __init__(self, port: int, timeout_s: float = 10.0) -> None:
         self.sock = connect(port, timeout_s)
@@ -252,11 +260,12 @@ class Wire:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def _fill(self) -> None:
+    def _fill(self) -> bytes:
         chunk = self.sock.recv(65536)
         if not chunk:
             raise ConnectionError(f"server closed the connection; unread {self.buf!r}")
         self.buf += chunk
+        return chunk
 
     def exact(self, n: int) -> bytes:
         while len(self.buf) < n:
@@ -268,23 +277,17 @@ class Wire:
         """One line, CRLF included."""
         while b"\r\n" not in self.buf:
             self._fill()
-        idx = self.buf.index(b"\r\n") + 2
-        data, self.buf = self.buf[:idx], self.buf[idx:]
-        return data
+        return self.exact(self.buf.index(b"\r\n") + 2)
 
     def reply(self) -> bytes:
-        """One complete reply: a VALUE block through END, STAT/dump_stats lines through END,
-        or one line."""
-        first = self.line()
-        if first.startswith(b"VALUE "):
-            size = int(first.split()[3])
-            return first + self.exact(size + 2) + self.line()
-        if first.startswith((b"STAT ", b"queue '")) or first == b"\r\n":
-            data = first
-            while not data.endswith(b"END\r\n"):
-                data += self.line()
-            return data
-        return first
+        """One complete reply, whatever its kind: a VALUE block through END, STAT or
+        dump_stats lines through END, or one line."""
+        conn = ClientConnection()
+        conn.expect_reply()
+        conn.receive_data(self.buf)
+        while conn.next_event() is None:
+            conn.receive_data(self._fill())
+        return self.exact(conn.consumed)
 
     def call(self, data: bytes) -> bytes:
         self.send(data)
@@ -305,6 +308,29 @@ class Wire:
             return False
 
 
+def put(wire: Wire, queue: str, data: bytes, flags: int = 0, exptime: int = 0) -> None:
+    """`set` one item and check that it was STORED (`set_reply` for other outcomes)."""
+    assert set_reply(wire, queue, data, flags, exptime) == b"STORED\r\n"
+
+
+def set_reply(wire: Wire, queue: str, data: bytes, flags: int = 0, exptime: int = 0) -> bytes:
+    """`set` one item; the server's reply, exactly."""
+    return wire.call(encode(Set(queue, flags, exptime, data)))
+
+
+def put_all(port: int, queue: str, items: list[bytes]) -> None:
+    """`set` every item, in order, on one connection."""
+    with Wire(port) as w:
+        for data in items:
+            put(w, queue, data)
+
+
+def value(key: str, data: bytes, flags: int = 0) -> bytes:
+    """The exact reply to a get that hits: one VALUE block and END (spelled out here, not
+    built by the server's own encoder, so that a test of the server's bytes checks them)."""
+    return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key.encode(), flags, len(data), data)
+
+
 def drain_replies(port: int, queue: str, limit: int = 100_000) -> list[bytes]:
     """Plain gets until the queue answers END: every VALUE reply, whole (flags included)."""
     got: list[bytes] = []
@@ -319,15 +345,20 @@ def drain_replies(port: int, queue: str, limit: int = 100_000) -> list[bytes]:
 
 def drain(port: int, queue: str, limit: int = 100_000) -> list[bytes]:
     """The data of every item a drain hands out, in order."""
-    return [reply.split(b"\r\n")[1] for reply in drain_replies(port, queue, limit)]
+    got: list[bytes] = []
+    with Client("127.0.0.1", port, timeout=10) as client:
+        for _ in range(limit):
+            item = client.get(queue)
+            if item is None:
+                return got
+            got.append(item.data)
+    raise AssertionError(f"{queue} did not drain in {limit} gets")
 
 
 def server_stats(port: int) -> dict[str, str]:
     """The `stats` reply of the server on `port` as a dict (STAT name -> value)."""
-    with Wire(port) as wire:
-        reply = wire.call(b"stats\r\n")
-    pairs = (line.split(" ", 2)[1:] for line in reply.decode().splitlines() if line != "END")
-    return {name: value for name, value in pairs}
+    with Client("127.0.0.1", port, timeout=10) as client:
+        return client.stats()
 
 
 def render_test_stack(root: Path, **overrides: Any) -> tuple[Path, Any]:

@@ -14,15 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, server_stats, wait_until
+from helpers import ServerProcess, Wire, server_stats, value, wait_until
 
 QUEUE = "m"
 # More sets than takes, so the queue grows well past a small memory window.
 OPS = ["set"] * 5 + ["get", "open", "close", "close_open", "abort", "peek", "disconnect"]
-
-
-def value(key: str, data: bytes) -> bytes:
-    return b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key.encode(), len(data), data)
 
 
 @dataclass

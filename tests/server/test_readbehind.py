@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, drain, server_stats, wait_until
+from helpers import ServerProcess, Wire, drain, put_all, server_stats, wait_until
 
 ITEMS = [b"i%03d-" % i + b"z" * 95 for i in range(100)]
 
@@ -44,15 +44,8 @@ def srv(tmp_path: Path) -> Iterator[ServerProcess]:
     assert "Traceback" not in proc.log()
 
 
-def put(srv: ServerProcess, queue: str, items: list[bytes]) -> None:
-    with Wire(srv.port) as w:
-        for data in items:
-            header = b"set %s 0 0 %d\r\n" % (queue.encode(), len(data))
-            assert w.call(header + data + b"\r\n") == b"STORED\r\n"
-
-
 def test_most_items_are_read_behind_and_come_back_in_order(srv: ServerProcess) -> None:
-    put(srv, "q", ITEMS)
+    put_all(srv.port, "q", ITEMS)
     stats = server_stats(srv.port)
     assert stats["queue_q_items"] == "100"
     assert int(stats["queue_q_mem_items"]) <= 15
@@ -61,24 +54,24 @@ def test_most_items_are_read_behind_and_come_back_in_order(srv: ServerProcess) -
 
 
 def test_expire_to_moves_items_read_behind(srv: ServerProcess) -> None:
-    put(srv, "delay", ITEMS)
+    put_all(srv.port, "delay", ITEMS)
     wait_until(lambda: server_stats(srv.port).get("queue_ready_items") == "100", 10)
     assert drain(srv.port, "ready") == ITEMS
     assert drain(srv.port, "delay") == []
 
 
 def test_discard_old_when_full_with_items_behind(srv: ServerProcess) -> None:
-    put(srv, "ring", ITEMS)
+    put_all(srv.port, "ring", ITEMS)
     assert drain(srv.port, "ring") == ITEMS[50:]
     assert server_stats(srv.port)["queue_ring_discarded"] == "50"
 
 
 def test_flush_drops_items_behind_for_good(srv: ServerProcess) -> None:
-    put(srv, "fl", ITEMS)
+    put_all(srv.port, "fl", ITEMS)
     with Wire(srv.port) as w:
         assert w.call(b"flush fl\r\n") == b"END\r\n"
     assert drain(srv.port, "fl") == []
-    put(srv, "fl", ITEMS[:3])
+    put_all(srv.port, "fl", ITEMS[:3])
     srv.kill()
     srv.start()
     assert drain(srv.port, "fl") == ITEMS[:3]
@@ -87,7 +80,7 @@ def test_flush_drops_items_behind_for_good(srv: ServerProcess) -> None:
 def test_fanout_child_reads_behind_too(srv: ServerProcess) -> None:
     with Wire(srv.port) as w:
         assert w.call(b"get fan+c\r\n") == b"END\r\n"
-    put(srv, "fan", ITEMS)
+    put_all(srv.port, "fan", ITEMS)
     srv.kill()
     srv.start()
     assert drain(srv.port, "fan") == ITEMS
@@ -95,7 +88,7 @@ def test_fanout_child_reads_behind_too(srv: ServerProcess) -> None:
 
 
 def test_delete_removes_every_segment(srv: ServerProcess) -> None:
-    put(srv, "del", ITEMS)
+    put_all(srv.port, "del", ITEMS)
     with Wire(srv.port) as w:
         assert w.call(b"delete del\r\n") == b"DELETED\r\n"
     assert list(srv.data_dir.glob("del.*")) == []
@@ -105,7 +98,7 @@ def test_delete_removes_every_segment(srv: ServerProcess) -> None:
 
 
 def test_partly_consumed_with_an_open_read_then_kill_9(srv: ServerProcess) -> None:
-    put(srv, "pc", ITEMS)
+    put_all(srv.port, "pc", ITEMS)
     holder = Wire(srv.port)
     assert holder.call(b"get pc/open\r\n").startswith(b"VALUE pc/open 0 100\r\n" + ITEMS[0])
     with Wire(srv.port) as w:

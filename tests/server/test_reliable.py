@@ -12,15 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, server_stats, wait_until
-
-
-def put(w: Wire, queue: str, data: bytes) -> None:
-    assert w.call(b"set %s 0 0 %d\r\n%s\r\n" % (queue.encode(), len(data), data)) == b"STORED\r\n"
-
-
-def value(key: str, data: bytes) -> bytes:
-    return b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key.encode(), len(data), data)
+from helpers import ServerProcess, Wire, put, server_stats, value, wait_until
 
 
 def stat(srv: ServerProcess, queue: str, name: str) -> str:

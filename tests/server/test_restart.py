@@ -12,16 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, drain_replies, server_stats, wait_until
-
-
-def put(w: Wire, queue: str, data: bytes, flags: int = 0, exptime: int = 0) -> None:
-    header = b"set %s %d %d %d\r\n" % (queue.encode(), flags, exptime, len(data))
-    assert w.call(header + data + b"\r\n") == b"STORED\r\n"
-
-
-def value(key: str, data: bytes, flags: int = 0) -> bytes:
-    return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key.encode(), flags, len(data), data)
+from helpers import ServerProcess, Wire, drain_replies, put, server_stats, value, wait_until
 
 
 def restart(srv: ServerProcess, how: str) -> None:
