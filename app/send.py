@@ -8,11 +8,13 @@
     python send.py --task sleep --arg seconds=9 --time-limit-s 3   # ...that times out
     python send.py --json '{"task": "echo", "args": {"text": "hi"}}'
 
-The queue is reached at --host/--port, or $KESTRELQ_HOST/$KESTRELQ_PORT, or 127.0.0.1:22133.
-Each message waits for STORED (`noreply=False`: pymemcache's default would not wait). Exit
-codes, each with a clear message on stderr: 2 the queue cannot be reached, 3 it refused a
-message (NOT_STORED), 64 bad usage (EX_USAGE).
-Only the standard library and pymemcache are used, so it runs anywhere `app/` is copied.
+The queue is reached at --host/--port, or $KESTRELQ_HOST/$KESTRELQ_PORT, or 127.0.0.1:22133;
+login and TLS as every kestrelq client (KESTRELQ_USER, KESTRELQ_PASSWORD[_FILE],
+KESTRELQ_TLS_CA, ...: kestrelq.credentials). Each message waits for STORED (`noreply=False`:
+pymemcache's default would not wait). Exit codes, each with a clear message on stderr: 2 the
+queue cannot be reached, 3 it refused a message (NOT_STORED), 64 bad usage or settings
+(EX_USAGE), 77 the server refused the login (EX_NOPERM).
+It needs pymemcache and kestrelq (for kestrelq.credentials) beside the standard library.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from typing import Any, NoReturn
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
+
+from kestrelq.credentials import EXIT_CREDENTIALS, Credentials, memcache_client
+from kestrelq.errors import ConfigError, CredentialsRefused
 
 EXIT_UNREACHABLE = 2
 EXIT_REFUSED = 3
@@ -157,7 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.time_limit_s is not None and not 0 < args.time_limit_s < float("inf"):
         parser.error("--time-limit-s must be a positive number of seconds")
 
-    client = Client((args.host, args.port), connect_timeout=3.0, timeout=10.0, no_delay=True)
+    try:
+        credentials = Credentials.from_env()
+    except ConfigError as exc:
+        print(f"send.py: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    client: Client = memcache_client(
+        (args.host, args.port), credentials, connect_timeout=3.0, timeout=10.0, no_delay=True
+    )
     sent = 0
     started = time.monotonic()
     try:
@@ -170,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sent:
             print(f"send.py: {sent} message(s) were stored before that", file=sys.stderr)
         return exc.code
+    except CredentialsRefused as exc:
+        print(f"send.py: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_CREDENTIALS
     finally:
         client.close()
     elapsed_s = time.monotonic() - started

@@ -4,7 +4,8 @@ Applications keep using a memcache library (pymemcache); this client is for what
 cannot do: raw stats and dump_stats, monitor, exact replies. All the protocol is in the sans-IO
 `kestrelq.protocol.client.ClientConnection`; this module only moves bytes over one socket.
 
-    with Client.from_env() as client:        # KESTRELQ_HOST / KESTRELQ_PORT, else 127.0.0.1:22133
+    with Client.from_env() as client:        # KESTRELQ_HOST / KESTRELQ_PORT, else 127.0.0.1:22133;
+                                             # login and TLS: kestrelq.credentials
         client.set("jobs", b"payload")
         item = client.get("jobs/open")       # a Value, or None when the queue is empty
         print(client.stats()["curr_items"])
@@ -16,6 +17,7 @@ import os
 import socket
 from collections.abc import Iterable, Mapping
 
+from kestrelq.credentials import Credentials, refused
 from kestrelq.errors import ReplyError
 from kestrelq.protocol import commands as c
 from kestrelq.protocol.client import (
@@ -53,18 +55,32 @@ class Client:
     """One connection; every call sends its commands and reads their replies before returning."""
 
     def __init__(
-        self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float | None = 5.0
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        timeout: float | None = 5.0,
+        credentials: Credentials | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.credentials = credentials or Credentials()
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = ClientConnection()
+        try:
+            if self.credentials.tls is not None:
+                self.sock = self.credentials.tls.wrap_socket(self.sock, server_hostname=host)
+            if self.credentials.user:
+                self._checked(c.Set("auth", 0, 0, self.credentials.login))
+        except BaseException:
+            self.sock.close()
+            raise
 
     @classmethod
     def from_env(cls, timeout: float | None = 5.0) -> Client:
+        """The server, login and TLS settings from KESTRELQ_* (ConfigError if bad)."""
         host, port = address_from_env()
-        return cls(host, port, timeout)
+        return cls(host, port, timeout, Credentials.from_env())
 
     def __enter__(self) -> Client:
         return self
@@ -141,5 +157,8 @@ class Client:
     def _checked(self, command: c.Command) -> Reply | None:
         reply = self.request(command)
         if isinstance(reply, ErrorReply):
+            error = refused(reply.reason, self.credentials.user)
+            if error is not None:
+                raise error
             raise ReplyError(reply.word, reply.reason)
         return reply

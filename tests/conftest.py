@@ -34,6 +34,7 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "cli/": ("server",),
     "security/": ("server",),
     "security/test_access_rules.py": (),
+    "security/test_credentials_env.py": (),
     "worker/": ("server",),
     "worker/test_app_tasks.py": (),
     "journal/test_read_behind_server.py": ("server",),

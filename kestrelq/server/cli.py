@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kestrelq.client import DEFAULT_HOST, DEFAULT_PORT, Client, address_from_env
-from kestrelq.errors import ConfigError, JournalError, KestrelqError
+from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
+from kestrelq.errors import ConfigError, CredentialsRefused, JournalError, KestrelqError
 from kestrelq.server import config as config_mod
 
 logger = logging.getLogger(__name__)
@@ -122,17 +123,21 @@ def _connect(args: argparse.Namespace) -> Client:
         env_host, env_port = DEFAULT_HOST, DEFAULT_PORT
     args.host = args.host or env_host
     args.port = args.port or env_port
-    return Client(args.host, args.port, args.timeout)
+    return Client(args.host, args.port, args.timeout, Credentials.from_env())
 
 
 def _with_client(args: argparse.Namespace, command: Callable[[Client], int]) -> int:
-    """Run a client command; a bad setting exits 2, an unreachable or refusing server 1."""
+    """Run a client command; a bad setting exits 2, an unreachable or refusing server 1,
+    refused credentials EXIT_CREDENTIALS."""
     try:
         with _connect(args) as client:
             return command(client)
     except ConfigError as exc:
         print(f"kestrelq: {exc}", file=sys.stderr)
         return 2
+    except CredentialsRefused as exc:
+        print(f"kestrelq: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_CREDENTIALS
     except OSError as exc:
         print(f"kestrelq: cannot reach {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Any
 
+from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
+from kestrelq.errors import ConfigError, CredentialsRefused
 from kestrelq.worker.registry import HandlerNotFound, resolve
 from kestrelq.worker.runtime import (
     DEFAULT_MAX_TIME_LIMIT_S,
@@ -159,7 +161,15 @@ def run(args: argparse.Namespace) -> int:
     except HandlerNotFound as exc:
         print(f"kestrelq work: {exc}", file=sys.stderr)
         return 2
-    return worker_from_args(args, handler).run()
+    try:
+        return worker_from_args(args, handler).run()
+    except ConfigError as exc:
+        print(f"kestrelq work: {exc}", file=sys.stderr)
+        return 2
+    except CredentialsRefused as exc:
+        # Not retried: a worker waits out a server that is down, not a wrong password.
+        print(f"kestrelq work: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_CREDENTIALS
 
 
 def worker_from_args(args: argparse.Namespace, handler: Handler) -> Worker:
@@ -180,4 +190,5 @@ def worker_from_args(args: argparse.Namespace, handler: Handler) -> Worker:
         retry_delay_max_s=args.retry_delay_max_s,
         max_deliveries=args.max_deliveries,
         dead_letter=args.dead_letter,
+        credentials=Credentials.from_env(),
     )

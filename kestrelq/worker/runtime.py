@@ -92,6 +92,7 @@ from typing import Any
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
+from kestrelq.credentials import Credentials, memcache_client
 from kestrelq.worker.message import ID_MAX_CHARS, MessageInfo, describe, escape
 
 logger = logging.getLogger(__name__)
@@ -224,6 +225,8 @@ class Worker:
             False and call `request_stop()` themselves (then time limits, the stop timeout
             and a cold stop cannot interrupt a handler).
         client_factory: builds the pymemcache client (tests point it elsewhere).
+        credentials: login and TLS (kestrelq.credentials); a refused login raises
+            CredentialsRefused out of run(): it is not retried like a server that is down.
     """
 
     def __init__(
@@ -249,6 +252,7 @@ class Worker:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
         client_factory: ClientFactory | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.queue = queue
         self.handler = handler
@@ -272,6 +276,7 @@ class Worker:
         self.counts = WorkerCounts()
         self.log = _Prefixed(logger, self.name)
         self._client_factory = client_factory or self._default_client
+        self.credentials = credentials or Credentials()
         self._client: Any = None
         self._confirm_pending = False
         self._stop = False
@@ -488,13 +493,15 @@ class Worker:
     # -- connection ------------------------------------------------------------------------
 
     def _default_client(self) -> Client:
-        return Client(
+        client: Client = memcache_client(
             (self.host, self.port),
+            self.credentials,
             connect_timeout=self.connect_timeout_s,
             # Longer than the blocking wait, so a slow reply is not mistaken for a dead server.
             timeout=self.wait_ms / 1000 + 5.0,
             no_delay=True,
         )
+        return client
 
     def _command(self, key: str) -> bytes | None:
         if self._client is None:
