@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Run the queue server. Every option can also come from the config file "
             "([server] section) or from KESTRELQ_<OPTION> environment variables; the command "
-            "line wins over the environment, which wins over the file."
+            "line wins over the environment, which wins over the file. The TLS files are "
+            "KESTRELQ_SERVER_TLS_CERT/_KEY/_CA (KESTRELQ_TLS_* are the clients')."
         ),
     )
     serve.add_argument("--config", dest="config_file", help="TOML config file (KESTRELQ_CONFIG)")

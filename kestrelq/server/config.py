@@ -80,6 +80,17 @@ class ServerConfig:
         return (cfg or self.queue_defaults).fsync or self.fsync
 
 
+# KESTRELQ_TLS_CA/CERT/KEY are our clients' settings (kestrelq.credentials): the CA they trust
+# and the certificate they present. A server and its healthcheck share one environment, so the
+# server's own files go by other names.
+_ENV_NAMES = {key: f"{ENV_PREFIX}SERVER_{key.upper()}" for key in ("tls_cert", "tls_key", "tls_ca")}
+
+
+def env_name(key: str) -> str:
+    """The environment variable that sets the [server] `key`."""
+    return _ENV_NAMES.get(key, ENV_PREFIX + key.upper())
+
+
 _SERVER_KEYS = {f.name for f in fields(ServerConfig)} - {"queue_defaults", "queues", "config_file"}
 
 
@@ -160,8 +171,9 @@ def load(
         raise ConfigError(f"unknown key(s) in [server]: {', '.join(sorted(unknown))}")
     settings.update(server_section)
     for key in _SERVER_KEYS:
-        if ENV_PREFIX + key.upper() in env:
-            settings[key] = env[ENV_PREFIX + key.upper()]
+        name = env_name(key)
+        if name in env:
+            settings[key] = env[name]
     settings.update(cli)
     converted = {k: _convert(k, v, types[k]) for k, v in settings.items()}
 

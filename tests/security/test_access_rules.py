@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kestrelq.errors import (
@@ -93,3 +95,32 @@ def test_parse_errors_never_quote_the_line() -> None:
 def test_tls_settings_errors_name_the_problem(files: TlsFiles, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         build_context(files)
+
+
+def test_the_server_leaves_the_clients_tls_variables_alone() -> None:
+    from kestrelq.server import config
+
+    env = {
+        "KESTRELQ_TLS_CERT": "client.pem",
+        "KESTRELQ_TLS_CA": "ca.pem",
+        "KESTRELQ_SERVER_TLS_CERT": "server.pem",
+        "KESTRELQ_SERVER_TLS_KEY": "server.key",
+        "KESTRELQ_TLS_PORT": "22134",
+        "KESTRELQ_AUTH_FILE": "users",
+        "KESTRELQ_ADMIN_USERS": "a,b",
+        "KESTRELQ_ENABLE_SHUTDOWN": "1",
+        "KESTRELQ_PLAIN": "0",
+    }
+    cfg = config.load({}, env)
+    assert (cfg.tls_cert, cfg.tls_key, cfg.tls_ca) == ("server.pem", "server.key", "")
+    assert (cfg.tls_port, cfg.auth_file, cfg.admin_users) == (22134, "users", "a,b")
+    assert cfg.enable_shutdown and not cfg.plain
+
+
+def test_admin_users_as_a_toml_list(tmp_path: Path) -> None:
+    from kestrelq.server import config
+
+    path = tmp_path / "k.toml"
+    path.write_text('[server]\nadmin_users = ["ops", "deploy"]\nauth_file = "u"\n')
+    cfg = config.load({"config_file": str(path)}, {})
+    assert parse_admin_users(cfg.admin_users) == {"ops", "deploy"}
