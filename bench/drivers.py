@@ -66,11 +66,14 @@ class MemcacheQueueDriver:
     """kestrelq through pymemcache: `set q`, then `get q` or `get q/close/open`."""
 
     def __init__(self, port: int, reliable: bool, queue: str = QUEUE) -> None:
-        from pymemcache.client.base import Client
+        from kestrelq.credentials import Credentials, memcache_client
 
-        self._client = Client(
-            (HOST, port), timeout=30, connect_timeout=10, no_delay=True, default_noreply=False
-        )
+        # Login and TLS as every client of ours (KESTRELQ_USER, KESTRELQ_TLS_CA, ...; none
+        # set: plain): bench.security sets them to measure what they cost.
+        self._client = memcache_client(
+            (HOST, port), Credentials.from_env(), timeout=30, connect_timeout=10,
+            no_delay=True, default_noreply=False,
+        )  # fmt: skip
         self._queue = queue
         self._get_key = f"{queue}/close/open" if reliable else queue
 

@@ -57,7 +57,10 @@ def probe(kind: str, port: int, timeout_s: float = 1.0) -> bool:
                 if not chunk:
                     return False
                 reply += chunk
-            return reply.startswith(expected)
+            # A kestrelq that wants a login first answers, and that is all a probe asks.
+            return reply.startswith(expected) or (
+                kind == "kestrelq" and reply.startswith(b"CLIENT_")
+            )
     except OSError:
         return False
 

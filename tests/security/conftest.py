@@ -1,9 +1,9 @@
 """Fixtures for the security tests: certificates made at test time, secured server processes.
 
-Certificates are made with the `openssl` command (the venv has no `cryptography`) into a
-temporary directory: no key is ever committed. One CA signs the server's certificate (for
-127.0.0.1 and localhost) and a client certificate; a second, unrelated CA signs a client
-certificate that the server must refuse.
+Certificates are made with the `openssl` command (the venv has no `cryptography`) by
+bench.security's helpers, into a temporary directory: no key is ever committed. One CA signs
+the server's certificate (for 127.0.0.1 and localhost), a second one for the reload tests, and
+a client certificate; an unrelated CA signs a client certificate that the server must refuse.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Protocol
 import pytest
 from helpers import ServerProcess, wait_until
 
+from bench.security import openssl_ca, openssl_cert
+
 USERS = {"alice": "wonder land", "admin": "s3cret:with-colon"}
 
 
@@ -28,38 +30,6 @@ def login_bytes(user: str, password: str, noreply: bool = False) -> bytes:
     data = f"{user} {password}".encode()
     head = f"set auth 0 0 {len(data)}{' noreply' if noreply else ''}\r\n".encode()
     return head + data + b"\r\n"
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _key_and_csr(name: str, cn: str, cwd: Path) -> None:
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
-             cwd=cwd)  # fmt: skip
-
-
-def _ca(name: str, cwd: Path) -> None:
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-             "-subj", f"/CN=kestrelq test {name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=cwd)  # fmt: skip
-
-
-def _signed(name: str, cn: str, ca: str, usage: str, cwd: Path) -> None:
-    _key_and_csr(name, cn, cwd)
-    ext = cwd / f"{name}.ext"
-    ext.write_text(
-        "basicConstraints=CA:FALSE\n"
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-        f"extendedKeyUsage={usage}\n"
-        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
-    )
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", ext.name,
-             cwd=cwd)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -82,12 +52,12 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make test certificates")
     d = tmp_path_factory.mktemp("certs")
-    _ca("ca", d)
-    _ca("other-ca", d)
-    _signed("server", "kestrelq-server", "ca", "serverAuth", d)
-    _signed("server2", "kestrelq-server-rotated", "ca", "serverAuth", d)
-    _signed("client", "worker", "ca", "clientAuth", d)
-    _signed("stranger", "stranger", "other-ca", "clientAuth", d)
+    openssl_ca(d, "ca")
+    openssl_ca(d, "other-ca")
+    openssl_cert(d, "server", "kestrelq-server", "ca", "serverAuth")
+    openssl_cert(d, "server2", "kestrelq-server-rotated", "ca", "serverAuth")
+    openssl_cert(d, "client", "worker", "ca", "clientAuth")
+    openssl_cert(d, "stranger", "stranger", "other-ca", "clientAuth")
     return Certs(d)
 
 

@@ -180,3 +180,13 @@ def test_a_bad_client_certificate_setting_is_named(mutual: SecureServer, certs: 
     result = run(kestrelq("stats"), env)
     assert result.returncode == 2
     assert "KESTRELQ_TLS_CERT /nope/client.pem" in result.stderr
+
+
+def test_the_security_bench_runs_every_setup() -> None:
+    result = run([sys.executable, "-m", "bench.security", "-n", "40", "-r", "1", "-c", "1"], {})
+    assert result.returncode == 0, result.stderr
+    rows = [
+        line for line in result.stdout.splitlines() if line.startswith("| ") and "| 1 |" in line
+    ]
+    labels = [row.split("|")[1].strip() for row in rows]
+    assert labels == ["plain", "plain + login", "TLS", "TLS + login", "mutual TLS + login"]
