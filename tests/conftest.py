@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ServerProcess
+from helpers import ServerProcess, serving
 
 TESTS = Path(__file__).resolve().parent
 
@@ -97,10 +97,8 @@ def _in_process_tests_start_no_process(
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A real kestrelq server process on a free port, stopped (and checked) at teardown."""
-    proc = ServerProcess(tmp_path / "data").start()
-    yield proc
-    if proc.proc is not None and proc.proc.poll() is None:
-        assert proc.stop() == 0, proc.log()
+    with serving(tmp_path / "data") as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -119,6 +119,26 @@ class ServerProcess:
         return Client(("127.0.0.1", self.port), **opts)
 
 
+@contextlib.contextmanager
+def serving(
+    data_dir: Path, *args: str, config: str | None = None, start: bool = True
+) -> Iterator[ServerProcess]:
+    """A server for a fixture: started (unless `start` is False), and at the end stopped if it
+    still runs, which must exit 0 and leave no traceback in its log. `config` is the text of
+    a TOML file written beside the data dir and passed with --config."""
+    if config is not None:
+        conf = data_dir.parent / "kestrelq.toml"
+        conf.write_text(config)
+        args = ("--config", str(conf), *args)
+    proc = ServerProcess(data_dir, *args)
+    if start:
+        proc.start()
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        assert proc.stop() == 0, proc.log()
+    assert "Traceback" not in proc.log(), proc.log()
+
+
 def connect(port: int, timeout_s: float = 10.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, server_stats, wait_until
+from helpers import ServerProcess, Wire, server_stats, serving, wait_until
 
 # 200 items of 1000 bytes against a 20 KB memory window and 40 KB segments: most items are
 # behind, and several segments exist at once.
@@ -27,12 +27,8 @@ def payload(i: int) -> bytes:
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[ServerProcess]:
-    config = tmp_path / "kestrelq.toml"
-    config.write_text(CONFIG)
-    proc = ServerProcess(tmp_path / "data", "--config", str(config), "--fsync", "never")
-    yield proc
-    if proc.proc is not None and proc.proc.poll() is None:
-        assert proc.stop() == 0, proc.log()
+    with serving(tmp_path / "data", "--fsync", "never", config=CONFIG, start=False) as proc:
+        yield proc
 
 
 def fill(port: int) -> None:

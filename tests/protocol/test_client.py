@@ -9,6 +9,7 @@ the command expects. Pipelined, and split at every byte offset, since TCP may cu
 from __future__ import annotations
 
 import itertools
+import typing
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -73,6 +74,9 @@ CASES: list[tuple[str, c.Command, bytes, Reply | None]] = [
     ("monitor-default-limit", c.Monitor("jobs", 1, 0), replies.END, Values(())),
     ("confirm", c.Confirm("jobs", 2), replies.END, Status.END),
     ("confirm-refused", c.Confirm("jobs", 9), replies.ERROR, ErrorReply("ERROR", "")),
+    # No reply: the server closes the connection (last, as nothing follows them for real).
+    ("quit", c.Quit(), b"", None),
+    ("shutdown", c.Shutdown(), b"", None),
 ]  # fmt: skip
 IDS = [case[0] for case in CASES]
 
@@ -105,6 +109,11 @@ class Pair:
 def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
     bounds = [0, *cuts, len(data)]
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def test_every_command_kind_has_a_case() -> None:
+    # A command added to the server half without a client case fails here, not in a tool.
+    assert {type(case[1]) for case in CASES} == set(typing.get_args(c.Command))
 
 
 @pytest.mark.parametrize(("name", "command", "reply", "event"), CASES, ids=IDS)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, connect, server_stats, wait_until
+from helpers import ServerProcess, Wire, connect, server_stats, serving, wait_until
 
 from kestrelq import WIRE_VERSION
 from kestrelq.journal.store import segment_name
@@ -28,10 +28,8 @@ LONG_NAME = "n" * 129
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("errors")
-    proc = ServerProcess(root / "data", "--max-item-bytes", str(MAX_ITEM_BYTES)).start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
-    assert "Traceback" not in proc.log()
+    with serving(root / "data", "--max-item-bytes", str(MAX_ITEM_BYTES)) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

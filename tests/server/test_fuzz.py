@@ -18,7 +18,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from helpers import ServerProcess, Wire, connect
+from helpers import ServerProcess, Wire, connect, serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,9 +41,8 @@ payloads = st.one_of(st.binary(max_size=600), protocolish)
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("fuzz") / "data").start()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    with serving(tmp_path_factory.mktemp("fuzz") / "data") as proc:
+        yield proc
 
 
 def exchange(port: int, *parts: bytes, timeout_s: float = 10.0) -> tuple[bytes, bool]:

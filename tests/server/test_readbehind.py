@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, drain, put_all, server_stats, wait_until
+from helpers import ServerProcess, Wire, drain, put_all, server_stats, serving, wait_until
 
 ITEMS = [b"i%03d-" % i + b"z" * 95 for i in range(100)]
 
@@ -35,13 +35,8 @@ discard_old_when_full = true
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[ServerProcess]:
-    conf = tmp_path / "kestrelq.toml"
-    conf.write_text(CONFIG)
-    proc = ServerProcess(tmp_path / "data", "--config", str(conf)).start()
-    yield proc
-    if proc.proc is not None and proc.proc.poll() is None:
-        assert proc.stop() == 0, proc.log()
-    assert "Traceback" not in proc.log()
+    with serving(tmp_path / "data", config=CONFIG) as proc:
+        yield proc
 
 
 def test_most_items_are_read_behind_and_come_back_in_order(srv: ServerProcess) -> None:
