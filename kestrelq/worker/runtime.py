@@ -68,7 +68,8 @@ Theory of operation. Rules first:
    characters). Whatever comes from a message, including what the handler returns or
    raises, is escaped (`kestrelq.worker.message.escape`), so no message can add a line.
 
-Counters in the shutdown line: `processed` = handler returned, `failed` = handler raised,
+Counters in the shutdown line: `processed` = handler returned, `failed` = handler raised or
+ran past its time limit,
 `redelivered` = messages handed back to the queue to be delivered again (aborted after a
 failure or at a stop, or held by a connection that broke before the confirm was answered).
 """
