@@ -19,15 +19,18 @@ class KestrelqError(Exception):
 class ProtocolError(KestrelqError):
     """The bytes on a connection broke the protocol.
 
-    `reason` is the short text sent after the error word; `close` whether to hang up.
+    `reason` is the short text sent after the error word; `close` whether to hang up;
+    `noreply` whether the command asked for no reply (then the error is logged, not sent: a
+    reply the client does not read would be taken as the answer to its next command).
     """
 
     word = "CLIENT_ERROR"
 
-    def __init__(self, reason: str, *, close: bool = True) -> None:
+    def __init__(self, reason: str, *, close: bool = True, noreply: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.close = close
+        self.noreply = noreply
 
 
 class RemoteProtocolError(ProtocolError):
@@ -45,12 +48,18 @@ class ReplyError(KestrelqError):
 
 
 class ItemTooLarge(RemoteProtocolError):
-    """A `set` announced more bytes than the server accepts at all; its data is skipped."""
+    """A `set` announced more bytes than the server accepts at all.
+
+    Refused at once, as memcached does, and the connection is closed before its data is read:
+    skipping a declared 999999999999 bytes would hold the connection for ever.
+    """
 
     word = "SERVER_ERROR"
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"object too large for cache ({size} > {limit} bytes)", close=False)
+    def __init__(self, size: int, limit: int, *, noreply: bool = False) -> None:
+        super().__init__(
+            f"object too large for cache ({size} > {limit} bytes)", close=True, noreply=noreply
+        )
 
 
 # -- access ---------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ class Flush:
 
 @value
 class FlushAll:
-    pass
+    noreply: bool = False
 
 
 @value

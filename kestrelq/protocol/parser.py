@@ -11,8 +11,19 @@ States: IDLE (expecting a command line) -> BLOCK (expecting the data block of a 
 -> IDLE; or SKIP (dropping the data block of a `set` we refuse, so the connection stays in
 step) -> IDLE; any error with close=True -> CLOSED, where nothing more is parsed.
 
-Limits: a command line longer than `max_line_bytes` and a data block larger than
-`max_item_bytes` are refused without buffering them.
+Limits: a command line longer than `max_line_bytes` is refused without buffering it; a `set`
+that announces more than `max_item_bytes` is refused at once and closes the connection, before
+any of its data is read (memcached's reply, `SERVER_ERROR object too large for cache`).
+
+noreply: `set`, `delete` and `flush_all` accept a trailing `noreply`. Such a command gets no
+reply whatever happens, errors included: the error raised carries `noreply=True` and the
+caller logs it instead of answering (a reply the client does not read would be taken as the
+answer to its next command). The same holds for any line ending in `noreply` that we refuse
+(`add ... noreply` from a memcache client): it is refused silently and the connection closed.
+
+One key per get: `get a b` is refused (CLIENT_ERROR, the connection stays usable) and takes no
+item. Answering several keys would take an item off each queue in one command, and a failure
+part way (an open read already held on `b`) would lose the items already taken.
 """
 
 from __future__ import annotations
@@ -128,6 +139,17 @@ class ServerConnection:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def block_size(self) -> int:
+        """The declared size of the data block being received (0 when none is)."""
+        pending = self._pending_set
+        return pending[3] if pending is not None and self.state is _BLOCK else 0
+
+    @property
+    def in_command(self) -> bool:
+        """Part of a command has arrived: a partial line, or a data block not yet complete."""
+        return self.state in (_BLOCK, _SKIP) or (self.state is _IDLE and len(self._buffer) > 0)
+
     def receive_data(self, data: bytes) -> None:
         if self.state is not State.CLOSED:
             self._buffer += data
@@ -175,39 +197,52 @@ class ServerConnection:
         if word in (b"get", b"gets"):
             if not args:
                 raise RemoteProtocolError("get needs a key", close=False)
+            if len(args) > 1:
+                raise RemoteProtocolError("get takes one key (one queue per get)", close=False)
             return parse_get_key(args[0])
-        simple = _SIMPLE.get(word)
-        if simple is not None:
-            return simple()
-        handler = _WITH_ARGS.get(word)
-        if handler is not None:
-            return handler(args)
-        shown = word[:32].decode("ascii", "replace")
-        raise RemoteProtocolError(f"unknown command {shown!r}")
+        try:
+            simple = _SIMPLE.get(word)
+            if simple is not None:
+                return simple()
+            handler = _WITH_ARGS.get(word)
+            if handler is not None:
+                return handler(args)
+            shown = word[:32].decode("ascii", "replace")
+            raise RemoteProtocolError(f"unknown command {shown!r}")
+        except ProtocolError as exc:
+            exc.noreply = bool(args) and args[-1] == b"noreply"
+            raise
 
     def _start_set(self, args: list[bytes]) -> c.Command | None:
         noreply = len(args) == 5 and args[4] == b"noreply"
         if len(args) != 4 and not noreply:
-            raise RemoteProtocolError("bad command line format")
+            raise RemoteProtocolError(
+                "bad command line format", noreply=bool(args) and args[-1] == b"noreply"
+            )
         try:
             flags, exptime, size = int(args[1]), int(args[2]), int(args[3])
         except ValueError:
             flags = exptime = size = -1
         if not (0 <= flags <= MAX_U32 and -(2**62) <= exptime <= 2**62 and 0 <= size <= 2**62):
             # Out of range or not a number: the checked parse names the field.
-            flags = _int(args[1], "flags", 0, MAX_U32)
-            exptime = _int(args[2], "exptime", -(2**62), 2**62)
-            size = _int(args[3], "data length", 0, 2**62)
+            try:
+                flags = _int(args[1], "flags", 0, MAX_U32)
+                exptime = _int(args[2], "exptime", -(2**62), 2**62)
+                size = _int(args[3], "data length", 0, 2**62)
+            except ProtocolError as exc:
+                exc.noreply = noreply
+                raise
         if size > self.max_item_bytes:
-            return self._skip(size, ItemTooLarge(size, self.max_item_bytes))
+            raise ItemTooLarge(size, self.max_item_bytes, noreply=noreply)
         try:
             queue = _queue(args[0], close=False)
         except RemoteProtocolError as exc:
+            exc.noreply = noreply
             return self._skip(size, exc)
         try:
             block = self._buffer.maybe_extract_block(size, b"\r\n")
         except ValueError:
-            raise RemoteProtocolError("bad data chunk") from None
+            raise RemoteProtocolError("bad data chunk", noreply=noreply) from None
         if block is not None:  # the usual case: the data came with its command line
             return c.Set(queue, flags, exptime, block, noreply)
         self._pending_set = (queue, flags, exptime, size, noreply)
@@ -216,7 +251,8 @@ class ServerConnection:
 
     def _skip(self, size: int, error: ProtocolError) -> c.Command | None:
         # Drop the data block (and its CRLF) as it arrives, then report the error: the
-        # connection stays in step and the client gets exactly one reply for its command.
+        # connection stays in step and the client gets exactly one reply for its command (none
+        # with noreply). Only sizes within max_item_bytes get here.
         self.state = _SKIP
         self._skip_left = size + 2
         self._skip_error = error
@@ -228,7 +264,7 @@ class ServerConnection:
         try:
             block = self._buffer.maybe_extract_block(size, b"\r\n")
         except ValueError:
-            raise RemoteProtocolError("bad data chunk") from None
+            raise RemoteProtocolError("bad data chunk", noreply=noreply) from None
         if block is None:
             return None
         self._pending_set = None
@@ -239,6 +275,16 @@ class ServerConnection:
 def _delete(args: list[bytes]) -> c.Command:
     noreply = len(args) > 1 and args[-1] == b"noreply"
     return c.Delete(_one_queue(args, "delete"), noreply)
+
+
+def _flush_all(args: list[bytes]) -> c.Command:
+    # memcache clients send `flush_all [delay] [noreply]` (pymemcache: `flush_all 0 noreply`).
+    # Queues are flushed at once: a delay other than 0 is refused rather than ignored.
+    noreply = bool(args) and args[-1] == b"noreply"
+    rest = args[:-1] if noreply else args
+    if len(rest) > 1 or (rest and _int(rest[0], "delay", 0, MAX_U32) != 0):
+        raise RemoteProtocolError("flush_all takes no delay", close=False)
+    return c.FlushAll(noreply)
 
 
 def _dump_stats(args: list[bytes]) -> c.Command:
@@ -261,7 +307,6 @@ def _confirm(args: list[bytes]) -> c.Command:
 
 
 _SIMPLE: dict[bytes, Callable[[], c.Command]] = {
-    b"flush_all": c.FlushAll,
     b"flush_all_expired": c.FlushAllExpired,
     b"stats": c.Stats,
     b"version": c.Version,
@@ -272,6 +317,7 @@ _SIMPLE: dict[bytes, Callable[[], c.Command]] = {
 
 _WITH_ARGS = {
     b"delete": _delete,
+    b"flush_all": _flush_all,
     b"flush": lambda args: c.Flush(_one_queue(args, "flush")),
     b"flush_expired": lambda args: c.FlushExpired(_one_queue(args, "flush_expired")),
     b"dump_stats": _dump_stats,

@@ -33,16 +33,21 @@ def error(word: str, reason: str) -> bytes:
     return f"{word} {clean}\r\n".encode("ascii", "replace") if clean else f"{word}\r\n".encode()
 
 
+def stat_lines(lines: Iterable[tuple[str, object]]) -> bytes:
+    """`STAT name value` lines, without the END (a long reply is sent in parts)."""
+    return b"".join(f"STAT {k} {v}\r\n".encode() for k, v in lines)
+
+
 def stats(lines: Iterable[tuple[str, object]]) -> bytes:
-    body = b"".join(f"STAT {k} {v}\r\n".encode() for k, v in lines)
-    return body + END
+    return stat_lines(lines) + END
+
+
+def dump_stats_block(name: str, pairs: Iterable[tuple[str, object]]) -> bytes:
+    """Kestrel's brace format for one queue: `queue 'q' {`, `  key=value` lines, `}`."""
+    lines = [f"queue '{name}' {{", *(f"  {k}={v}" for k, v in pairs), "}", ""]
+    return "\r\n".join(lines).encode()
 
 
 def dump_stats(blocks: Iterable[tuple[str, Iterable[tuple[str, object]]]]) -> bytes:
-    """Kestrel's brace format: `queue 'q' {`, `  key=value` lines, `}`, then END."""
-    lines: list[str] = []
-    for name, pairs in blocks:
-        lines.append(f"queue '{name}' {{")
-        lines.extend(f"  {k}={v}" for k, v in pairs)
-        lines.append("}")
-    return ("\r\n".join(lines)).encode() + _TRAILER
+    """Every queue's block, then END (just END when there is no such queue)."""
+    return b"".join(dump_stats_block(name, pairs) for name, pairs in blocks) + END

@@ -86,14 +86,22 @@ class QueueCollection:
             return self.overrides[parent]
         return self.defaults
 
-    def queue(self, name: str) -> QueueState:
-        """The queue called `name`, created (and registered as a fanout child) if new."""
+    def queue(self, name: str, *, check: bool = True) -> QueueState:
+        """The queue called `name`, created (and registered as a fanout child) if new.
+
+        A new queue whose derived names are invalid (see QueueConfig.check_targets) is refused
+        with `check`; recovery and moves into a queue create it regardless, since refusing
+        there would lose what the journal or the source queue holds.
+        """
         state = self.queues.get(name)
         if state is None:
             names.validate(name)
+            config = self.config_for(name)
+            if check:
+                config.check_targets(name)
             state = QueueState(
                 name,
-                self.config_for(name),
+                config,
                 self._storage.log_for(name),
                 on_expired=functools.partial(self._expire, name),
                 on_dead=functools.partial(self._dead_letter, name),
@@ -186,13 +194,13 @@ class QueueCollection:
         self.counters.queue_expires += 1
         target = self.queues[source].config.expire_to
         if target and target != source:
-            self.queue(target).add(item, item.added_ms, essential=True)
+            self.queue(target, check=False).add(item, item.added_ms, essential=True)
             self._notify(target)
 
     def _dead_letter(self, source: str, item: Item) -> None:
         target = self.queues[source].config.dead_letter_queue(source)
         if target != source:
-            self.queue(target).add(item, item.added_ms, essential=True)
+            self.queue(target, check=False).add(item, item.added_ms, essential=True)
             self._notify(target)
 
 

@@ -39,6 +39,26 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     serve.add_argument("--max-connections", dest="max_connections", type=int)
     serve.add_argument("--max-item-bytes", dest="max_item_bytes", type=int)
     serve.add_argument(
+        "--max-pending-bytes",
+        dest="max_pending_bytes",
+        type=int,
+        help="bytes of data blocks still arriving, all connections together (256 MiB)",
+    )
+    serve.add_argument(
+        "--read-timeout-s",
+        dest="read_timeout_s",
+        type=float,
+        help="close a connection whose command is not whole this long after its first byte, "
+        "or whose replies stay unread this long (60; 0 = never)",
+    )
+    serve.add_argument(
+        "--idle-timeout-s",
+        dest="idle_timeout_s",
+        type=float,
+        help="close a connection idle this long between commands (0 = never, the default; "
+        "a blocked get is not idle)",
+    )
+    serve.add_argument(
         "--salvage",
         action="store_const",
         const=True,
@@ -102,7 +122,8 @@ def _serve(args: argparse.Namespace) -> int:
     from kestrelq.server.server import run
 
     keys = ("config_file", "host", "port", "data_dir", "fsync", "max_open_reads",
-            "max_connections", "max_item_bytes", "salvage", *_SECURITY_KEYS)  # fmt: skip
+            "max_connections", "max_item_bytes", "max_pending_bytes", "read_timeout_s",
+            "idle_timeout_s", "salvage", *_SECURITY_KEYS)  # fmt: skip
     try:
         cfg = config_mod.load({k: getattr(args, k) for k in keys})
         return run(cfg)

@@ -11,6 +11,9 @@ The config file is TOML:
     max_connections = 1024
     max_line_bytes = 2048
     max_item_bytes = 67108864
+    max_pending_bytes = 268435456   # data blocks still arriving, all connections together
+    read_timeout_s = 60.0       # a command must arrive whole this long after its first byte
+    idle_timeout_s = 0.0        # close connections idle between commands; 0 = never
     disk_reserve_bytes = 8388608
     batch_writes = true         # one journal write per queue per batch of commands
     plain = true                # the plain listener on `port` (false: TLS only)
@@ -55,6 +58,10 @@ class ServerConfig:
     max_connections: int = 1024
     max_line_bytes: int = 2048
     max_item_bytes: int = 64 << 20
+    # Limits and timeouts against careless or hostile clients (README, "Limits and timeouts").
+    max_pending_bytes: int = 256 << 20
+    read_timeout_s: float = 60.0
+    idle_timeout_s: float = 0.0
     disk_reserve_bytes: int = 8 << 20
     segment_bytes: int = 64 << 20
     batch_writes: bool = True
@@ -118,7 +125,10 @@ def _convert(key: str, value: Any, kind: Any) -> Any:
                 raise ValueError(value)
             return number
         if kind in (float, "float"):
-            return float(value)
+            real = float(value)
+            if not real >= 0:  # also refuses nan
+                raise ValueError(value)
+            return real
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"bad value for {key}: {value!r}") from None
@@ -185,6 +195,10 @@ def load(
         except Exception as exc:
             raise ConfigError(f"[queues.{name}]: {exc}") from None
         queues[name] = _queue_config(section, defaults, f"[queues.{name}]")
+        try:
+            queues[name].check_targets(name)
+        except Exception as exc:
+            raise ConfigError(f"[queues.{name}]: {exc}") from None
     for key in ("port", "tls_port"):
         if key in converted and not 0 <= converted[key] <= 65535:
             raise ConfigError(f"{key} out of range: {converted[key]}")

@@ -9,13 +9,21 @@ more than a loop:
 - Durability. A reply to a command that wrote to an `always` journal is held until the store's
   group fsync has covered that write. Replies stay in order, so later replies wait too.
 - Errors. Every failure is a `KestrelqError`, turned into wire bytes by `error_reply()`, the
-  one place that decides what an error looks like to a client.
+  one place that decides what an error looks like to a client. A command sent with `noreply`
+  gets no reply, error or not: the error is logged instead.
+- Limits. A data block still arriving takes its size from the server's pending-bytes budget
+  (or the connection stops reading until it can); a command that has not arrived whole within
+  read_timeout_s of its first byte, replies the client leaves unread that long, and (when
+  set) idle_timeout_s between commands close the connection. The server's tick checks them.
+- Long replies. `stats` and `dump_stats` are written part by part (see server.stats), with the
+  event loop free between parts; later commands wait, as behind a blocking get.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
@@ -40,6 +48,7 @@ from kestrelq.protocol import replies
 from kestrelq.protocol.parser import ServerConnection
 from kestrelq.queue.collection import GetOptions, Session
 from kestrelq.queue.item import Item
+from kestrelq.server import stats
 
 if TYPE_CHECKING:
     from kestrelq.server.server import Server
@@ -56,6 +65,11 @@ _PAUSE_BUFFER_BYTES = 1 << 20
 _MAX_HELD_BYTES = 256 << 10
 # Replies up to this size go out joined: one copy is cheaper than an iovec per reply part.
 _JOIN_REPLY_BYTES = 64 << 10
+# After an error that closes the connection, what the client still sends is read and dropped
+# for at most this long (and this much) before the socket is closed: closing with unread input
+# makes the kernel send a reset, which can destroy the error reply before the client reads it.
+_LINGER_S = 2.0
+_LINGER_BYTES = 1 << 20
 
 
 def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
@@ -116,6 +130,21 @@ class QueueProtocol(asyncio.Protocol):
         # Who logged in (kestrelq.server.auth); until then, with an auth file, only a login.
         self.user: str | None = None
         self.must_login = server.security.access.users is not None
+        # A long reply being written part by part, and whether its next part is scheduled.
+        self._streaming: Iterator[tuple[bytes, bool]] | None = None
+        self._step_scheduled = False
+        # Bytes taken from the server's pending budget for the block being received, and
+        # whether reading stopped to wait for the budget.
+        self._reserved = 0
+        self._budget_wait = False
+        # Event-loop times for the timeouts: when the command now arriving started (None
+        # when none is), when the last command finished, when writing stalled.
+        now = asyncio.get_running_loop().time()
+        self._command_since: float | None = None
+        self._active_at = now
+        self._write_paused_at = now
+        self._lingering = -1  # bytes dropped since a closing error; -1 when not lingering
+        self._eof_sent = False
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -132,6 +161,11 @@ class QueueProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.server.bytes_read += len(data)
+        if self._lingering >= 0:
+            self._lingering += len(data)
+            if self._lingering > _LINGER_BYTES and self.transport is not None:
+                self.transport.abort()
+            return
         self.parser.receive_data(data)
         self._process()
 
@@ -139,15 +173,19 @@ class QueueProtocol(asyncio.Protocol):
         # The client is done sending: answer what it sent, then close. One that is blocked in
         # a get has gone away (a socket close looks the same as a half-close): like Kestrel,
         # cancel its wait, so that an item never goes to a reader that is not there.
+        if self._lingering >= 0:
+            return False  # the client read our last words and hung up: close
         self.eof = True
         self._process()
-        return self.parked is None
+        return self.parked is None and self._streaming is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
         server.connections.discard(self)
         server.sync_waiters.discard(self)
         self._unpark()
+        self._streaming = None
+        self._release_budget()
         try:
             self.session.release_all()
             if server.store.unwritten:
@@ -166,28 +204,111 @@ class QueueProtocol(asyncio.Protocol):
         store = server.store
         # One clock reading per batch: the commands of one read arrived at the same moment.
         now_ms = server.now_ms()
-        while self.parked is None and not self.closing and not self._backed_up():
+        done = 0
+        while (
+            self.parked is None
+            and self._streaming is None
+            and not self.closing
+            and not self._budget_wait
+            and not self._backed_up()
+        ):
+            command: c.Command | None = None
             try:
                 command = self.parser.next_command()
                 if command is None:
                     self.closing = self.eof
                     break
+                done += 1
                 before = store.always_seq
                 self._execute(command, now_ms)
                 if store.always_seq != before:
                     self.need_seq = store.always_seq
             except KestrelqError as exc:
-                self._error(exc)
+                self._error(exc, noreply=getattr(command, "noreply", False))
             except Exception:
                 # A bug, not the client's fault: log it, tell the client, drop this connection
                 # only. The server and every other connection go on.
                 logger.exception("internal error on a connection; closing it")
-                self._reply(replies.error("SERVER_ERROR", "internal error"))
+                if not getattr(command, "noreply", False):
+                    self._reply(replies.error("SERVER_ERROR", "internal error"))
                 self.closing = True
             if self._out_bytes > _MAX_HELD_BYTES:
                 self._flush()  # may pause this connection (unread or awaiting an fsync)
+        self._account(done)
+        if self._streaming is not None:
+            self._schedule_step()
         self._flow_control()
         self._flush()
+
+    def _account(self, done: int) -> None:
+        """After a batch: budget for a block now arriving, and the times the timeouts use."""
+        parser = self.parser
+        block = parser.block_size
+        if block != self._reserved and not self._budget_wait:
+            self._release_budget()
+            if block:
+                budget = self.server.pending
+                if budget.try_take(block):
+                    self._reserved = block
+                else:
+                    self._budget_wait = True
+                    budget.wait(block, self._budget_granted)
+        if done or not parser.in_command:
+            now = asyncio.get_running_loop().time()
+            if done:
+                self._active_at = now
+            self._command_since = now if parser.in_command else None
+        elif self._command_since is None:
+            self._command_since = asyncio.get_running_loop().time()
+
+    def _budget_granted(self) -> None:
+        # Called by the budget, maybe from inside another connection's turn: only note it,
+        # and carry on reading from the event loop.
+        self._reserved = self.parser.block_size
+        self._budget_wait = False
+        self._command_since = None  # the wait was ours, not the client's
+        asyncio.get_running_loop().call_soon(self._resume)
+
+    def _resume(self) -> None:
+        if self.transport is not None:
+            self._process()
+
+    def _release_budget(self) -> None:
+        if self._budget_wait:
+            self._budget_wait = False
+            self.server.pending.cancel(self._budget_granted)
+        if self._reserved:
+            reserved, self._reserved = self._reserved, 0
+            self.server.pending.give_back(reserved)
+
+    def check_timeouts(self, now: float) -> str | None:
+        """Why this connection should be closed at event-loop time `now`, or None.
+
+        A blocked get or monitor is never idle, and time spent waiting for the budget, an
+        fsync or a long reply's next part is the server's, not the client's.
+        """
+        cfg = self.server.config
+        if self.transport is None or self._lingering >= 0:
+            return None
+        read_s, idle_s = cfg.read_timeout_s, cfg.idle_timeout_s
+        if self._write_paused:
+            if read_s and now - self._write_paused_at > read_s:
+                return f"replies unread for {read_s:g} s"
+            return None
+        if self.parked is not None or self._streaming is not None or self._budget_wait:
+            return None
+        if self._command_since is not None:
+            if read_s and now - self._command_since > read_s and not self._backed_up():
+                return f"command incomplete after {read_s:g} s ({self.parser.buffered} bytes)"
+            return None
+        if idle_s and not self.out and now - self._active_at > idle_s:
+            return f"idle for {idle_s:g} s"
+        return None
+
+    def time_out(self, why: str) -> None:
+        """Close a connection that tripped a timeout (the caller logs why)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def _execute(self, cmd: c.Command, now_ms: int) -> None:
         server = self.server
@@ -228,17 +349,18 @@ class QueueProtocol(asyncio.Protocol):
             case c.Flush(queue):
                 coll.queue(queue).flush()
                 self._reply(replies.END)
-            case c.FlushAll():
+            case c.FlushAll(noreply):
                 coll.flush_all()
-                self._reply(replies.FLUSHED_ALL)
+                if not noreply:
+                    self._reply(replies.FLUSHED_ALL)
             case c.FlushExpired(queue):
                 self._reply(replies.count(coll.flush_expired(queue, now_ms)))
             case c.FlushAllExpired():
                 self._reply(replies.count(coll.flush_all_expired(now_ms)))
             case c.Stats():
-                self._reply(replies.stats(server.stats_lines()))
+                self._stream(stats.stats_parts(server))
             case c.DumpStats(queues):
-                self._reply(replies.dump_stats(server.dump_stats(queues)))
+                self._stream(stats.dump_stats_parts(server, queues))
             case c.Version():
                 self._reply(replies.version(WIRE_VERSION))
             case c.Reload():
@@ -260,17 +382,10 @@ class QueueProtocol(asyncio.Protocol):
             self._reply(replies.STORED)
 
     def _set(self, cmd: c.Set, now_ms: int) -> None:
-        try:
-            if self.server.shutting_down:
-                raise ShuttingDown("server shutting down")
-            item = Item(cmd.data, cmd.flags, now_ms, expiry_ms(cmd.exptime, now_ms))
-            self.server.collection.add(cmd.queue, item, now_ms)
-        except KestrelqError as exc:
-            if cmd.noreply:
-                # A reply the client does not read would answer its next command instead.
-                logger.warning("noreply set on %s refused: %s", cmd.queue, exc)
-                return
-            raise
+        if self.server.shutting_down:
+            raise ShuttingDown("server shutting down")
+        item = Item(cmd.data, cmd.flags, now_ms, expiry_ms(cmd.exptime, now_ms))
+        self.server.collection.add(cmd.queue, item, now_ms)
         if not cmd.noreply:
             self._reply(replies.STORED)
 
@@ -307,12 +422,47 @@ class QueueProtocol(asyncio.Protocol):
             sent += 1
         return sent
 
-    def _error(self, exc: KestrelqError) -> None:
+    def _error(self, exc: KestrelqError, noreply: bool = False) -> None:
         reply, close = error_reply(exc)
-        self._reply(reply)
+        if noreply or (isinstance(exc, ProtocolError) and exc.noreply):
+            # A reply the client does not read would be taken as the answer to its next
+            # command: say it in the log instead (and close when the stream is lost).
+            logger.warning("noreply command refused%s: %s",
+                           " (closing the connection)" if close else "", exc)  # fmt: skip
+        else:
+            self._reply(reply)
         if close:
             self.closing = True
+            self._lingering = 0
             logger.debug("closing connection after error: %s", exc)
+
+    # -- long replies ----------------------------------------------------------------------
+
+    def _stream(self, parts: Iterator[tuple[bytes, bool]]) -> None:
+        # The first part now: a server with a few queues answers in one part, as before.
+        part, last = next(parts)
+        self._reply(part)
+        if not last:
+            self._streaming = parts
+
+    def _schedule_step(self) -> None:
+        if not self._step_scheduled and not self._backed_up():
+            self._step_scheduled = True
+            asyncio.get_running_loop().call_soon(self._step)
+
+    def _step(self) -> None:
+        self._step_scheduled = False
+        parts = self._streaming
+        if parts is None or self.transport is None:
+            return
+        if self._backed_up():
+            return  # resume_writing or synced() carries on
+        part, last = next(parts)
+        self._reply(part)
+        if last:
+            self._streaming = None
+            self._active_at = asyncio.get_running_loop().time()
+        self._process()
 
     # -- parking (blocking reads) ---------------------------------------------------------
 
@@ -372,12 +522,17 @@ class QueueProtocol(asyncio.Protocol):
         if parked is not None:
             parked.timer.cancel()
             self.server.remove_waiter(parked.queue, self)
+            self._active_at = asyncio.get_running_loop().time()  # a blocked get is not idle
 
     def shutdown(self) -> None:
         """Server shutdown: answer a parked read now, then close after the replies."""
         if self.parked is not None:
             self._unpark()
             self._reply(replies.END)
+        if self._streaming is not None:
+            for part, _ in self._streaming:
+                self._reply(part)
+            self._streaming = None
         self.closing = True
         self._flush()
 
@@ -387,6 +542,7 @@ class QueueProtocol(asyncio.Protocol):
         # The client is not reading its replies: stop executing its commands (and reading
         # them) until it does, so that replies cannot pile up in memory.
         self._write_paused = True
+        self._write_paused_at = asyncio.get_running_loop().time()
         self._flow_control()
 
     def resume_writing(self) -> None:
@@ -404,8 +560,13 @@ class QueueProtocol(asyncio.Protocol):
     def _flow_control(self) -> None:
         if self.transport is None:
             return
-        should_pause = self._backed_up() or (
-            self.parked is not None and self.parser.buffered > _PAUSE_BUFFER_BYTES
+        should_pause = (
+            self._backed_up()
+            or self._budget_wait
+            or (
+                (self.parked is not None or self._streaming is not None)
+                and self.parser.buffered > _PAUSE_BUFFER_BYTES
+            )
         )
         if should_pause and not self._paused:
             self.transport.pause_reading()
@@ -434,13 +595,28 @@ class QueueProtocol(asyncio.Protocol):
                 transport.writelines(self.out)  # big items are not copied
             self.out.clear()
             self._out_bytes = 0
-        if self.closing:
-            transport.close()
+        if self.closing and not transport.is_closing() and not self._eof_sent:
+            if self._lingering >= 0 and not self.eof and transport.can_write_eof():
+                self._eof_sent = True
+                # Our replies go out, then EOF; the connection closes when the client closes
+                # its side (eof_received), or after _LINGER_S.
+                transport.write_eof()
+                asyncio.get_running_loop().call_later(_LINGER_S, transport.abort)
+                self._flow_control()
+                if self._paused:
+                    transport.resume_reading()  # read (and drop) until the client's EOF
+                    self._paused = False
+            else:
+                transport.close()
 
     def synced(self) -> None:
         """The group fsync this connection's replies waited for is done."""
         self._flush()
-        if self.out == [] and self.parked is None and self.parser.buffered:
-            self._process()  # commands held back while too many replies waited
+        if (
+            self.out == []
+            and self.parked is None
+            and (self.parser.buffered or self._streaming is not None)
+        ):
+            self._process()  # commands (or a long reply) held back while replies waited
         else:
             self._flow_control()  # reading may have stopped while the replies were held

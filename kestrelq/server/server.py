@@ -24,6 +24,7 @@ from kestrelq.journal.store import JournalStore, StoreLimits
 from kestrelq.queue import names
 from kestrelq.queue.collection import QueueCollection
 from kestrelq.server import config as config_mod
+from kestrelq.server.budget import ByteBudget
 from kestrelq.server.config import ServerConfig
 from kestrelq.server.connection import QueueProtocol
 from kestrelq.server.security import Security
@@ -66,6 +67,8 @@ class Server:
         self.total_connections = 0
         self.bytes_read = 0
         self.bytes_written = 0
+        self.pending = ByteBudget(config.max_pending_bytes)
+        self.timed_out_connections = 0
         self.shutting_down = False
         self.failed = False
         self._dirty_queues: set[str] = set()
@@ -95,7 +98,7 @@ class Server:
             except InvalidQueueName:
                 logger.warning("ignoring journal with an invalid queue name: %r", name)
                 continue
-            state = self.collection.queue(name)
+            state = self.collection.queue(name, check=False)
             for record in store.recover(name):
                 state.apply(record)
             if state.behind_items:
@@ -340,7 +343,9 @@ class Server:
                 logger.exception("housekeeping failed; retrying at the next tick")
 
     def housekeeping(self) -> None:
-        """Expire head items, time out stale open reads, compact, re-arm the disk reserve."""
+        """Expire head items, time out stale open reads and connections, compact, re-arm the
+        disk reserve."""
+        self.time_out_connections()
         now_ms = self.now_ms()
         coll = self.collection
         coll.flush_all_expired(now_ms)
@@ -353,6 +358,17 @@ class Server:
             self.store.write_pending()
         if self.store.reserve_released:
             self.store.ensure_reserve()
+
+    def time_out_connections(self) -> None:
+        """Close connections that tripped read_timeout_s or idle_timeout_s (one pass a tick:
+        nothing on the per-command path, and a timeout is late by at most TICK_S)."""
+        now = asyncio.get_running_loop().time()
+        for conn in list(self.connections):
+            why = conn.check_timeouts(now)
+            if why is not None:
+                self.timed_out_connections += 1
+                logger.info("closing a connection: %s", why)
+                conn.time_out(why)
 
     def _segment_full(self, name: str) -> None:
         if not self._full_segments:
@@ -407,75 +423,6 @@ class Server:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # -- stats -------------------------------------------------------------------------------
-
-    def stats_lines(self) -> list[tuple[str, object]]:
-        now = self.clock()
-        now_ms = int(now * 1000)
-        coll = self.collection
-        items, total_bytes = coll.totals()
-        c = coll.counters
-        lines: list[tuple[str, object]] = [
-            ("uptime", int(now - self.started_s)),
-            ("time", int(now)),
-            ("version", __version__),
-            ("curr_items", items),
-            ("total_items", c.total_items),
-            ("bytes", total_bytes),
-            ("curr_connections", len(self.connections)),
-            ("total_connections", self.total_connections),
-            ("cmd_get", c.cmd_get),
-            ("cmd_set", c.cmd_set),
-            ("cmd_peek", c.cmd_peek),
-            ("get_hits", c.get_hits),
-            ("get_misses", c.get_misses),
-            ("bytes_read", self.bytes_read),
-            ("bytes_written", self.bytes_written),
-            ("queue_creates", c.queue_creates),
-            ("queue_deletes", c.queue_deletes),
-            ("queue_expires", c.queue_expires),
-            ("fsync_policy", self.config.fsync),
-            ("fsyncs", self.store.fsyncs),
-            ("journal_bytes", sum(j.total_size for j in self.store.journals.values())),
-            ("disk_full", int(self.store.reserve_released)),
-        ]
-        for name in sorted(coll.queues):
-            lines += [(f"queue_{name}_{k}", v) for k, v in self.queue_stats(name, now_ms)]
-        return lines
-
-    def queue_stats(self, name: str, now_ms: int) -> list[tuple[str, object]]:
-        state = self.collection.queues[name]
-        journal = self.store.journals.get(name)
-        s = state.stats
-        pairs: list[tuple[str, object]] = [
-            ("items", state.items),
-            ("bytes", state.bytes),
-            ("total_items", s.total_items),
-            ("logsize", journal.total_size if journal else 0),
-            ("expired_items", s.expired_items),
-            ("mem_items", len(state.ready)),
-            ("mem_bytes", state.mem_bytes),
-            ("age", state.age_ms(now_ms)),
-            ("discarded", s.discarded),
-            ("waiters", len(self.waiters.get(name, ()))),
-            ("open_transactions", len(state.open_reads)),
-            ("transactions", s.transactions),
-            ("canceled_transactions", s.canceled_transactions),
-            ("total_flushes", s.total_flushes),
-            ("journal_rotations", journal.rotations if journal else 0),
-            ("dead_lettered", s.dead_lettered),
-            ("timed_out_transactions", s.timed_out_transactions),
-        ]
-        children = self.collection.children(name)
-        if children:
-            pairs.append(("children", ",".join(children)))
-        return pairs
-
-    def dump_stats(self, queues: tuple[str, ...]) -> list[tuple[str, list[tuple[str, object]]]]:
-        now_ms = self.now_ms()
-        wanted = queues or tuple(sorted(self.collection.queues))
-        return [(q, self.queue_stats(q, now_ms)) for q in wanted if q in self.collection.queues]
 
 
 def run(config: ServerConfig) -> int:

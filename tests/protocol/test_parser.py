@@ -144,14 +144,76 @@ def test_line_too_long_is_refused_without_a_newline() -> None:
     assert conn.state is State.CLOSED
 
 
-def test_oversize_item_is_skipped_and_connection_stays_in_step() -> None:
+def test_oversize_item_is_refused_at_once_and_closes() -> None:
     conn = ServerConnection(max_item_bytes=10)
-    conn.receive_data(b"set q 0 0 20\r\n" + b"x" * 15)
-    assert conn.next_command() is None  # still skipping: no reply until the block is gone
-    conn.receive_data(b"x" * 5 + b"\r\nversion\r\n")
-    with pytest.raises(ItemTooLarge):
+    # Refused on the command line alone: none of the 999999999999 bytes need to arrive.
+    conn.receive_data(b"set q 0 0 999999999999\r\n")
+    with pytest.raises(ItemTooLarge) as info:
         conn.next_command()
-    assert conn.next_command() == c.Version()
+    assert info.value.close and not info.value.noreply
+    assert str(info.value).startswith("object too large")
+    conn.receive_data(b"x" * 20 + b"\r\nversion\r\n")
+    assert conn.next_command() is None  # closed: nothing more is parsed
+
+
+@pytest.mark.parametrize(
+    ("line", "close"),
+    [
+        pytest.param(b"set a.b 0 0 3 noreply\r\nabc\r\n", False, id="bad-name"),
+        pytest.param(b"set q 0 0 99 noreply\r\n", True, id="oversize"),
+        pytest.param(b"set q x 0 3 noreply\r\nabc\r\n", True, id="bad-flags"),
+        pytest.param(b"set q 0 0 3 noreply\r\nabcde\r\n", True, id="bad-data-chunk"),
+        pytest.param(b"set q 0 0 3 4 noreply\r\nabc\r\n", True, id="set-format"),
+        pytest.param(b"delete a.b noreply\r\n", False, id="delete-bad-name"),
+        pytest.param(b"flush_all 9 noreply\r\n", False, id="flush-all-delay"),
+        pytest.param(b"add q 0 0 3 noreply\r\nabc\r\n", True, id="unknown-command"),
+    ],
+)
+def test_errors_of_noreply_commands_say_so(line: bytes, close: bool) -> None:
+    conn = ServerConnection(max_item_bytes=10)
+    conn.receive_data(line)
+    with pytest.raises(ProtocolError) as info:
+        conn.next_command()
+    assert info.value.noreply
+    assert info.value.close == close
+
+
+def test_errors_without_noreply_are_answered() -> None:
+    out = parse_all(b"set a.b 0 0 3\r\nabc\r\ndelete a.b\r\nflush_all 9\r\n")
+    assert [isinstance(e, ProtocolError) and not e.noreply for e in out] == [True] * 3
+
+
+@pytest.mark.parametrize(
+    ("line", "cmd"),
+    [
+        (b"flush_all\r\n", c.FlushAll()),
+        (b"flush_all noreply\r\n", c.FlushAll(noreply=True)),
+        (b"flush_all 0 noreply\r\n", c.FlushAll(noreply=True)),  # pymemcache's default
+        (b"flush_all 0\r\n", c.FlushAll()),
+    ],
+)
+def test_flush_all_takes_memcache_arguments(line: bytes, cmd: c.Command) -> None:
+    assert parse_all(line) == [cmd]
+
+
+def test_get_with_several_keys_is_refused_and_the_connection_goes_on() -> None:
+    out = parse_all(b"get a b\r\nversion\r\n")
+    assert isinstance(out[0], RemoteProtocolError) and not out[0].close
+    assert "one key" in str(out[0])
+    assert out[1] == c.Version()
+
+
+def test_a_block_being_received_is_reported_with_its_size() -> None:
+    conn = ServerConnection()
+    conn.receive_data(b"set q 0 0 100\r\nabc")
+    assert conn.next_command() is None
+    assert conn.block_size == 100 and conn.in_command
+    conn.receive_data(b"x" * 97 + b"\r\n")
+    assert isinstance(conn.next_command(), c.Set)
+    assert conn.block_size == 0 and not conn.in_command
+    conn.receive_data(b"ver")
+    assert conn.next_command() is None
+    assert conn.block_size == 0 and conn.in_command
 
 
 def test_bad_name_set_skips_its_block() -> None:

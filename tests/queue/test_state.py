@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from kestrelq.errors import (
+    InvalidQueueName,
     ItemRejected,
     JournalFull,
     QueueFull,
@@ -287,6 +288,29 @@ def test_open_timeout_returns_read_and_late_close_is_harmless() -> None:
     # The first reader's late close must not confirm the other reader's item.
     s.get("q", CLOSE, 200)
     assert len(coll.queue("q").open_reads) == 1
+
+
+def test_by_default_an_open_read_goes_back_after_ten_minutes() -> None:
+    # A worker that hangs must not hold its message for ever (the worker's own task limit,
+    # 5 minutes by default, is below this).
+    coll, _, _ = make()
+    coll.add("q", item(b"a"), 0)
+    Session(coll).get("q", OPEN, 0)
+    coll.time_out_reads(600_000 - 1)
+    assert coll.queue("q").open_reads
+    coll.time_out_reads(600_000)
+    assert [i.data for i in coll.queue("q").ready] == [b"a"]
+
+
+def test_a_new_queue_whose_dead_letter_name_is_over_the_limit_is_refused() -> None:
+    coll, _, _ = make(QueueConfig(max_deliveries=1))
+    with pytest.raises(InvalidQueueName, match="set dead_letter"):
+        coll.queue("q" * 124)
+    assert coll.queue("q" * 123).config.dead_letter_queue("q" * 123) == "q" * 123 + "_dead"
+    # Recovery (and moves into a queue) create it regardless: refusing would lose items.
+    assert coll.queue("r" * 128, check=False)
+    with_target, _, _ = make(QueueConfig(max_deliveries=1, dead_letter="graves"))
+    assert with_target.queue("q" * 128)
 
 
 def test_fanout_copies_to_known_children() -> None:

@@ -227,24 +227,23 @@ def test_line_too_long_without_newline_is_refused_before_it_ends(
     check_witness(srv, witness)
 
 
-def test_oversize_item_is_skipped_and_connection_stays_usable(
+def test_oversize_item_is_refused_at_once_and_the_connection_closed(
     srv: ServerProcess, witness: Wire
 ) -> None:
-    size = MAX_ITEM_BYTES * 3
     with Wire(srv.port) as w:
-        w.send(b"set big 0 0 %d\r\n" % size)
-        # The data arrives in pieces, some of which look like commands: all of it is skipped.
-        for _ in range(3):
-            w.send(b"get witness\r\n".ljust(MAX_ITEM_BYTES, b"z"))
-        w.send(b"\r\n")
+        # Only the command line: the server must answer without waiting for the block.
+        w.send(b"set big 0 0 999999999999\r\n")
         line = w.line()
-        assert line == b"SERVER_ERROR object too large for cache (%d > %d bytes)\r\n" % (
-            size,
-            MAX_ITEM_BYTES,
+        assert line == b"SERVER_ERROR object too large for cache (999999999999 > %d bytes)\r\n" % (
+            MAX_ITEM_BYTES
         )
-        assert w.call(b"version\r\n") == VERSION
-        assert w.call(b"set big 0 0 3\r\nyes\r\n") == b"STORED\r\n"
-        assert w.call(b"get big\r\n") == b"VALUE big 0 3\r\nyes\r\nEND\r\n"
+        assert w.at_eof()
+    with Wire(srv.port) as w:
+        size = MAX_ITEM_BYTES * 3
+        w.send(b"set big 0 0 %d\r\n" % size + b"z" * size + b"\r\nversion\r\n")
+        assert w.line().startswith(b"SERVER_ERROR object too large")
+        assert w.at_eof() and w.buf == b""  # the version after it was never run
+    assert server_stats(srv.port).get("queue_big_items", "0") == "0"
     check_witness(srv, witness)
 
 

@@ -4,8 +4,9 @@ Two properties:
 - Arbitrary input (random bytes, and random sequences of protocol fragments) sent in one go
   and then half-closed: the server answers and closes the connection within a deadline, stays
   up, and a fresh connection still gets `VERSION`.
-- Split at every offset: a fixed input sent in two writes gets exactly the replies it gets
-  when sent whole. Each run uses its own queue names (same length), so runs share no state.
+- Split at every offset: a fixed input sent in two writes (or a byte at a time) gets exactly
+  the replies it gets when sent whole, with no reset, even after an error that closes. Each
+  run uses its own queue names (same length), so runs share no state.
 The server log must have no traceback at the end.
 """
 
@@ -135,19 +136,14 @@ def test_split_at_every_offset_gives_the_same_replies(srv: ServerProcess, name: 
 
     whole, reset = replay([])
     assert whole and not reset, (whole, reset)
-    complete = 0
     splits = [[offset] for offset in range(1, len(template))]
     # ... and one byte at a time.
     splits.append(list(range(1, len(template))))
     for cut in splits:
-        got, reset = replay(cut)
-        if reset:
-            # Closed after an error with our later bytes unread: what arrived is a prefix.
-            assert whole.startswith(got), f"split at {cut[:3]}"
-        else:
-            assert got == whole, f"split at {cut[:3]}"
-            complete += 1
-    assert complete >= len(splits) // 2, "too few splits got every reply"
+        # After an error that closes the connection, the server reads and drops what we still
+        # send until our EOF before it closes: no reset, so every reply arrives, whatever the
+        # timing of the pieces.
+        assert replay(cut) == (whole, False), f"split at {cut[:3]}"
     assert_alive(srv)
 
 

@@ -339,7 +339,9 @@ def test_stats_ignores_arguments(server: ServerProcess) -> None:
 
 def test_dump_stats_brace_format(server: ServerProcess) -> None:
     with Wire(server.port) as w:
-        assert w.call(b"dump_stats\r\n") == b"\r\nEND\r\n"
+        # No queue: END alone, no blank line before it.
+        assert w.call(b"dump_stats\r\n") == b"END\r\n"
+        assert w.call(b"dump_stats nosuch\r\n") == b"END\r\n"
         put(w, "b", b"xyz")
         put(w, "a", b"1")
         reply = w.call(b"dump_stats\r\n")
@@ -698,11 +700,12 @@ def test_server_log_is_clean(configured: ServerProcess) -> None:
 # -- framing under load ---------------------------------------------------------------------
 
 
-def test_get_reads_only_the_first_key(server: ServerProcess) -> None:
+def test_get_with_several_keys_is_refused_and_takes_nothing(server: ServerProcess) -> None:
     with Wire(server.port) as w:
         put(w, "a", b"1")
         put(w, "b", b"2")
-        assert w.call(b"get a b\r\n") == value("a", b"1")
+        assert w.call(b"get a b\r\n") == b"CLIENT_ERROR get takes one key (one queue per get)\r\n"
+        assert w.call(b"get a\r\n") == value("a", b"1")
         assert w.call(b"get b\r\n") == value("b", b"2")
 
 
