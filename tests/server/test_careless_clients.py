@@ -20,9 +20,9 @@ from helpers import ServerProcess, Wire, connect, server_stats, wait_until
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheUnexpectedCloseError
 
-from kestrelq import __version__
+from kestrelq import WIRE_VERSION
 
-VERSION = f"VERSION {__version__}\r\n".encode()
+VERSION = f"VERSION {WIRE_VERSION}\r\n".encode()
 MAX_ITEM = 1024
 
 
