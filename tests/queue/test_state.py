@@ -18,7 +18,7 @@ from kestrelq.journal.format import Add, Record
 from kestrelq.journal.item import Item
 from kestrelq.queue.collection import GetOptions, QueueCollection, Session
 from kestrelq.queue.config import QueueConfig
-from kestrelq.queue.state import QueueState
+from kestrelq.queue.state import LogFn, QueueState
 
 OPEN = GetOptions(open=True)
 CLOSE_OPEN = GetOptions(open=True, close=True)
@@ -63,7 +63,7 @@ class MemoryStorage:
         self.full = False
         self.dropped: list[str] = []
 
-    def log_for(self, name: str):  # type: ignore[no-untyped-def]
+    def log_for(self, name: str) -> LogFn:
         log = self.logs.setdefault(name, [])
 
         def append(record: Record, essential: bool) -> None:
@@ -81,7 +81,9 @@ class MemoryStorage:
         self.logs.pop(name, None)
 
 
-def make(config: QueueConfig = QueueConfig(), **overrides: QueueConfig):  # type: ignore[no-untyped-def]
+def make(
+    config: QueueConfig = QueueConfig(), **overrides: QueueConfig
+) -> tuple[QueueCollection, MemoryStorage, list[str]]:
     storage = MemoryStorage()
     notified: list[str] = []
     coll = QueueCollection(storage, config, overrides, notify=notified.append)
@@ -90,6 +92,12 @@ def make(config: QueueConfig = QueueConfig(), **overrides: QueueConfig):  # type
 
 def item(data: bytes, now_ms: int = 1000, **kw: int) -> Item:
     return Item(data, added_ms=now_ms, **kw)
+
+
+def present(found: Item | None) -> Item:
+    """An item that must be there (a get or remove that may return None)."""
+    assert found is not None
+    return found
 
 
 def replay_into(state: QueueState, behind: ListBehind, start: int = 0) -> QueueState:
@@ -129,10 +137,10 @@ def test_close_confirms_and_abort_returns_to_head() -> None:
     for i in range(3):
         coll.add("q", item(b"m%d" % i), 0)
     s = Session(coll)
-    assert s.get("q", OPEN, 0).data == b"m0"  # type: ignore[union-attr]
+    assert present(s.get("q", OPEN, 0)).data == b"m0"
     assert s.get("q", ABORT, 0) is None
-    assert s.get("q", OPEN, 0).data == b"m0"  # type: ignore[union-attr]
-    assert s.get("q", CLOSE_OPEN, 0).data == b"m1"  # type: ignore[union-attr]
+    assert present(s.get("q", OPEN, 0)).data == b"m0"
+    assert present(s.get("q", CLOSE_OPEN, 0)).data == b"m1"
     assert s.get("q", CLOSE, 0) is None
     assert [i.data for i in coll.queue("q").ready] == [b"m2"]
     same(coll.queue("q"), replayed(storage, "q"))
@@ -263,10 +271,10 @@ def test_dead_letter_after_max_deliveries() -> None:
     coll.add("q", item(b"fine"), 0)
     for _ in range(2):
         s = Session(coll)
-        assert s.get("q", OPEN, 0).data == b"poison"  # type: ignore[union-attr]
+        assert present(s.get("q", OPEN, 0)).data == b"poison"
         s.get("q", ABORT, 0)
     s = Session(coll)
-    assert s.get("q", OPEN, 0).data == b"fine"  # type: ignore[union-attr]
+    assert present(s.get("q", OPEN, 0)).data == b"fine"
     dead = coll.queue("q_dead").ready
     assert [i.data for i in dead] == [b"poison"] and dead[0].deliveries == 0
     assert coll.queue("q").stats.dead_lettered == 1
@@ -284,7 +292,7 @@ def test_open_timeout_returns_read_and_late_close_is_harmless() -> None:
     assert notified[-1] == "q"
     assert [i.data for i in coll.queue("q").ready] == [b"a"]
     other = Session(coll)
-    assert other.get("q", OPEN, 100).data == b"a"  # type: ignore[union-attr]
+    assert present(other.get("q", OPEN, 100)).data == b"a"
     # The first reader's late close must not confirm the other reader's item.
     s.get("q", CLOSE, 200)
     assert len(coll.queue("q").open_reads) == 1
@@ -347,7 +355,7 @@ def test_disk_full_refuses_adds_but_not_reads() -> None:
         coll.add("q", item(b"b"), 0)
     assert [i.data for i in coll.queue("q").ready] == [b"a"]  # nothing half-done
     s = Session(coll)
-    assert s.get("q", CLOSE_OPEN, 0).data == b"a"  # type: ignore[union-attr]
+    assert present(s.get("q", CLOSE_OPEN, 0)).data == b"a"
     assert s.get("q", CLOSE, 0) is None
     same(coll.queue("q"), replayed(storage, "q"))
 
@@ -374,7 +382,7 @@ def test_read_behind_keeps_a_window_in_memory_and_replays() -> None:
     assert state.items == 100 and state.bytes == 900
     assert len(state.ready) <= 6 and state.behind_items >= 94
     s = Session(coll)
-    got = [s.get("q", PLAIN, 0).data for _ in range(30)]  # type: ignore[union-attr]
+    got = [present(s.get("q", PLAIN, 0)).data for _ in range(30)]
     assert got == [b"m%08d" % i for i in range(30)]
     assert state.mem_bytes <= 50 + 9
 
@@ -391,7 +399,7 @@ def test_read_behind_keeps_a_window_in_memory_and_replays() -> None:
     from_checkpoint = QueueState("q", config, lambda r, e: None, behind=behind)
     replay_into(from_checkpoint, behind, checkpoint_at)
     same(state, from_checkpoint)
-    rest = [from_checkpoint.remove(0).data for _ in range(70)]  # type: ignore[union-attr]
+    rest = [present(from_checkpoint.remove(0)).data for _ in range(70)]
     assert rest == [b"m%08d" % i for i in range(30, 100)]
     assert from_checkpoint.items == 0 and from_checkpoint.remove(0) is None
 
@@ -403,7 +411,7 @@ def test_read_behind_with_open_reads_flush_and_limits() -> None:
     with pytest.raises(QueueFull):  # limits count items behind too
         coll.add("q", item(b"over"), 0)
     s = Session(coll, max_open_reads=3)
-    assert [s.get("q", OPEN, 0).data for _ in range(3)] == [b"x0", b"x1", b"x2"]  # type: ignore[union-attr]
+    assert [present(s.get("q", OPEN, 0)).data for _ in range(3)] == [b"x0", b"x1", b"x2"]
     state = coll.queue("q")
     assert state.flush() == 7
     assert state.items == 0 and state.behind_items == 0
