@@ -110,6 +110,10 @@ class InvalidQueueName(QueueError):
     """A queue name that could escape the data directory or break the wire format."""
 
 
+class TooManyQueues(QueueError):
+    """Creating the queue would pass the server's max_queues (a server limit: SERVER_ERROR)."""
+
+
 class QueueFull(QueueError):
     """The queue is at max_items or max_bytes and does not discard old items."""
 

@@ -12,10 +12,13 @@ to a command that made such an append may go out only once `synced_seq` has reac
 fsync started now covers `written_seq`, never more: records still batched in memory are not in
 the file it flushes.
 
-Group commit: the ledger keeps the set of `always` files written since their last fsync. The
-server calls `sync_always()` once per turn of its event loop, which fdatasyncs each of them
-(one round shared by every command of the turn; what arrives meanwhile rides on the next),
-then advances `synced_seq` and runs the callbacks of everyone waiting for a seq it now covers.
+Group commit: the ledger keeps the set of `always` files written since their last fsync, and
+whether a journal file was created since the directory's last fsync (a record is durable only
+if the directory still names its file after a power cut). The server calls `sync_always()` once
+per turn of its event loop, which fdatasyncs each of them and the directory if it owes one (one
+round shared by every command of the turn, and every file created in it; what arrives meanwhile
+rides on the next), then advances `synced_seq` and runs the callbacks of everyone waiting for a
+seq it now covers.
 `periodic` files are collected by `take_dirty(periodic=True)` and fsynced in a worker thread
 by `fsync_fds`; nobody waits for those.
 
@@ -49,10 +52,15 @@ class Syncable(Protocol):
 class Ledger:
     """Sequence numbers and fsync bookkeeping for all journals of a store."""
 
-    def __init__(self, files: Files, has_unwritten: Callable[[], bool]) -> None:
+    def __init__(
+        self, files: Files, has_unwritten: Callable[[], bool], sync_dir: Callable[[], None]
+    ) -> None:
         self._files = files
         # Whether batched records are still in memory (then written_seq cannot catch up).
         self._has_unwritten = has_unwritten
+        # fsync the data directory; owed once a journal file was created in it.
+        self._sync_dir = sync_dir
+        self._dir_dirty = False
         self.seq = 0
         self.always_seq = 0
         self.written_seq = 0
@@ -84,9 +92,27 @@ class Ledger:
         elif mode == "periodic":
             self._dirty_periodic.add(file)
 
+    def file_created(self) -> None:
+        """A journal file was created: the next fsync round syncs the directory too, so that
+        the records it makes durable are not in a file the directory forgot."""
+        self._dir_dirty = True
+
     def all_written(self) -> None:
         """Every batched record is in its file."""
         self.written_seq = self.seq
+
+    def is_dirty(self, file: Syncable) -> bool:
+        """Whether `file` has written records its policy still owes an fsync."""
+        return file in self._dirty_always or file in self._dirty_periodic
+
+    def sync_one(self, file: Syncable) -> None:
+        """fdatasync one file now (it is about to be closed) and take it off the dirty sets.
+
+        synced_seq does not move: the other dirty files are not synced yet.
+        """
+        if self.is_dirty(file) and file.fd >= 0:
+            self._files.fdatasync(file.fd)
+        self.forget(file)
 
     def forget(self, file: Syncable) -> None:
         """`file` was closed or its records were just fsynced another way (a new segment)."""
@@ -115,6 +141,7 @@ class Ledger:
         (fdatasync: an append's new size is flushed with the data; the timestamps need not.)
         """
         covered = self._written_upto()
+        self._sync_dir_if_owed()
         if self._dirty_always:
             for file in self._dirty_always:
                 if file.fd >= 0:
@@ -129,6 +156,7 @@ class Ledger:
         Only written records count: batched ones still pending are covered by a later fsync.
         """
         covered = self._written_upto()
+        self._sync_dir_if_owed()  # here, in the loop thread: it is one call per round
         dirty = self._dirty_periodic if periodic else self._dirty_always
         fds = []
         for file in dirty:
@@ -161,6 +189,11 @@ class Ledger:
         more, _ = self.take_dirty(periodic=True)
         self.fsync_fds(fds + more)
         self._synced(seq)
+
+    def _sync_dir_if_owed(self) -> None:
+        if self._dir_dirty:
+            self._dir_dirty = False
+            self._sync_dir()
 
     def _synced(self, covered: int) -> None:
         self.synced_seq = max(self.synced_seq, covered)

@@ -14,7 +14,17 @@ journal shares and hands them over in one `JournalContext`:
 - the `SegmentReader`: replay, verify, salvage, `reader.py`;
 - and the per-queue `Journal` writer with its read-behind cursor, `writer.py`, `cursor.py`.
 
-A journal is opened when its queue is first used. With batched writes, journals holding
+Files and descriptors are spent only on queues being written. A journal object is made when
+its queue is first named, but its first segment file is created by its first write, and its
+file is opened only to append: replay and read-behind map the files and let them go. `tick()`,
+a few times a second, closes the file of a journal not appended to for `IDLE_TICKS` ticks and
+gives back the disk room reserved ahead of it. Should the process run out of descriptors all
+the same (thousands of queues written at once under `ulimit -n 1024`), every open journal file
+is written, synced and closed, and the open is tried again. So a start-up with thousands of
+queues needs a handful of descriptors, and a flood of names costs memory, bounded by the
+queues' `max_queues`, not files.
+
+With batched writes, journals holding
 records in memory are listed in `unwritten`, in the order they got them; `write_pending`
 writes them all, and a failure there goes to `on_write_lost`, which must not return (see
 `writer`). Both callbacks are given at construction.
@@ -27,6 +37,7 @@ segment and the damaged one is no longer needed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +69,9 @@ __all__ = [
 ]
 
 
+logger = logging.getLogger(__name__)
+
+
 def _raise(exc: JournalError) -> None:
     raise exc
 
@@ -84,9 +98,11 @@ class JournalStore:
         self.journals: dict[str, Journal] = {}
         self.unwritten: list[Journal] = []
         self.needs_rotation: set[str] = set()
+        # Journals whose file is open now (only those being written; see `tick`).
+        self._open_files: set[Journal] = set()
         # Called when batched records could not be written; must not return (see writer).
         self._on_write_lost = on_write_lost
-        self.ledger = Ledger(self.files, lambda: bool(self.unwritten))
+        self.ledger = Ledger(self.files, lambda: bool(self.unwritten), self.fsync_dir)
         self.reserve = DiskReserve(self.files, self.data_dir / ".reserve", limits.reserve_bytes)
         self._batching = Batching(batch_writes and self.files.can_fallocate)
         self._ctx = JournalContext(
@@ -101,6 +117,9 @@ class JournalStore:
             on_pending=self._enlist,
             write_pending=self.write_pending,
             on_segment_full=on_segment_full,
+            on_opened=self._open_files.add,
+            on_closed=self._open_files.discard,
+            on_no_descriptor=self._close_idle_files,
             fsync_dir=self.fsync_dir,
         )
         self._found: dict[str, list[int]] = {}
@@ -144,6 +163,28 @@ class JournalStore:
             if parsed is not None:
                 found.setdefault(parsed[0], []).append(parsed[1])
         return found
+
+    def tick(self) -> None:
+        """Called a few times a second: close the files of journals that went idle, and give
+        back the disk room reserved ahead of them."""
+        for journal in list(self._open_files):
+            journal.idle_tick()
+
+    @property
+    def open_files(self) -> int:
+        return len(self._open_files)
+
+    def _close_idle_files(self) -> bool:
+        """Out of descriptors: close every open journal file (writing and syncing first what
+        its records need), so that the journal being opened can be. True if any was closed."""
+        if self.unwritten:
+            self.write_pending()
+        closed = 0
+        for journal in list(self._open_files):
+            self.ledger.sync_one(journal)
+            closed += journal.close_if_clean()
+        logger.warning("out of file descriptors: closed %d journal files", closed)
+        return closed > 0
 
     def _enlist(self, journal: Journal) -> None:
         self.unwritten.append(journal)

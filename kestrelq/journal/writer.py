@@ -13,10 +13,13 @@ command that caused it is answered. Three rules keep the file something a reader
    `write_pending`, which the server calls before it sends the replies that depend on it: a
    pipelined batch of commands then costs one `writev` per queue. A full disk must still be
    found *before* a command changes anything, so `append` first reserves room past the end of
-   the file with fallocate(KEEP_SIZE), a megabyte at a time. A write that fails after its
-   commands were applied leaves memory ahead of the journal; the store's `on_write_lost` (the
-   server: exit at once, restart from the journal) is the only safe answer. Where the file
-   system cannot fallocate, batching is switched off and each record is written at once.
+   the file with fallocate(KEEP_SIZE): 4 KiB the first time, twice as much each next time, up
+   to a megabyte, so a busy queue makes one call per megabyte while a queue written once holds
+   a few KiB; the room is given back when the queue goes idle and its file is closed. A write
+   that fails after its commands were applied leaves memory ahead of the journal; the store's
+   `on_write_lost` (the server: exit at once, restart from the journal) is the only safe
+   answer. Where the file system cannot fallocate, batching is switched off and each record is
+   written at once.
 3. A new segment starts with a checkpoint (the queue's state as records, see `format`),
    written to a temp file, fsynced, renamed into place and made durable by a directory fsync
    before the old segment is closed; old segments are unlinked only after that, and only when
@@ -52,8 +55,14 @@ logger = logging.getLogger(__name__)
 
 SUFFIX = ".kqj"
 _WRITE_CHUNK_BYTES = 1 << 20
-# Room reserved ahead of a batched journal's end, one fallocate call per this many bytes.
-_PREALLOCATE_BYTES = 1 << 20
+# Room reserved ahead of a batched journal's end: a queue's first fallocate reserves
+# _FIRST_AHEAD_BYTES, and each next one twice the last, up to _MAX_AHEAD_BYTES. A busy queue
+# soon makes one call per megabyte; a queue written once holds a few KiB, not a megabyte.
+_FIRST_AHEAD_BYTES = 4 << 10
+_MAX_AHEAD_BYTES = 1 << 20
+# A journal not appended to for this many of the store's ticks is idle: its file is closed and
+# the room reserved ahead given back.
+IDLE_TICKS = 4
 # Batched records up to this size are joined into one buffer.
 _JOIN_BYTES = 16 << 10
 
@@ -120,6 +129,11 @@ class JournalContext:
     # The journal has grown by segment_bytes: the server starts a new segment as soon as the
     # command that filled it is done (a checkpoint needs the new state).
     on_segment_full: Callable[[str], None]
+    # The journal opened its file (it is now one to close when idle) or closed it.
+    on_opened: Callable[[Journal], None]
+    on_closed: Callable[[Journal], None]
+    # Out of descriptors: close the files of idle journals; True if any was closed.
+    on_no_descriptor: Callable[[], bool]
     # fsync the data directory (after a create, rename or unlink in it).
     fsync_dir: Callable[[], None]
 
@@ -148,6 +162,8 @@ class Journal:
         self.pending_tail = bytearray()
         self.pending_bytes = 0
         self.allocated = 0
+        self._ahead = _FIRST_AHEAD_BYTES
+        self._idle_ticks = 0
         self.cursor = BehindCursor(
             name,
             ctx.reader,
@@ -199,21 +215,25 @@ class Journal:
                     if essential and ctx.reserve.release():
                         continue
                     raise JournalFull("disk full") from exc
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and ctx.on_no_descriptor():
+                    continue
                 # Out of file descriptors or the like: refuse this command, keep serving.
                 raise JournalWriteFailed(
                     f"cannot open the journal of {self.name}: {exc.strerror}"
                 ) from exc
+        ctx.on_opened(self)
         size = files.size(self.fd)
         self.allocated = size
         if size < len(MAGIC):
             # New, or cut inside its header by a crash: start it cleanly. The new name must
-            # survive a crash before any record in the file is acknowledged.
+            # survive a crash before any record in the file is acknowledged: the ledger's next
+            # fsync round syncs the directory too.
             if size:
                 files.ftruncate(self.fd, 0)
             self.size = self.base_size = self.allocated = 0
             self._header_due = True
             if not self.on_disk:
-                ctx.fsync_dir()
+                ctx.ledger.file_created()
         else:
             self.size = size
         self.on_disk = True
@@ -270,6 +290,7 @@ class Journal:
             self._header_due = False
             offset += len(MAGIC)
         self.last_offset = offset
+        self._idle_ticks = 0
         ctx.ledger.appended(self.policy.mode == "always")
         if self.size + self.pending_bytes - self.base_size >= ctx.limits.segment_bytes:
             ctx.on_segment_full(self.name)
@@ -304,8 +325,10 @@ class Journal:
         while True:
             try:
                 try:
-                    ctx.files.fallocate(self.fd, start, end + _PREALLOCATE_BYTES - start)
-                    self.allocated = end + _PREALLOCATE_BYTES
+                    ahead = self._ahead
+                    ctx.files.fallocate(self.fd, start, end + ahead - start)
+                    self.allocated = end + ahead
+                    self._ahead = min(ahead * 2, _MAX_AHEAD_BYTES)
                 except OSError as exc:
                     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                         raise
@@ -446,6 +469,7 @@ class Journal:
         self._close_fd()
         self.sizes[self.current] = self.size
         self.fd = files.open_append(final, create=False)
+        ctx.on_opened(self)
         self.current = number
         self.segments.append(number)
         self.size = self.base_size = self.allocated = size
@@ -481,6 +505,20 @@ class Journal:
             self._ctx.write_pending()
         self._close_fd()
 
+    def idle_tick(self) -> None:
+        """One of the store's ticks passed: close the file once the journal is idle."""
+        self._idle_ticks += 1
+        if self._idle_ticks >= IDLE_TICKS:
+            self.close_if_clean()
+
+    def close_if_clean(self) -> bool:
+        """Close the file, giving back the room reserved ahead, unless records still need it
+        (batched and unwritten, or written and waiting for their fsync). True if closed."""
+        if self.fd < 0 or self.pending_bytes or self._ctx.ledger.is_dirty(self):
+            return False
+        self._close_fd()
+        return True
+
     def _close_fd(self) -> None:
         if self.fd >= 0:
             files = self._ctx.files
@@ -491,3 +529,7 @@ class Journal:
                     files.ftruncate(self.fd, self.size)
             files.close(self.fd)
             self.fd = -1
+            self.allocated = self.size
+            self._ahead = _FIRST_AHEAD_BYTES
+            self._ctx.ledger.forget(self)
+            self._ctx.on_closed(self)

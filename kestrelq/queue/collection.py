@@ -3,6 +3,15 @@
 Pure: storage and wake-ups are injected. `Storage.log_for(name)` gives the journal sink of a
 queue, `Storage.drop(name)` erases it; `notify(name)` is called whenever a queue gains a ready
 item, so the server can hand it to a blocked reader.
+
+A queue comes into being when it is first named, by a set or a get, as in Kestrel; so does a
+fanout child (`parent+child`), which from then on gets a copy of every item set on its parent.
+Naming a queue must stay cheap, since any client can name as many as it likes: it costs an
+entry here and in the storage, and nothing on disk until the queue's first write (the storage
+creates the journal file lazily). It is bounded too: past `max_queues` (0: no limit) a new name
+is refused with TooManyQueues. Queues found on disk at start-up, and queues that items are
+moved into, are created whatever the limit (`check=False`), since refusing them would hide or
+drop items that are already stored.
 """
 
 from __future__ import annotations
@@ -13,7 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kestrelq.errors import ItemRejected, QueueFull, ReadWhileOpen, TooManyOpenReads
+from kestrelq.errors import (
+    ItemRejected,
+    QueueFull,
+    ReadWhileOpen,
+    TooManyOpenReads,
+    TooManyQueues,
+)
 from kestrelq.journal.item import Item
 from kestrelq.queue import names
 from kestrelq.queue.config import QueueConfig
@@ -67,8 +82,10 @@ class QueueCollection:
         defaults: QueueConfig = QueueConfig(),
         overrides: dict[str, QueueConfig] | None = None,
         notify: Callable[[str], None] = lambda name: None,
+        max_queues: int = 0,
     ) -> None:
         self._storage = storage
+        self.max_queues = max_queues
         self.defaults = defaults
         self.overrides = dict(overrides or {})
         self._notify = notify
@@ -89,9 +106,9 @@ class QueueCollection:
     def queue(self, name: str, *, check: bool = True) -> QueueState:
         """The queue called `name`, created (and registered as a fanout child) if new.
 
-        A new queue whose derived names are invalid (see QueueConfig.check_targets) is refused
-        with `check`; recovery and moves into a queue create it regardless, since refusing
-        there would lose what the journal or the source queue holds.
+        A new queue whose derived names are invalid (see QueueConfig.check_targets), or one past
+        `max_queues`, is refused with `check`; recovery and moves into a queue create it
+        regardless, since refusing there would lose what the journal or the source queue holds.
         """
         state = self.queues.get(name)
         if state is None:
@@ -99,6 +116,10 @@ class QueueCollection:
             config = self.config_for(name)
             if check:
                 config.check_targets(name)
+                if self.max_queues and len(self.queues) >= self.max_queues:
+                    raise TooManyQueues(
+                        f"too many queues: {name} would pass max_queues ({self.max_queues})"
+                    )
             state = QueueState(
                 name,
                 config,

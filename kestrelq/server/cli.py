@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     serve.add_argument("--max-open-reads", dest="max_open_reads", type=int)
     serve.add_argument("--max-connections", dest="max_connections", type=int)
+    serve.add_argument(
+        "--max-queues",
+        dest="max_queues",
+        type=int,
+        help="refuse creating more queues than this (default 10000, 0 = no limit)",
+    )
     serve.add_argument("--max-item-bytes", dest="max_item_bytes", type=int)
     serve.add_argument(
         "--max-pending-bytes",
@@ -122,8 +128,8 @@ def _serve(args: argparse.Namespace) -> int:
     from kestrelq.server.server import run
 
     keys = ("config_file", "host", "port", "data_dir", "fsync", "max_open_reads",
-            "max_connections", "max_item_bytes", "max_pending_bytes", "read_timeout_s",
-            "idle_timeout_s", "salvage", *_SECURITY_KEYS)  # fmt: skip
+            "max_connections", "max_queues", "max_item_bytes", "max_pending_bytes",
+            "read_timeout_s", "idle_timeout_s", "salvage", *_SECURITY_KEYS)  # fmt: skip
     try:
         cfg = config_mod.load({k: getattr(args, k) for k in keys})
         return run(cfg)

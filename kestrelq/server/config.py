@@ -9,6 +9,7 @@ The config file is TOML:
     fsync = "always"            # "always" | "never" | milliseconds
     max_open_reads = 1
     max_connections = 1024
+    max_queues = 10000          # refuse creating more queues (0 = no limit)
     max_line_bytes = 2048
     max_item_bytes = 67108864
     max_pending_bytes = 268435456   # data blocks still arriving, all connections together
@@ -56,6 +57,7 @@ class ServerConfig:
     fsync: FsyncPolicy = FsyncPolicy("always")
     max_open_reads: int = 1
     max_connections: int = 1024
+    max_queues: int = 10_000  # queues a client may create (0: no limit); see docs/journal.md
     max_line_bytes: int = 2048
     max_item_bytes: int = 64 << 20
     # Limits and timeouts against careless or hostile clients (README, "Limits and timeouts").

@@ -42,6 +42,7 @@ from kestrelq.errors import (
     ReadWhileOpen,
     ShuttingDown,
     TooManyOpenReads,
+    TooManyQueues,
 )
 from kestrelq.protocol import commands as c
 from kestrelq.protocol import replies
@@ -82,6 +83,8 @@ def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
         return replies.error("ERROR", str(exc)), True
     if isinstance(exc, QueueFull | ItemRejected | ShuttingDown):
         return replies.NOT_STORED, False
+    if isinstance(exc, TooManyQueues):
+        return replies.error("SERVER_ERROR", str(exc)), False
     if isinstance(exc, QueueError):
         return replies.error("CLIENT_ERROR", str(exc)), False
     if isinstance(exc, JournalFull):

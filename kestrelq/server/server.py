@@ -58,7 +58,11 @@ class Server:
         # How the server ends when the journal falls behind memory; a seam for tests.
         self.exit: Callable[[int], None] = os._exit
         self.collection = QueueCollection(
-            self.store, config.queue_defaults, dict(config.queues), notify=self.notify
+            self.store,
+            config.queue_defaults,
+            dict(config.queues),
+            notify=self.notify,
+            max_queues=config.max_queues,
         )
         self.connections: set[QueueProtocol] = set()
         self.sync_waiters: set[QueueProtocol] = set()
@@ -358,6 +362,7 @@ class Server:
             self.store.write_pending()
         if self.store.reserve_released:
             self.store.ensure_reserve()
+        self.store.tick()  # close idle journal files, give back the room reserved ahead
 
     def time_out_connections(self) -> None:
         """Close connections that tripped read_timeout_s or idle_timeout_s (one pass a tick:

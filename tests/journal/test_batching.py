@@ -12,6 +12,7 @@ from fake_files import FilesWith
 
 from kestrelq.errors import JournalError, JournalFull, JournalWriteFailed
 from kestrelq.journal import format as fmt
+from kestrelq.journal import writer
 from kestrelq.journal.files import fallocate_keep_size
 from kestrelq.journal.item import Item
 from kestrelq.journal.policy import FsyncPolicy
@@ -101,7 +102,9 @@ def test_more_buffers_than_writev_takes_are_split(tmp_path: Path) -> None:
     store.close()
 
 
-def test_room_is_reserved_ahead_a_megabyte_at_a_time(tmp_path: Path) -> None:
+def test_room_reserved_ahead_grows_to_a_megabyte_and_is_given_back_when_idle(
+    tmp_path: Path,
+) -> None:
     calls: list[tuple[int, int]] = []
 
     def recording(fd: int, offset: int, length: int) -> None:
@@ -111,13 +114,30 @@ def test_room_is_reserved_ahead_a_megabyte_at_a_time(tmp_path: Path) -> None:
 
     store = batched_store(tmp_path, files=FilesWith(fallocate=recording))
     journal = store.journal("q")
-    for _ in range(1000):
+    journal.append(add(b"x"), False)
+    # A queue written once holds a few KiB of disk, not a megabyte.
+    assert calls == [(0, 4 + 34 + 4096)]
+    for _ in range(20_000):
         journal.append(add(b"x" * 100), False)
-    assert len(calls) == 1, "one call reserves room for a thousand small records"
-    assert calls[0][1] > 1 << 20
+    # The room doubles each time it runs out, up to a megabyte a call: few calls.
+    lengths = [length for _, length in calls]
+    assert len(calls) <= 12 and max(lengths) < (1 << 20) + 200
+    assert sum(lengths) >= 20_000 * 130
     store.write_pending()
-    assert os.path.getsize(journal.path()) < 1 << 20  # KEEP_SIZE: the file did not grow
+    size = os.path.getsize(journal.path())
+    assert size < journal.allocated  # KEEP_SIZE: the file did not grow past its records
+    blocks_while_written = os.stat(journal.path()).st_blocks
+    store.sync_always()
+    for _ in range(writer.IDLE_TICKS):
+        store.tick()
+    # Idle: the file is closed and the room past its end given back.
+    assert journal.fd == -1 and store.open_files == 0
+    assert os.stat(journal.path()).st_blocks < blocks_while_written
+    assert os.stat(journal.path()).st_blocks * 512 < size + (64 << 10)
+    journal.append(add(b"again"), False)  # reopened by the next write
+    assert store.open_files == 1
     store.close()
+    assert on_disk(tmp_path)[-1] == add(b"again")
 
 
 def test_disk_full_refuses_before_anything_is_logged(tmp_path: Path) -> None:

@@ -365,20 +365,29 @@ def test_new_queue_without_a_free_descriptor_gets_an_error_reply(tmp_path: Path)
     proc = ServerProcess(tmp_path / "data", "--fsync", "never").start()
     assert proc.proc is not None
     pid = proc.proc.pid
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
     try:
         with Wire(proc.port) as w:
             assert w.call(b"set q 0 0 1\r\na\r\n") == b"STORED\r\n"
-            in_use = len(os.listdir(f"/proc/{pid}/fd"))
+            with_q_open = fds()
             soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use, hard))
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (with_q_open, hard))
             try:
-                # No descriptor left for the new queue's journal: refuse with a reason.
-                reply = w.call(b"set brand_new 0 0 1\r\nx\r\n")
+                # No descriptor left: the idle journal of q is closed to make room.
+                assert w.call(b"set brand_new 0 0 1\r\nx\r\n") == b"STORED\r\n"
+                assert w.call(b"set q 0 0 1\r\nb\r\n") == b"STORED\r\n"
+                # No journal file open, none to close: refuse with a reason, stay in step.
+                wait_until(lambda: fds() < with_q_open, 20, what="idle journals closed")
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (fds(), hard))
+                reply = w.call(b"set newest 0 0 1\r\nx\r\n")
                 assert reply.startswith(b"SERVER_ERROR "), reply
-                assert w.call(b"set q 0 0 1\r\nb\r\n") == b"STORED\r\n"  # old queues still work
+                assert w.call(b"version\r\n").startswith(b"VERSION ")
             finally:
                 resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
-            assert w.call(b"set brand_new 0 0 1\r\nx\r\n") == b"STORED\r\n"
+            assert w.call(b"set newest 0 0 1\r\nx\r\n") == b"STORED\r\n"
     finally:
         assert proc.stop() == 0
 
