@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from helpers import ServerProcess, Wire, free_port
 
@@ -57,7 +58,7 @@ def test_unreachable_server_is_a_clear_error() -> None:
     assert "cannot reach 127.0.0.1:" in result.stderr
 
 
-def test_bad_config_stops_serve_with_a_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_config_stops_serve_with_a_message(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[server]\nfsync = "sometimes"\n')
     result = kestrelq("serve", "--config", str(bad), "--port", str(free_port()))
