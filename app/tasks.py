@@ -6,8 +6,9 @@ or plain text, which is handled as `digest` of that text. An envelope may also c
 
     kestrelq work work --handler tasks:handle      # from this directory
 
-and logs one line per message, with what `handle(body)` returns in it. Tasks use only the
-standard library: the worker image installs Debian packages only.
+and logs one line per message, with what `handle(body)` returns in it. Tasks use the standard
+library, and `thumbnail` Pillow (Debian's python3-pil in the image; imported only when that
+task runs): the worker image installs Debian packages only.
 
 For tests and demos, set `KESTRELQ_HANDLED_LOG=/path/file` and every handled message appends
 `start <id> <pid>` before and `done <id> <pid>` after its task, one whole line per write
@@ -21,10 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 TaskArgs = Mapping[str, Any]
@@ -87,6 +91,84 @@ def fail(args: TaskArgs) -> str:
 @task("echo")
 def echo(args: TaskArgs) -> str:
     return str(args.get("text", ""))
+
+
+def uploads_dir() -> Path:
+    """Where the web front end stores uploads and the workers write thumbnails."""
+    default = Path(__file__).resolve().parent.parent / "var" / "uploads"
+    return Path(os.environ.get("KESTRELQ_UPLOADS") or default)
+
+
+def max_deliveries(queue: str = "work") -> int:
+    """The queue's max_deliveries in the stack description (0: unlimited or unknown)."""
+    default = Path(__file__).resolve().parent.parent / "conf" / "stack.toml"
+    path = Path(os.environ.get("KESTRELQ_DESCRIPTION") or default)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return 0
+    own = doc.get("queues", {}).get(queue, {}).get("max_deliveries")
+    value = own if own is not None else doc.get("queue_defaults", {}).get("max_deliveries", 0)
+    return int(value)
+
+
+def worker_name() -> str:
+    """This worker as the page shows it: container (host) name and supervisord's name."""
+    return f"{socket.gethostname()}/{os.environ.get('SUPERVISOR_PROCESS_NAME') or os.getpid()}"
+
+
+@task("thumbnail")
+def thumbnail(args: TaskArgs) -> str:
+    """Thumbnails of an uploaded photo (`upload`: its id); its status.json says how it went.
+
+    A failure is recorded (reason, how many deliveries failed, and whether that was the
+    last one the queue allows, after which the server moves the message to the dead-letter
+    queue), then raised, so the worker gives the message back as for any failed task.
+    """
+    import thumbs  # Pillow: only the workers that make thumbnails need it
+
+    upload = str(args.get("upload", ""))
+    if not thumbs.UPLOAD_ID_RE.match(upload):
+        raise TaskError(f"bad upload id {upload!r}")
+    folder = uploads_dir() / upload
+    if not folder.is_dir():
+        raise TaskError(f"no upload {upload} in {folder.parent}")
+    started = time.time()
+    enqueued_at = float(args.get("enqueued_at") or started)
+    previous = thumbs.read_status(folder)
+    common = {
+        "name": str(args.get("name", "")),
+        "worker": worker_name(),
+        "enqueued_at": enqueued_at,
+        "waited_s": round(max(0.0, started - enqueued_at), 3),
+    }
+    try:
+        made = thumbs.make_thumbnails(folder / thumbs.ORIGINAL, folder)
+    except Exception as exc:
+        failures = int(previous.get("failures", 0)) + 1
+        limit = max_deliveries()
+        thumbs.write_status(
+            folder,
+            common
+            | {
+                "state": "dead" if limit and failures >= limit else "failed",
+                "error": str(exc),
+                "failures": failures,
+                "max_deliveries": limit,
+            },
+        )
+        raise
+    thumbs.write_status(
+        folder,
+        common
+        | {
+            "state": "done",
+            "took_s": round(time.time() - started, 3),
+            "thumbs": {str(size): list(dims) for size, dims in made.items()},
+        },
+    )
+    sizes = " ".join(f"{w}x{h}" for w, h in made.values())
+    return f"thumbnails of {upload} ({sizes}) waited {common['waited_s']:.3f}s"
 
 
 @dataclass(frozen=True, slots=True)

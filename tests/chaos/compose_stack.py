@@ -132,6 +132,7 @@ class Stack:
     image_tag: str
     queue_port: int
     worker_status_port: int
+    web_port: int
     password: str
     settings: dict[str, str]
     producers: list[Producer] = field(default_factory=list)
@@ -321,12 +322,14 @@ def make_stack(root: Path, tmp: Path, label: str) -> Stack:
     """
     project = new_project(label)
     queue_port, queue_status, worker_status = free_port(), free_port(), free_port()
+    web_port = free_port()
     password = secrets.token_urlsafe(12)
     settings = {
         "COMPOSE_PROJECT_NAME": project,
         "KESTRELQ_QUEUE_PORT": str(queue_port),
         "KESTRELQ_QUEUE_STATUS_PORT": str(queue_status),
         "KESTRELQ_WORKER_STATUS_PORT": str(worker_status),
+        "KESTRELQ_WEB_PORT": str(web_port),
         "KESTRELQ_WORKERS": str(WORKERS),
         # Its own tag: a shared one moved from project to project and left the images it
         # moved away from dangling (compose labels each image with its project).
@@ -352,6 +355,7 @@ def make_stack(root: Path, tmp: Path, label: str) -> Stack:
         image_tag=project,
         queue_port=queue_port,
         worker_status_port=worker_status,
+        web_port=web_port,
         password=password,
         settings=settings,
     )

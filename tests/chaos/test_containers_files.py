@@ -102,6 +102,7 @@ def test_compose_publishes_on_loopback_only(compose_config: dict[str, Any]) -> N
         ("queue", "22133", "127.0.0.1"),
         ("queue", "9001", "127.0.0.1"),
         ("worker", "9002", "127.0.0.1"),
+        ("app", "8080", "127.0.0.1"),
     }
 
 
