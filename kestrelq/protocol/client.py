@@ -15,10 +15,11 @@ number is a `Count` only after a flush_expired. Any command may instead get an e
 `ERROR`, `CLIENT_ERROR <reason>` or `SERVER_ERROR <reason>`: an `ErrorReply` event, not an
 exception, since the connection goes on.
 
-Rule 2: no reply is expected for a `set` or `delete` sent with noreply, nor for `quit` and
-`shutdown` (the server closes the connection). An error line that arrives while no reply is
-expected is returned as is, without answering anything: the server sends one unprompted when
-it refuses a connection (`SERVER_ERROR too many connections`) before it closes.
+Rule 2: no reply is expected for a command sent with noreply (`set`, `delete`, `flush_all`),
+whatever happens on the server, nor for `quit` and `shutdown` (the server closes the
+connection). An error line that arrives while no reply is expected is returned as is, without
+answering anything: the server sends one unprompted when it refuses a connection
+(`SERVER_ERROR too many connections`) before it closes.
 
 Rule 3: bytes sent by other means (exact-bytes tests) are answered through `expect_reply()`,
 which expects one reply of any kind and frames it by its first line. `consumed` counts the
@@ -214,7 +215,7 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     c.DumpStats: _dump_stats_command,
     c.Monitor: _monitor,
     c.Confirm: lambda cmd: b"confirm %s %d\r\n" % (cmd.queue.encode(), cmd.count),
-    c.FlushAll: _constant(b"flush_all\r\n"),
+    c.FlushAll: lambda cmd: b"flush_all noreply\r\n" if cmd.noreply else b"flush_all\r\n",
     c.FlushAllExpired: _constant(b"flush_all_expired\r\n"),
     c.Stats: _constant(b"stats\r\n"),
     c.Version: _constant(b"version\r\n"),
@@ -280,7 +281,8 @@ class ClientConnection:
             self._expected.append(_E_VALUES)
             return b"get %s\r\n" % command.key
         expect = _EXPECT[type(command)]
-        if expect is not None and not (isinstance(command, c.Delete) and command.noreply):
+        # Any command with a `noreply` field may be sent with it (delete, flush_all): no reply.
+        if expect is not None and not getattr(command, "noreply", False):
             self._expected.append(expect)
         return _ENCODERS[type(command)](command)
 

@@ -58,6 +58,7 @@ CASES: list[tuple[str, c.Command, bytes, Reply | None]] = [
     ("delete-noreply", c.Delete("jobs", noreply=True), b"", None),
     ("flush", c.Flush("jobs"), replies.END, Status.END),
     ("flush-all", c.FlushAll(), replies.FLUSHED_ALL, Message("Flushed all queues.")),
+    ("flush-all-noreply", c.FlushAll(noreply=True), b"", None),
     ("flush-expired", c.FlushExpired("jobs"), replies.count(12), Count(12)),
     ("flush-all-expired", c.FlushAllExpired(), replies.count(0), Count(0)),
     ("stats", c.Stats(), replies.stats([("pid", 42), ("version", "0.1.0"), ("note", "a b")]),
