@@ -62,17 +62,18 @@ class SegmentReader:
         """
         with self._files.mapped(path) as view:
             size = len(view)
-            if size < len(MAGIC) and bytes(view) == MAGIC[:size]:
+            if view[: len(MAGIC)] != MAGIC and _header_never_written(view):
                 if not repair:
                     raise JournalCorrupt(
-                        str(path), 0, f"cut inside its file header ({size} bytes)",
+                        str(path), 0, f"no whole file header ({size} bytes)",
                         drops="this segment and the items behind in it",
                     )  # fmt: skip
                 logger.error(
-                    "%s: only %d bytes, cut inside the %d-byte file header: no record can be "
-                    "read. Whatever was written to it and not fsynced is LOST (fsync never or "
-                    "periodic and a power cut, or a crash while the file was being created); "
-                    "the queue starts without it, and the file is rewritten on its first write",
+                    "%s: %d bytes and no whole %d-byte file header (cut inside it, or zeros "
+                    "where it should be): no record can be read. Whatever was written to it "
+                    "and not fsynced is LOST (fsync never or periodic and a power cut, or a "
+                    "crash while the file was being created); the queue starts without it, and "
+                    "the file is rewritten on its first write",
                     path, size, len(MAGIC),
                 )  # fmt: skip
                 return
@@ -156,6 +157,13 @@ class SegmentReader:
 
 
 _BAD_HEADER = "damaged file header (not a kestrelq journal)"
+
+
+def _header_never_written(view: memoryview) -> bool:
+    """A file cut inside its header, or zeros from the start: its first write never reached
+    the disk whole (a crash while it was created, or a power cut before its first fsync)."""
+    head = bytes(view[: len(MAGIC)]).rstrip(b"\0")
+    return MAGIC.startswith(head) and not bytes(view[len(MAGIC) :]).strip(b"\0")
 
 
 def _torn(view: memoryview, offset: int) -> bool:

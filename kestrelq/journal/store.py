@@ -29,6 +29,11 @@ records in memory are listed in `unwritten`, in the order they got them; `write_
 writes them all, and a failure there goes to `on_write_lost`, which must not return (see
 `writer`). Both callbacks are given at construction.
 
+A clean stop leaves a `.clean` file, which the next start removes. A start that finds journals
+and no `.clean` follows a crash or a power cut, and every journal whose policy is not `always`
+is named in a warning: records written after its last fsync may be gone, and when the cut fell
+on a record boundary nothing else could tell.
+
 Recovery: a torn tail of the newest segment is cut off with a warning. Damage anywhere else is
 JournalCorrupt naming the file and the offset, and the server refuses to start unless told to
 salvage; a salvaged queue is listed in `needs_rotation`, so the server writes it a fresh
@@ -125,6 +130,7 @@ class JournalStore:
         self._found: dict[str, list[int]] = {}
         self._lock_fd = -1
         self._dir_fd = -1
+        self._unclean = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -141,6 +147,12 @@ class JournalStore:
             if name.endswith(f"{SUFFIX}.tmp"):
                 files.unlink(self.data_dir / name)
         self._found = self._scan_dir()
+        # No clean-stop mark: the last run crashed or lost power (see `recover`).
+        clean = self.data_dir / ".clean"
+        self._unclean = bool(self._found) and not files.exists(clean)
+        if files.exists(clean):
+            files.unlink(clean)
+            self.fsync_dir()  # a crash from now on must not find it
         self.reserve.ensure()
 
     def close(self) -> None:
@@ -148,6 +160,13 @@ class JournalStore:
         for journal in self.journals.values():
             journal.close()
         self.journals.clear()
+        if self._dir_fd >= 0:
+            # Everything is on disk: say so to the next start (after a crash it is missing).
+            try:
+                self.files.close(self.files.open_new(self.data_dir / ".clean"))
+                self.fsync_dir()
+            except OSError:
+                logger.warning("could not mark %s as cleanly stopped", self.data_dir)
         for fd in (self._dir_fd, self._lock_fd):
             if fd >= 0:
                 self.files.close(fd)
@@ -234,7 +253,16 @@ class JournalStore:
 
     def recover(self, name: str) -> Iterator[Record]:
         """The records of a queue's newest segment, repairing a torn tail."""
-        return self.journal(name).replay()
+        journal = self.journal(name)
+        if self._unclean and journal.policy.mode != "always":
+            # Records written after the last fsync may be gone, cut at a record boundary where
+            # no reader can see it: say so, rather than start as if nothing happened.
+            logger.warning(
+                "%s: the server did not stop cleanly (a crash or a power cut) and this queue's "
+                "fsync policy is %s: its last records before the stop may be LOST",
+                journal.path(), journal.policy,
+            )  # fmt: skip
+        return journal.replay()
 
     def records(self, path: Path, start: int, repair: bool) -> Iterator[tuple[Record, int]]:
         """(record, end offset) from `start` to the end of one segment file."""

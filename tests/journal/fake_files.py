@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import errno
+import random
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from kestrelq.journal.files import Buffer, Files
 
@@ -27,3 +31,216 @@ class FilesWith(Files):
             super().fallocate(fd, offset, length)
         else:
             self.fallocate_fn(fd, offset, length)
+
+
+# -- a file system that loses power ----------------------------------------------------------
+
+
+class PowerCut(BaseException):
+    """Raised by PowerCutFiles at the chosen operation: the machine is off.
+
+    A BaseException, so that no `except OSError` or `except Exception` in the code under test
+    can carry on as if it were an I/O error.
+    """
+
+
+class _Inode:
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = bytearray(data)  # what a reader sees now
+        self.synced = bytes(data)  # what the last fsync or fdatasync made durable
+
+
+class PowerCutFiles(Files):
+    """One data directory in memory that remembers what each fsync made durable.
+
+    File contents: `fsync`/`fdatasync` of a file makes its current bytes durable. Names:
+    creates, renames and unlinks are logged in order, and an fsync of the directory makes them
+    durable. At a power cut (`cut_after` operations, then PowerCut), `after_power_cut` builds
+    the file system a restart finds: every durable name, then a random prefix of the later
+    name operations (journaling file systems keep metadata in order); every file its durable
+    bytes, then, if its bytes only grew since, nothing more (ending on a record boundary, where
+    no reader can see a loss), or a random part of what was appended, as written or as zeros
+    (a file extended whose data never reached the disk).
+    """
+
+    DIR_FD = 3
+
+    def __init__(self, names: dict[str, _Inode] | None = None, cut_after: int = -1) -> None:
+        self.names: dict[str, _Inode] = dict(names or {})
+        self._durable_names = dict(self.names)
+        # (old name, new name, inode): a create has no old name, an unlink no new one.
+        self._name_log: list[tuple[str, str, _Inode | None]] = []
+        self._fds: dict[int, _Inode | None] = {}  # None: the directory
+        self._next_fd = 10
+        self.ops = 0
+        self.trace: list[str] = []  # every operation so far, by name
+        self.cut_after = cut_after
+        self.cut_at = ""  # the operation power was cut at
+
+    # -- the cut -----------------------------------------------------------------------------
+
+    def _op(self, what: str) -> None:
+        self.ops += 1
+        self.trace.append(what)
+        if self.ops == self.cut_after:
+            self.cut_at = what
+            raise PowerCut(what)
+
+    def after_power_cut(self, rng: random.Random) -> PowerCutFiles:
+        names = dict(self._durable_names)
+        for old, new, inode in self._name_log[: rng.randint(0, len(self._name_log))]:
+            if old:
+                names.pop(old, None)
+            if new:
+                assert inode is not None
+                names[new] = inode
+        survivors: dict[str, _Inode] = {}
+        copies: dict[int, _Inode] = {}
+        for name, inode in names.items():
+            if id(inode) not in copies:
+                data = inode.synced
+                current = bytes(inode.data)
+                luck = rng.random()
+                if current.startswith(data) and len(current) > len(data) and luck < 0.7:
+                    extra = current[len(data) : rng.randint(len(data), len(current))]
+                    data += bytes(len(extra)) if luck < 0.2 else extra
+                copies[id(inode)] = _Inode(data)
+            survivors[name] = copies[id(inode)]
+        return PowerCutFiles(survivors)
+
+    # -- descriptors -------------------------------------------------------------------------
+
+    def _new_fd(self, inode: _Inode | None) -> int:
+        fd = self._next_fd
+        self._next_fd += 1
+        self._fds[fd] = inode
+        return fd
+
+    def _inode(self, fd: int) -> _Inode:
+        inode = self._fds[fd]
+        assert inode is not None, "a data operation on the directory"
+        return inode
+
+    def _create(self, path: Path) -> _Inode:
+        inode = _Inode()
+        self.names[path.name] = inode
+        self._name_log.append(("", path.name, inode))
+        return inode
+
+    def _lookup(self, path: Path) -> _Inode:
+        try:
+            return self.names[path.name]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path)) from None
+
+    def open_append(self, path: Path, create: bool = True) -> int:
+        self._op("open_append")
+        inode = self.names.get(path.name)
+        if inode is None:
+            if not create:
+                self._lookup(path)
+            inode = self._create(path)
+        return self._new_fd(inode)
+
+    def open_new(self, path: Path) -> int:
+        self._op("open_new")
+        inode = self.names.get(path.name)
+        if inode is None:
+            inode = self._create(path)
+        else:
+            inode.data.clear()
+        return self._new_fd(inode)
+
+    def open_dir(self, path: Path) -> int:
+        return self._new_fd(None)
+
+    def close(self, fd: int) -> None:
+        del self._fds[fd]
+
+    def dup(self, fd: int) -> int:
+        return self._new_fd(self._fds[fd])
+
+    def size(self, fd: int) -> int:
+        return len(self._inode(fd).data)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def writev(self, fd: int, parts: Sequence[Buffer]) -> int:
+        self._op("writev")
+        data = b"".join(bytes(p) for p in parts)
+        self._inode(fd).data += data
+        return len(data)
+
+    def write(self, fd: int, data: Buffer) -> int:
+        self._op("write")
+        self._inode(fd).data += bytes(data)
+        return len(data)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        self._op("ftruncate")
+        inode = self._inode(fd)
+        del inode.data[size:]
+        inode.data += bytes(size - len(inode.data))
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        self._op("fallocate")
+
+    @property
+    def can_fallocate(self) -> bool:
+        return True
+
+    def fsync(self, fd: int) -> None:
+        self._op("fsync")
+        inode = self._fds[fd]
+        if inode is None:
+            self._durable_names = dict(self.names)
+            self._name_log.clear()
+        else:
+            inode.synced = bytes(inode.data)
+
+    def fdatasync(self, fd: int) -> None:
+        self.fsync(fd)
+
+    def preallocate(self, path: Path, size: int) -> None:
+        self._op("preallocate")
+        inode = self.names.get(path.name) or self._create(path)
+        inode.data[len(inode.data) :] = bytes(max(0, size - len(inode.data)))
+
+    # -- names -------------------------------------------------------------------------------
+
+    def mkdir(self, path: Path) -> None:
+        pass
+
+    def lock(self, path: Path) -> int | None:
+        return self._new_fd(self.names.get(path.name) or self._create(path))
+
+    def listdir(self, path: Path) -> list[str]:
+        return sorted(self.names)
+
+    def exists(self, path: Path) -> bool:
+        return path.name in self.names
+
+    def file_size(self, path: Path) -> int:
+        return len(self._lookup(path).data)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        self._op("rename")
+        inode = self.names.pop(src.name)
+        self.names[dst.name] = inode
+        self._name_log.append((src.name, dst.name, inode))  # atomic, as rename(2) is
+
+    def unlink(self, path: Path) -> None:
+        self._op("unlink")
+        if self.names.pop(path.name, None) is not None:
+            self._name_log.append((path.name, "", None))
+
+    def truncate(self, path: Path, size: int) -> None:
+        self._op("truncate")
+        inode = self._lookup(path)
+        del inode.data[size:]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def mapped(self, path: Path) -> Iterator[memoryview]:
+        yield memoryview(bytes(self._lookup(path).data))
