@@ -137,7 +137,7 @@ host-down: install  ## stop host mode (workers finish their message first)
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 STACK_ENV := var/stack.env
 
-.PHONY: docker-engine base-image images up down logs ps chaos-test
+.PHONY: docker-engine base-image images up down logs ps chaos-test screenshot
 docker-engine:  ## install and start a Docker engine and Compose v2 (root)
 	scripts/docker-engine.sh
 
@@ -161,7 +161,9 @@ up: base-image $(STACK_ENV)  ## build and start the stack in containers, wait un
 	$(COMPOSE) up --detach --wait
 	@$(COMPOSE) ps
 	@echo
-	@echo "The stack is up. Send a message and watch a worker handle it:"
+	@echo "The stack is up. Upload photos and watch their thumbnails appear:"
+	@echo "  http://127.0.0.1:$${KESTRELQ_WEB_PORT:-8080}/"
+	@echo "Or send a message and watch a worker handle it:"
 	@echo "  docker compose exec app python send.py 'hello'"
 	@echo "  docker compose logs --follow worker        (or: make logs)"
 	@echo "supervisord status pages (user kestrelq, password in $(STACK_ENV)):"
@@ -177,6 +179,10 @@ logs:  ## follow the stack's logs
 
 ps:  ## docker compose ps
 	$(COMPOSE) ps
+
+# The browser test (its own test stack, headless Chromium) writes its last screenshot here.
+screenshot: install base-image  ## regenerate docs/img/web-page.png (the README's screenshot)
+	KESTRELQ_SCREENSHOT=docs/img/web-page.png $(PY) -m pytest -q tests/chaos/test_browser.py
 
 # The container chaos suite alone (it is also part of `make test`).
 chaos-test: install base-image  ## the container chaos suite alone (chaos and docker)
