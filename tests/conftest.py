@@ -29,6 +29,7 @@ TESTS = Path(__file__).resolve().parent
 MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "server/": ("server",),
     "server/test_write_loss.py": (),  # an in-process Server with a failing writev
+    "server/test_protocol.py": (),  # QueueProtocol on a MockTransport, no sockets
     "compat/": ("server",),
     "compat/test_libmemcached.py": ("server", "external"),
     "cli/": ("server",),

@@ -60,6 +60,20 @@ class GetOptions:
         return not self.abort and (self.open or self.peek or not self.close)
 
 
+# Relative expiry times are below this many seconds; larger values are Unix times (Kestrel).
+_RELATIVE_EXPIRY_LIMIT_S = 1_000_000
+
+
+def expiry_ms(exptime: int, now_ms: int) -> int:
+    """Kestrel's rule for a set's exptime: 0 never; below 1e6 relative seconds; otherwise
+    absolute Unix seconds."""
+    if exptime == 0:
+        return 0
+    if exptime < _RELATIVE_EXPIRY_LIMIT_S:
+        return max(1, now_ms + exptime * 1000)
+    return exptime * 1000
+
+
 @dataclass(slots=True)
 class Counters:
     total_items: int = 0
@@ -279,6 +293,25 @@ class Session:
 
     def open_count(self, name: str) -> int:
         return len(self.open_xids.get(name, ()))
+
+    def can_open(self, name: str) -> bool:
+        """Whether one more open read on `name` is within max_open_reads."""
+        return self.open_count(name) < self.max_open_reads
+
+    def monitor_limit(self, max_items: int) -> int:
+        """How many items `monitor <q> <s> [max_items]` hands out at most (0: the open limit)."""
+        return max_items or self.max_open_reads
+
+    def open_batch(self, name: str, now_ms: int, limit: int) -> list[Item]:
+        """Open reads of up to `limit` items (fewer when the queue runs dry or max_open_reads
+        is reached): what `monitor` hands out in one go."""
+        items: list[Item] = []
+        while len(items) < limit and self.can_open(name):
+            item = self.get(name, GetOptions(open=True), now_ms)
+            if item is None:
+                break
+            items.append(item)
+        return items
 
     def release_all(self) -> None:
         """The connection ended: every open read goes back to the head of its queue."""

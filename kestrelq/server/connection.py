@@ -7,7 +7,10 @@ more than a loop:
   commands (later pipelined ones wait in the buffer, as Kestrel's serial dispatcher made them)
   and joins the queue's FIFO of waiters until an item arrives or the timer fires.
 - Durability. A reply to a command that wrote to an `always` journal is held until the store's
-  group fsync has covered that write. Replies stay in order, so later replies wait too.
+  group fsync has covered that write: after each batch of commands the connection takes the
+  ledger's `always_seq` as the seq its replies need and, unless it is durable already, asks the
+  ledger to call it back once it is (`when_durable`). Replies stay in order, so later replies
+  wait too.
 - Errors. Every failure is a `KestrelqError`, turned into wire bytes by `error_reply()`, the
   one place that decides what an error looks like to a client. A command sent with `noreply`
   gets no reply, error or not: the error is logged instead.
@@ -17,6 +20,9 @@ more than a loop:
   set) idle_timeout_s between commands close the connection. The server's tick checks them.
 - Long replies. `stats` and `dump_stats` are written part by part (see server.stats), with the
   event loop free between parts; later commands wait, as behind a blocking get.
+
+The connection sees the server only through `ServerState` (server/state.py); it never imports
+`server.py`, which creates connections and nothing else of theirs.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from kestrelq import WIRE_VERSION
 from kestrelq.errors import (
@@ -47,17 +53,13 @@ from kestrelq.errors import (
 from kestrelq.protocol import commands as c
 from kestrelq.protocol import replies
 from kestrelq.protocol.parser import ServerConnection
-from kestrelq.queue.collection import GetOptions, Session
+from kestrelq.queue.collection import Session, expiry_ms
 from kestrelq.queue.item import Item
 from kestrelq.server import stats
-
-if TYPE_CHECKING:
-    from kestrelq.server.server import Server
+from kestrelq.server.state import ServerState
 
 logger = logging.getLogger(__name__)
 
-# Relative expiry times are below this many seconds; larger values are Unix times (Kestrel).
-_RELATIVE_EXPIRY_LIMIT_S = 1_000_000
 # Stop reading from a parked connection once this much is buffered behind it.
 _PAUSE_BUFFER_BYTES = 1 << 20
 # Replies past this many bytes are handed to the transport at once (whose own high-water mark
@@ -96,15 +98,6 @@ def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
     return replies.error("SERVER_ERROR", str(exc)), False
 
 
-def expiry_ms(exptime: int, now_ms: int) -> int:
-    """Kestrel's rule: 0 never; below 1e6 relative seconds; otherwise absolute Unix seconds."""
-    if exptime == 0:
-        return 0
-    if exptime < _RELATIVE_EXPIRY_LIMIT_S:
-        return max(1, now_ms + exptime * 1000)
-    return exptime * 1000
-
-
 @dataclass(slots=True)
 class Parked:
     """A blocking get or a monitor waiting for items."""
@@ -116,15 +109,17 @@ class Parked:
 
 
 class QueueProtocol(asyncio.Protocol):
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ServerState) -> None:
         self.server = server
+        self._ledger = server.store.ledger
         cfg = server.config
         self.parser = ServerConnection(cfg.max_line_bytes, cfg.max_item_bytes)
         self.session = Session(server.collection, cfg.max_open_reads)
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
         self._out_bytes = 0
-        self.need_seq = 0
+        self.need_seq = 0  # the seq whose fsync the replies in `out` wait for
+        self._sync_wait = False  # a callback from the ledger is due
         self.parked: Parked | None = None
         self.closing = False
         self.eof = False
@@ -155,7 +150,7 @@ class QueueProtocol(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
         self.transport = cast(asyncio.Transport, transport)
         server = self.server
-        server.total_connections += 1
+        server.counters.total_connections += 1
         if len(server.connections) >= server.config.max_connections:
             self.transport.write(replies.error("SERVER_ERROR", "too many connections"))
             self.transport.close()
@@ -163,7 +158,7 @@ class QueueProtocol(asyncio.Protocol):
         server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.server.bytes_read += len(data)
+        self.server.counters.bytes_read += len(data)
         if self._lingering >= 0:
             self._lingering += len(data)
             if self._lingering > _LINGER_BYTES and self.transport is not None:
@@ -184,8 +179,6 @@ class QueueProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
-        server.connections.discard(self)
-        server.sync_waiters.discard(self)
         self._unpark()
         self._streaming = None
         self._release_budget()
@@ -198,13 +191,28 @@ class QueueProtocol(asyncio.Protocol):
             # puts it back. Nothing is lost, it is only delayed.
             logger.exception("could not return open reads of a closed connection")
         self.transport = None
-        server.connection_closed()
+        server.connection_closed(self)
+
+    @property
+    def waiting(self) -> bool:
+        """Blocked in a get or monitor, and still connected."""
+        return self.parked is not None and self.transport is not None
+
+    def abort(self) -> None:
+        """Drop the connection without a word (a timeout, or the journal failed)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_now(self) -> None:
+        """Drop the connection and return its open reads now (shutdown ran out of time)."""
+        if self.transport is not None:
+            self.transport.abort()
+            self.connection_lost(None)
 
     # -- command loop ----------------------------------------------------------------------
 
     def _process(self) -> None:
         server = self.server
-        store = server.store
         # One clock reading per batch: the commands of one read arrived at the same moment.
         now_ms = server.now_ms()
         done = 0
@@ -222,10 +230,7 @@ class QueueProtocol(asyncio.Protocol):
                     self.closing = self.eof
                     break
                 done += 1
-                before = store.always_seq
                 self._execute(command, now_ms)
-                if store.always_seq != before:
-                    self.need_seq = store.always_seq
             except KestrelqError as exc:
                 self._error(exc, noreply=getattr(command, "noreply", False))
             except Exception:
@@ -237,6 +242,10 @@ class QueueProtocol(asyncio.Protocol):
                 self.closing = True
             if self._out_bytes > _MAX_HELD_BYTES:
                 self._flush()  # may pause this connection (unread or awaiting an fsync)
+        if done:
+            # Conservative and cheap: the replies of this batch wait for every `always` append
+            # made so far (in one turn, one group fsync covers them all anyway).
+            self.need_seq = self._ledger.always_seq
         self._account(done)
         if self._streaming is not None:
             self._schedule_step()
@@ -308,11 +317,6 @@ class QueueProtocol(asyncio.Protocol):
             return f"idle for {idle_s:g} s"
         return None
 
-    def time_out(self, why: str) -> None:
-        """Close a connection that tripped a timeout (the caller logs why)."""
-        if self.transport is not None:
-            self.transport.abort()
-
     def _execute(self, cmd: c.Command, now_ms: int) -> None:
         server = self.server
         if self.must_login:
@@ -330,7 +334,7 @@ class QueueProtocol(asyncio.Protocol):
             case c.Quit():
                 self.closing = True
             case c.Monitor(queue, seconds, max_items):
-                limit = max_items or server.config.max_open_reads
+                limit = self.session.monitor_limit(max_items)
                 self._monitor(cmd, queue, now_ms, seconds * 1000, limit)
             case c.Confirm(queue, count):
                 ok = self.session.confirm(queue, count)
@@ -404,26 +408,19 @@ class QueueProtocol(asyncio.Protocol):
             self._reply(replies.END)
 
     def _monitor(self, cmd: c.Monitor, queue: str, now_ms: int, window_ms: int, limit: int) -> None:
-        sent = self._monitor_batch(queue, now_ms, limit)
-        remaining = limit - sent
-        max_open = self.server.config.max_open_reads
-        if remaining <= 0 or self.session.open_count(queue) >= max_open or window_ms <= 0:
+        remaining = limit - self._monitor_batch(queue, now_ms, limit)
+        if remaining <= 0 or not self.session.can_open(queue) or window_ms <= 0:
             self._reply(replies.END)
             return
         self._park(cmd, queue, window_ms, remaining)
 
     def _monitor_batch(self, queue: str, now_ms: int, limit: int) -> int:
-        sent = 0
         key = queue.encode()
-        max_open = self.server.config.max_open_reads
-        while sent < limit and self.session.open_count(queue) < max_open:
-            item = self.session.get(queue, GetOptions(open=True), now_ms)
-            if item is None:
-                break
+        items = self.session.open_batch(queue, now_ms, limit)
+        for item in items:
             # Each item is a whole get reply (its own END); one more END closes the stream.
             self._reply(*replies.value(key, item.flags, item.data))
-            sent += 1
-        return sent
+        return len(items)
 
     def _error(self, exc: KestrelqError, noreply: bool = False) -> None:
         reply, close = error_reply(exc)
@@ -475,7 +472,7 @@ class QueueProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout_ms / 1000, self._timed_out)
         self.parked = Parked(cmd, queue, timer, remaining)
-        self.server.add_waiter(queue, self)
+        self.server.waiters.add(queue, self)
 
     def wake(self) -> bool:
         """An item arrived on the queue this connection waits on; True if it took one."""
@@ -483,8 +480,6 @@ class QueueProtocol(asyncio.Protocol):
         if parked is None or self.transport is None:
             return False
         now_ms = self.server.now_ms()
-        store = self.server.store
-        before = store.always_seq
         try:
             if isinstance(parked.command, c.Get):
                 item = self.session.get(parked.queue, parked.command.options, now_ms)
@@ -497,10 +492,10 @@ class QueueProtocol(asyncio.Protocol):
                 if not sent:
                     return False
                 parked.remaining -= sent
-                max_open = self.server.config.max_open_reads
-                if parked.remaining > 0 and self.session.open_count(parked.queue) < max_open:
+                self.need_seq = self._ledger.always_seq
+                if parked.remaining > 0 and self.session.can_open(parked.queue):
                     # Still monitoring: back in line for the next item.
-                    self.server.add_waiter(parked.queue, self)
+                    self.server.waiters.add(parked.queue, self)
                     self._flush()
                     return True
                 self._unpark()
@@ -508,8 +503,7 @@ class QueueProtocol(asyncio.Protocol):
         except KestrelqError as exc:
             self._unpark()
             self._error(exc)
-        if store.always_seq != before:
-            self.need_seq = store.always_seq
+        self.need_seq = self._ledger.always_seq
         self._process()
         return True
 
@@ -524,7 +518,7 @@ class QueueProtocol(asyncio.Protocol):
         parked, self.parked = self.parked, None
         if parked is not None:
             parked.timer.cancel()
-            self.server.remove_waiter(parked.queue, self)
+            self.server.waiters.remove(parked.queue, self)
             self._active_at = asyncio.get_running_loop().time()  # a blocked get is not idle
 
     def shutdown(self) -> None:
@@ -588,10 +582,13 @@ class QueueProtocol(asyncio.Protocol):
         if transport is None:
             return
         if self.out:
-            if self.need_seq > self.server.store.synced_seq:
-                self.server.wait_for_sync(self)
+            if not self._ledger.durable(self.need_seq):
+                if not self._sync_wait:
+                    self._sync_wait = True
+                    self._ledger.when_durable(self.need_seq, self.synced)
+                    self.server.sync_soon()
                 return
-            self.server.bytes_written += self._out_bytes
+            self.server.counters.bytes_written += self._out_bytes
             if self._out_bytes <= _JOIN_REPLY_BYTES:
                 transport.write(b"".join(self.out))
             else:
@@ -613,7 +610,10 @@ class QueueProtocol(asyncio.Protocol):
                 transport.close()
 
     def synced(self) -> None:
-        """The group fsync this connection's replies waited for is done."""
+        """The group fsync this connection's replies waited for is done (ledger callback)."""
+        self._sync_wait = False
+        if self.transport is None:
+            return  # gone meanwhile
         self._flush()
         if (
             self.out == []

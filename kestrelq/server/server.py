@@ -3,6 +3,11 @@
 Shutdown runs in a fixed order, as uvicorn's does: stop accepting; answer parked reads and let
 each connection write what it owes; wait for connections to close (bounded); return their open
 reads to the queues; fsync and close the journals.
+
+What connections share with the server lives in one `ServerState` (server/state.py); this
+module creates connections and asks them only what `state.Connection` declares. Replies held
+for an fsync wait in the journal's ledger (`when_durable`); the server only runs the group
+fsync once per turn of the event loop when someone waits (`_group_sync`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,6 +32,7 @@ from kestrelq.server.budget import ByteBudget
 from kestrelq.server.config import ServerConfig
 from kestrelq.server.connection import QueueProtocol
 from kestrelq.server.security import Security
+from kestrelq.server.state import ServerState, Waiters
 
 logger = logging.getLogger(__name__)
 
@@ -57,33 +62,34 @@ class Server:
         )
         # How the server ends when the journal falls behind memory; a seam for tests.
         self.exit: Callable[[int], None] = os._exit
+        waiters = Waiters()
         self.collection = QueueCollection(
             self.store,
             config.queue_defaults,
             dict(config.queues),
-            notify=self.notify,
+            notify=waiters.notify,
             max_queues=config.max_queues,
         )
-        self.connections: set[QueueProtocol] = set()
-        self.sync_waiters: set[QueueProtocol] = set()
-        self.waiters: dict[str, deque[QueueProtocol]] = {}
-        self.started_s = clock()
-        self.total_connections = 0
-        self.bytes_read = 0
-        self.bytes_written = 0
-        self.pending = ByteBudget(config.max_pending_bytes)
-        self.timed_out_connections = 0
-        self.shutting_down = False
+        self.state = ServerState(
+            config=config,
+            collection=self.collection,
+            store=self.store,
+            security=self.security,
+            waiters=waiters,
+            clock=clock,
+            request_shutdown=self.request_shutdown,
+            reload=self.reload,
+            sync_soon=self._sync_soon,
+            started_s=clock(),
+            pending=ByteBudget(config.max_pending_bytes),
+        )
         self.failed = False
-        self._dirty_queues: set[str] = set()
-        self._wake_scheduled = False
         self._full_segments: set[str] = set()
         self._sync_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
         self._stop = asyncio.Event()
-        self._all_closed = asyncio.Event()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -127,13 +133,17 @@ class Server:
         cfg = self.config
         if cfg.plain:
             self._server = await loop.create_server(
-                lambda: QueueProtocol(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
+                lambda: QueueProtocol(self.state),
+                cfg.host,
+                cfg.port,
+                reuse_address=True,
+                backlog=1024,
             )
         if self.security.ssl_context is not None:
             # A client that never finishes its handshake is dropped after the timeout; until
             # it finishes, it has no QueueProtocol and costs only its socket.
             self._tls_server = await loop.create_server(
-                lambda: QueueProtocol(self), cfg.host, cfg.tls_port, reuse_address=True,
+                lambda: QueueProtocol(self.state), cfg.host, cfg.tls_port, reuse_address=True,
                 backlog=1024, ssl=self.security.ssl_context,
                 ssl_handshake_timeout=cfg.tls_handshake_timeout_s,
             )  # fmt: skip
@@ -184,7 +194,7 @@ class Server:
                 loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        if self.shutting_down:
+        if self.state.shutting_down:
             logger.warning("second %s: exiting now", sig.name)
             os._exit(1)
         self.request_shutdown(sig.name)
@@ -201,21 +211,20 @@ class Server:
             self._stop.set()
 
     async def shutdown(self) -> None:
-        self.shutting_down = True
+        state = self.state
+        state.shutting_down = True
         for listener in self._listeners():
             listener.close()
-        for conn in list(self.connections):
+        for conn in list(state.connections):
             conn.shutdown()
-        if self.connections:
-            self._all_closed.clear()
+        if state.connections:
+            state.all_closed.clear()
             try:
-                await asyncio.wait_for(self._all_closed.wait(), self.config.shutdown_timeout_s)
+                await asyncio.wait_for(state.all_closed.wait(), self.config.shutdown_timeout_s)
             except TimeoutError:
-                logger.warning("%d connections did not close in time", len(self.connections))
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
-                conn.connection_lost(None)
+                logger.warning("%d connections did not close in time", len(state.connections))
+        for conn in list(state.connections):
+            conn.close_now()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -232,47 +241,6 @@ class Server:
         logger.info("stopped (pid %d): %d items in %d queues journalled", os.getpid(), items,
                     len(self.collection.queues))  # fmt: skip
 
-    def connection_closed(self) -> None:
-        if not self.connections:
-            self._all_closed.set()
-
-    # -- blocked readers -------------------------------------------------------------------
-
-    def add_waiter(self, queue: str, conn: QueueProtocol) -> None:
-        self.waiters.setdefault(queue, deque()).append(conn)
-
-    def remove_waiter(self, queue: str, conn: QueueProtocol) -> None:
-        waiting = self.waiters.get(queue)
-        if waiting is not None:
-            with contextlib.suppress(ValueError):
-                waiting.remove(conn)
-            if not waiting:
-                del self.waiters[queue]
-
-    def notify(self, queue: str) -> None:
-        """A queue gained an item: hand it to a blocked reader once the current command is done."""
-        if queue not in self.waiters:
-            return
-        self._dirty_queues.add(queue)
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
-            asyncio.get_running_loop().call_soon(self._wake_waiters)
-
-    def _wake_waiters(self) -> None:
-        self._wake_scheduled = False
-        dirty, self._dirty_queues = self._dirty_queues, set()
-        for queue in dirty:
-            waiting = self.waiters.get(queue)
-            while waiting:
-                conn = waiting.popleft()
-                if not conn.wake():
-                    # Nothing left for it (or it vanished): first in line again, if alive.
-                    if conn.parked is not None and conn.transport is not None:
-                        waiting.appendleft(conn)
-                    break
-            if queue in self.waiters and not self.waiters[queue]:
-                del self.waiters[queue]
-
     # -- durability ------------------------------------------------------------------------
 
     def _write_lost(self, exc: JournalError) -> None:
@@ -282,22 +250,21 @@ class Server:
         # from the journal, and the clients retry what was never acknowledged.
         logger.critical("journal write failed after its commands were applied (%s); "
                         "exiting without replying, to restart from the journal", exc)  # fmt: skip
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
+        for conn in list(self.state.connections):
+            conn.abort()
         self.failed = True
         self.exit(EXIT_JOURNAL_LOST)
 
-    def wait_for_sync(self, conn: QueueProtocol) -> None:
-        """Hold `conn`'s replies until an fsync covers its writes (group commit).
+    def _sync_soon(self) -> None:
+        """Run a group fsync once the event loop has handled every connection with input.
 
-        The fsync runs in this thread once the event loop has handled every connection with
-        input (call_soon), so one fsync covers every command of the turn, and whatever arrives
-        while it runs joins the next one: redis' `appendfsync always` does the same. Measured
+        Connections hold their replies in the ledger (`when_durable`) until an fsync covers
+        their writes. The fsync runs in this thread after the current turn (call_soon), so one
+        fsync covers every command of the turn, and whatever arrives while it runs joins the
+        next one: redis' `appendfsync always` does the same. Measured
         against an fsync in a worker thread, this moved 1.4-1.9x as many messages with half
         the CPU: on 2 cores, waking the worker cost as much as the fsync itself.
         """
-        self.sync_waiters.add(conn)
         if not self._sync_scheduled:
             self._sync_scheduled = True
             asyncio.get_running_loop().call_soon(self._group_sync)
@@ -313,11 +280,6 @@ class Server:
             logger.critical("fsync failed; stopping the server", exc_info=True)
             self.failed = True
             self.request_shutdown("fsync failure")
-            return
-        synced = store.synced_seq
-        for conn in [c for c in self.sync_waiters if c.need_seq <= synced]:
-            self.sync_waiters.discard(conn)
-            conn.synced()
 
     def _policies(self) -> list[FsyncPolicy]:
         cfg = self.config
@@ -368,12 +330,12 @@ class Server:
         """Close connections that tripped read_timeout_s or idle_timeout_s (one pass a tick:
         nothing on the per-command path, and a timeout is late by at most TICK_S)."""
         now = asyncio.get_running_loop().time()
-        for conn in list(self.connections):
+        for conn in list(self.state.connections):
             why = conn.check_timeouts(now)
             if why is not None:
-                self.timed_out_connections += 1
+                self.state.counters.timed_out_connections += 1
                 logger.info("closing a connection: %s", why)
-                conn.time_out(why)
+                conn.abort()
 
     def _segment_full(self, name: str) -> None:
         if not self._full_segments:
@@ -420,6 +382,7 @@ class Server:
                 "queues": fresh.queues,
             }
         )
+        self.state.config = self.config
         self.collection.reconfigure(fresh.queue_defaults, dict(fresh.queues))
         self.store.set_policies()
         logger.info("reloaded queue settings from %s", self.config.config_file)

@@ -10,13 +10,10 @@ reply). A queue deleted between two parts is left out; nothing else changes on t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from kestrelq import __version__
 from kestrelq.protocol import replies
-
-if TYPE_CHECKING:
-    from kestrelq.server.server import Server
+from kestrelq.server.state import ServerState
 
 # Queues per part: small enough that a part costs ~2 ms, large enough that a server with a
 # few queues answers in one part (and one write), as before.
@@ -25,7 +22,7 @@ QUEUES_PER_PART = 200
 Pairs = list[tuple[str, object]]
 
 
-def server_lines(server: Server, now: float) -> Pairs:
+def server_lines(server: ServerState, now: float) -> Pairs:
     coll = server.collection
     items, total_bytes = coll.totals()
     c = coll.counters
@@ -38,14 +35,14 @@ def server_lines(server: Server, now: float) -> Pairs:
         ("total_items", c.total_items),
         ("bytes", total_bytes),
         ("curr_connections", len(server.connections)),
-        ("total_connections", server.total_connections),
+        ("total_connections", server.counters.total_connections),
         ("cmd_get", c.cmd_get),
         ("cmd_set", c.cmd_set),
         ("cmd_peek", c.cmd_peek),
         ("get_hits", c.get_hits),
         ("get_misses", c.get_misses),
-        ("bytes_read", server.bytes_read),
-        ("bytes_written", server.bytes_written),
+        ("bytes_read", server.counters.bytes_read),
+        ("bytes_written", server.counters.bytes_written),
         ("queue_creates", c.queue_creates),
         ("queue_deletes", c.queue_deletes),
         ("queue_expires", c.queue_expires),
@@ -55,11 +52,11 @@ def server_lines(server: Server, now: float) -> Pairs:
         ("disk_full", int(store.reserve_released)),
         ("pending_bytes", server.pending.taken),
         ("pending_waiters", server.pending.waiting),
-        ("timed_out_connections", server.timed_out_connections),
+        ("timed_out_connections", server.counters.timed_out_connections),
     ]
 
 
-def queue_lines(server: Server, name: str, now_ms: int) -> Pairs:
+def queue_lines(server: ServerState, name: str, now_ms: int) -> Pairs:
     state = server.collection.queues[name]
     journal = server.store.journals.get(name)
     s = state.stats
@@ -73,7 +70,7 @@ def queue_lines(server: Server, name: str, now_ms: int) -> Pairs:
         ("mem_bytes", state.mem_bytes),
         ("age", state.age_ms(now_ms)),
         ("discarded", s.discarded),
-        ("waiters", len(server.waiters.get(name, ()))),
+        ("waiters", server.waiters.count(name)),
         ("open_transactions", len(state.open_reads)),
         ("transactions", s.transactions),
         ("canceled_transactions", s.canceled_transactions),
@@ -88,7 +85,7 @@ def queue_lines(server: Server, name: str, now_ms: int) -> Pairs:
     return pairs
 
 
-def stats_parts(server: Server) -> Iterator[tuple[bytes, bool]]:
+def stats_parts(server: ServerState) -> Iterator[tuple[bytes, bool]]:
     """The `stats` reply in (part, last) pairs: server lines, `queue_<name>_<key>` lines, END."""
     now = server.clock()
     now_ms = int(now * 1000)
@@ -105,7 +102,7 @@ def stats_parts(server: Server) -> Iterator[tuple[bytes, bool]]:
     yield replies.stat_lines(lines) + replies.END, True
 
 
-def dump_stats_parts(server: Server, wanted: tuple[str, ...]) -> Iterator[tuple[bytes, bool]]:
+def dump_stats_parts(server: ServerState, wanted: tuple[str, ...]) -> Iterator[tuple[bytes, bool]]:
     """`dump_stats [queue...]`: a block per existing queue (all when none named), then END."""
     now_ms = server.now_ms()
     queues = server.collection.queues
