@@ -43,6 +43,7 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "chaos/test_host_chaos.py": ("server",),
     "chaos/test_server_crash.py": ("server",),
     "bench/test_bench_smoke.py": ("server", "bench", "external"),
+    "soak/": ("server", "soak"),
 }
 
 # Single tests in otherwise in-process files: (file, test name prefix) -> markers.

@@ -15,8 +15,6 @@ import pytest
 from helpers import ServerProcess
 from soak_clients import Soak, proc_fds
 
-pytestmark = pytest.mark.soak
-
 SECONDS = float(os.environ.get("KESTRELQ_SOAK_SECONDS", "15"))
 MAX_CONNECTIONS = 128
 MAX_ITEM_BYTES = 4 << 20
