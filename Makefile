@@ -50,7 +50,7 @@ PYTEST := $(PY) -m pytest
 # Branch coverage of kestrelq, the server subprocesses included (pyproject.toml [tool.coverage]).
 COVERAGE := --cov --cov-report=term:skip-covered
 
-.PHONY: test test-unit test-server test-host-chaos test-docker test-external test-local
+.PHONY: test test-unit test-server test-host-chaos test-docker test-external test-local soak
 # The container tests need an engine and the base image: base-image sets both up first.
 test: install lint typecheck conf-check base-image  ## everything CI runs: checks, then every test, with coverage
 	$(PYTEST) $(COVERAGE)
@@ -72,6 +72,11 @@ test-external: install  ## tests needing memcached, beanstalkd, redis-server, li
 
 test-local: install  ## every test that needs neither Docker nor the external programs
 	$(PYTEST) -m "not docker and not external"
+
+# `make test` runs the soak for 15 s; this runs it for SOAK_SECONDS and prints its report.
+SOAK_SECONDS ?= 300
+soak: install  ## misbehaving clients beside producers and workers for SOAK_SECONDS (300), with a report
+	KESTRELQ_SOAK_SECONDS=$(SOAK_SECONDS) $(PYTEST) -m soak -s -p no:cacheprovider -o timeout=$$(( $(SOAK_SECONDS) + 600 ))
 
 .PHONY: all
 all: lint typecheck conf-check test-unit  ## the default: checks and the unit tests

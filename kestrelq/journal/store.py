@@ -122,7 +122,7 @@ class JournalStore:
             on_pending=self._enlist,
             write_pending=self.write_pending,
             on_segment_full=on_segment_full,
-            on_opened=self._open_files.add,
+            on_opened=self._opened,
             on_closed=self._open_files.discard,
             on_no_descriptor=self._close_idle_files,
             fsync_dir=self.fsync_dir,
@@ -192,6 +192,29 @@ class JournalStore:
     @property
     def open_files(self) -> int:
         return len(self._open_files)
+
+    def _opened(self, journal: Journal) -> None:
+        self._open_files.add(journal)
+        cap = self.limits.max_open_files
+        if cap and len(self._open_files) > cap:
+            self._close_least_recent(len(self._open_files) - cap + cap // 8, keep=journal)
+
+    def _close_least_recent(self, count: int, keep: Journal) -> None:
+        """Over the cap on open journal files: close `count` of them, least recently written
+        first (each synced first if its records wait for an fsync). A flood of queues thus
+        costs reopening files, never the descriptors that connections need."""
+        if self.unwritten:
+            self.write_pending()
+        victims = sorted(
+            (j for j in self._open_files if j is not keep), key=lambda j: -j.idle_ticks
+        )
+        closed = 0
+        for journal in victims:
+            if closed >= count:
+                break
+            if self.ledger.is_dirty(journal):
+                self.ledger.sync_one(journal)
+            closed += journal.close_if_clean()
 
     def _close_idle_files(self) -> bool:
         """Out of descriptors: close every open journal file (writing and syncing first what

@@ -91,6 +91,9 @@ class StoreLimits:
     reserve_bytes: int = 8 << 20
     segment_bytes: int = 64 << 20  # start a new segment after this much growth
     idle_compact_bytes: int = 64 << 10  # an empty queue's segment is rewritten past this
+    # Journal files open at once; past it the least recently written are closed. 0: no cap
+    # but the process's descriptor limit. The server sets it so that connections keep room.
+    max_open_files: int = 0
 
 
 class Batching:
@@ -504,6 +507,11 @@ class Journal:
         if self.pending_bytes:
             self._ctx.write_pending()
         self._close_fd()
+
+    @property
+    def idle_ticks(self) -> int:
+        """Store ticks since the last append: the larger, the better a file to close."""
+        return self._idle_ticks
 
     def idle_tick(self) -> None:
         """One of the store's ticks passed: close the file once the journal is idle."""

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,26 @@ TICK_S = 0.25
 EXIT_JOURNAL_LOST = 74
 
 
+# Descriptors kept for what is neither a connection nor a journal: listeners, the event loop,
+# the lock and directory files, logs, TLS reloads.
+_SPARE_DESCRIPTORS = 64
+
+
+def journal_files_budget(max_connections: int) -> int:
+    """How many journal files may be open at once: what the descriptor limit leaves once every
+    allowed connection has one, so that a flood of queues never makes accept() fail."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    budget = soft - max_connections - _SPARE_DESCRIPTORS
+    if budget < 16:
+        logger.warning(
+            "the descriptor limit (%d) barely covers max_connections (%d): raise `ulimit -n`"
+            " or lower max_connections, or connections may be refused when many queues are"
+            " written at once", soft, max_connections)  # fmt: skip
+    return max(16, budget)
+
+
 class Server:
     def __init__(self, config: ServerConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -54,6 +75,7 @@ class Server:
                 max_record_bytes=config.max_item_bytes + 64,
                 reserve_bytes=config.disk_reserve_bytes,
                 segment_bytes=config.segment_bytes,
+                max_open_files=journal_files_budget(config.max_connections),
             ),
             salvage=config.salvage,
             batch_writes=config.batch_writes,

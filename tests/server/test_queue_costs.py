@@ -148,3 +148,33 @@ def test_thousands_of_queues_restart_and_take_writes_under_ulimit_1024(tmp_path:
             assert drain(srv.port, f"q{i}") == [b"a", b"b"]
         assert srv.stop() == 0
     assert "Traceback" not in srv.log()
+
+
+def test_a_flood_of_queues_leaves_descriptors_for_every_allowed_connection(
+    tmp_path: Path,
+) -> None:
+    # 2,000 queues written in one burst under `ulimit -n 1024`: without a cap on open journal
+    # files the server runs out of descriptors in the middle of the burst, and until idle files
+    # are closed accept() fails for every newcomer.
+    max_connections = 200
+    with small_tmpfs(tmp_path / "disk", "64m") as disk:
+        srv = ServerProcess(
+            disk / "data", "--max-queues", "0", "--max-connections", str(max_connections)
+        )
+        srv.log_path = tmp_path / "server.log"
+        with descriptor_limit(1024):
+            srv.start()
+        with Wire(srv.port, timeout_s=120) as w:
+            sets = b"".join(b"set f%d 0 0 1\r\nx\r\n" % i for i in range(2000))
+            assert set(pipeline(w, sets, 2000)) == {b"STORED\r\n"}
+            assert open_fds(srv) < 1024 - max_connections
+            others = [Wire(srv.port) for _ in range(max_connections - 1)]
+            try:
+                for other in others:
+                    assert other.call(b"version\r\n").startswith(b"VERSION")
+            finally:
+                for other in others:
+                    other.close()
+        assert drain(srv.port, "f1999") == [b"x"]
+        assert srv.stop() == 0
+    assert "out of file descriptors" not in srv.log()
