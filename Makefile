@@ -187,7 +187,7 @@ ps:  ## docker compose ps
 
 # The browser test (its own test stack, headless Chromium) writes its last screenshot here.
 screenshot: install base-image  ## regenerate docs/img/web-page.png (the README's screenshot)
-	KESTRELQ_SCREENSHOT=docs/img/web-page.png $(PY) -m pytest -q tests/chaos/test_browser.py
+	KESTRELQ_SCREENSHOT=docs/img/web-page.png $(PY) -m pytest -q tests/chaos/test_web_stack.py
 
 # The container chaos suite alone (it is also part of `make test`).
 chaos-test: install base-image  ## the container chaos suite alone (chaos and docker)

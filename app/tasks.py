@@ -136,7 +136,8 @@ def thumbnail(args: TaskArgs) -> str:
     started = time.time()
     enqueued_at = float(args.get("enqueued_at") or started)
     previous = thumbs.read_status(folder)
-    common = {
+    # What the front end recorded (name, format, size) stays; a past failure's reason goes.
+    common = {k: v for k, v in previous.items() if k not in ("error", "state")} | {
         "name": str(args.get("name", "")),
         "worker": worker_name(),
         "enqueued_at": enqueued_at,
@@ -145,7 +146,7 @@ def thumbnail(args: TaskArgs) -> str:
     try:
         made = thumbs.make_thumbnails(folder / thumbs.ORIGINAL, folder)
     except Exception as exc:
-        failures = int(previous.get("failures", 0)) + 1
+        failures = int(common.get("failures", 0)) + 1
         limit = max_deliveries()
         thumbs.write_status(
             folder,

@@ -94,6 +94,8 @@ def test_the_task_makes_thumbnails_the_page_can_poll(client: FlaskClient, queue:
     assert list(status) == [upload]
     assert status[upload]["state"] == "done"
     assert status[upload]["thumbs"]["256"] == [256, 192]
+    # What the front end recorded stays beside what the worker adds.
+    assert (status[upload]["format"], status[upload]["width"]) == ("JPEG", 800)
     assert status[upload]["worker"].endswith("/work_worker_00")
     assert status[upload]["waited_s"] >= 0
     thumb = client.get(f"/uploads/{upload}/thumb-256.jpg")

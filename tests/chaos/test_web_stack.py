@@ -1,4 +1,4 @@
-"""The web front end in a real browser against the running compose stack.
+"""The web front end against the running compose stack: in a real browser, and under chaos.
 
 Headless Chromium (Debian's chromium and chromium-driver) driven by selenium opens the page,
 uploads two photos, a text file and a photo cut short in one go, and without reloading sees:
@@ -6,24 +6,35 @@ the text file rejected at once, both thumbnails appear (made by the workers, wit
 and the cut photo fail in the worker until its deliveries are spent and it is dead-lettered.
 Screenshots are saved and checked (not blank); KESTRELQ_SCREENSHOT=path also writes the last
 one there (`make screenshot` regenerates the README's image that way).
+
+Chaos on the real flow: photos are uploaded one by one while every worker is killed with
+kill -9 (twice) and the queue container is killed and recreated; every photo the front end
+answered "queued" for gets its thumbnails, each upload once (no second copy a user could see),
+none lost. A photo refused while the queue was down was refused with "not queued", and nothing
+of it stayed behind.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from compose_stack import REPO, Stack
+from compose_stack import REPO, Stack, record_timing
+from helpers import wait_until
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
+from web_client import queued_ids, statuses, thumbnail_size, upload
 
 sys.path.insert(0, str(REPO / "tests" / "app"))
 from images import photo
@@ -137,8 +148,123 @@ def test_upload_in_a_browser(stack: Stack, browser: WebDriver, tmp_path: Path) -
     assert "cannot decode" in details and "dead-letter queue" in details
     final = screenshot(browser, tmp_path / "3-thumbnails.png")
     # The cut photo's task is in the dead-letter queue, with nothing else.
-    dead = stack.exec("app", "kestrelq", "peek", "work_dead", check=False)
+    # (The worker writes "dead" just before it gives the message back for the last time.)
+    dead = wait_until(
+        lambda: (
+            '"task":"thumbnail"' in (out := stack.exec("app", "kestrelq", "peek", "work_dead"))
+            and out
+        ),
+        60,
+        interval_s=0.5,
+        what="the cut photo's task in work_dead",
+    )
     assert dead.count('"task":"thumbnail"') == 1, dead
     target = os.environ.get("KESTRELQ_SCREENSHOT")
     if target:
         shutil.copyfile(final, target)
+
+
+class Uploader:
+    """Uploads photos one per request, in a thread, until stopped; keeps what each answer said."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stop = threading.Event()
+        self.queued: list[str] = []
+        self.refused: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            # Different shapes, so each upload's thumbnails are its own.
+            data = photo(400 + 8 * i, 300, "JPEG" if i % 2 else "PNG")
+            try:
+                code, page = upload(self.port, [(f"photo-{i}.img", data)])
+            except OSError as exc:
+                code, page = 0, str(exc)
+            with self._lock:
+                if code == 200:
+                    self.queued.extend(queued_ids(page))
+                else:
+                    self.refused.append((code, page[-300:]))
+            time.sleep(0.2)  # a steady flow around the kills, not a readiness wait
+
+    def queued_so_far(self) -> int:
+        with self._lock:
+            return len(self.queued)
+
+
+def kill_workers(stack: Stack) -> None:
+    pids = stack.pids("worker", "work_worker:")
+    assert pids, "no worker RUNNING to kill"
+    stack.exec("worker", "sh", "-c", "kill -9 " + " ".join(map(str, pids.values())))
+
+
+@pytest.mark.chaos
+def test_uploads_survive_killed_workers_and_queue(stack: Stack) -> None:
+    before = set(upload_files(stack))
+    uploader = Uploader(stack.web_port)
+    started = time.monotonic()
+
+    def wait_queued(more: int) -> None:
+        target = uploader.queued_so_far() + more
+        wait_until(lambda: uploader.queued_so_far() >= target, 120, what=f"{target} queued")
+
+    try:
+        wait_queued(5)
+        kill_workers(stack)
+        wait_queued(10)
+        subprocess.run(
+            ["docker", "kill", stack.container_id("queue")], check=True, capture_output=True
+        )
+        stack.up()
+        wait_queued(5)
+        kill_workers(stack)
+        wait_queued(5)
+    finally:
+        uploader.stop.set()
+        uploader.thread.join(timeout=60)
+    assert not uploader.thread.is_alive()
+    queued = uploader.queued
+    assert len(queued) >= 25 and len(set(queued)) == len(queued)
+    for code, page in uploader.refused:
+        # Refused only while the queue was away, and said so.
+        assert code == 503 and "not queued" in page, (code, page)
+
+    def all_done() -> bool:
+        return all(s.get("state") == "done" for s in statuses(stack.web_port, queued).values())
+
+    wait_until(all_done, 300, interval_s=0.5, what=f"thumbnails of all {len(queued)} photos")
+    record_timing(
+        "web chaos", f"all {len(queued)} queued photos have thumbnails", time.monotonic() - started
+    )
+    done = statuses(stack.web_port, queued)
+    assert sorted(done) == sorted(queued)
+    for upload_id, status in done.items():
+        width, height = status["width"], status["height"]
+        expected = (256, round(height * 256 / width))
+        assert tuple(status["thumbs"]["256"]) == expected, status
+        assert thumbnail_size(stack.web_port, upload_id, 256) == expected
+    # One directory per queued photo, none for a refused one; each with exactly the files a
+    # page can show (a worker killed mid-write may leave a hidden temporary, never a second copy).
+    after = upload_files(stack)
+    assert set(after) - before == set(queued)
+    expected_files = ["original", "status.json", "thumb-128.jpg", "thumb-256.jpg", "thumb-512.jpg"]
+    for upload_id in queued:
+        assert after[upload_id] == expected_files, upload_id
+
+
+def upload_files(stack: Stack) -> dict[str, list[str]]:
+    """{upload id: its files a page can show, sorted} on the uploads volume."""
+    listing = stack.exec(
+        "app", "find", "/var/lib/kestrelq/uploads", "-mindepth", "2", "-not", "-name", ".*"
+    )
+    found: dict[str, list[str]] = {}
+    for line in listing.splitlines():
+        upload_id, name = line.split("/")[-2:]
+        found.setdefault(upload_id, []).append(name)
+    return {k: sorted(v) for k, v in found.items()}
