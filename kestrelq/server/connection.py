@@ -315,6 +315,9 @@ class QueueProtocol(asyncio.Protocol):
             return None
         if idle_s and not self.out and now - self._active_at > idle_s:
             return f"idle for {idle_s:g} s"
+        if self.must_login and read_s and now - self._active_at > read_s:
+            # Without a deadline, a stranger who never logs in holds a connection slot forever.
+            return f"no login in {read_s:g} s"
         return None
 
     def _execute(self, cmd: c.Command, now_ms: int) -> None:

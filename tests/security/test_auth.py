@@ -297,3 +297,15 @@ def test_settings_come_from_the_environment_too(tmp_path: Path, auth_file: Path)
             assert w.call(b"flush_all\r\n") == b"Flushed all queues.\r\n"
     finally:
         assert srv.stop() == 0
+
+
+def test_a_connection_that_never_logs_in_is_closed_after_the_read_timeout(
+    start_server: Starter, auth_file: Path
+) -> None:
+    srv = start_server("--auth-file", str(auth_file), "--read-timeout-s", "0.5", login=ALICE)
+    with logged_in(srv, ALICE) as member, Wire(srv.port) as stranger:
+        assert stranger.at_eof(30)  # closed by the server; no assertion on how soon
+        assert stranger.buf == b""
+        # The same age did not close the connection that logged in (idle timeout is off).
+        assert member.call(b"version\r\n").startswith(b"VERSION ")
+    wait_until(lambda: "no login in 0.5 s" in srv.log(), 30, what="the reason logged")
