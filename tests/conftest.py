@@ -36,6 +36,7 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "security/": ("server",),
     "security/test_access_rules.py": (),
     "security/test_credentials_env.py": (),
+    "security/test_memcached_parity.py": ("server", "external"),
     "worker/": ("server",),
     "worker/test_app_tasks.py": (),
     "journal/test_read_behind_server.py": ("server",),
