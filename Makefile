@@ -162,8 +162,14 @@ $(STACK_ENV):
 
 # compose.yaml has pull_policy: build, so `up` rebuilds what changed (layer cache) and never
 # pulls a kestrelq image; --wait returns once the queue and the workers are healthy.
+# KESTRELQ_WORKERS given to `make up` is kept in var/stack.env, so a later plain `make up` does
+# not silently go back to the default pool (compose reads it from the shell, not from there).
 up: base-image $(STACK_ENV)  ## build and start the stack in containers, wait until healthy
-	$(COMPOSE) up --detach --wait
+	@if [ -n "$${KESTRELQ_WORKERS:-}" ]; then \
+		sed -i '/^KESTRELQ_WORKERS=/d' $(STACK_ENV); \
+		echo "KESTRELQ_WORKERS=$$KESTRELQ_WORKERS" >> $(STACK_ENV); fi
+	KESTRELQ_WORKERS="$${KESTRELQ_WORKERS:-$$(sed -n 's/^KESTRELQ_WORKERS=//p' $(STACK_ENV))}" \
+		$(COMPOSE) up --detach --wait
 	@$(COMPOSE) ps
 	@echo
 	@echo "The stack is up. Upload photos and watch their thumbnails appear:"

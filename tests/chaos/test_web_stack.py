@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from compose_stack import REPO, Stack, record_timing
-from helpers import wait_until
+from helpers import free_port, wait_until
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -268,3 +268,36 @@ def upload_files(stack: Stack) -> dict[str, list[str]]:
         upload_id, name = line.split("/")[-2:]
         found.setdefault(upload_id, []).append(name)
     return {k: sorted(v) for k, v in found.items()}
+
+
+def test_scaled_worker_containers_share_the_work(stack: Stack) -> None:
+    """`--scale worker=3` with a range of status ports: no clash, every photo handled."""
+    first = free_port()
+    saved = dict(stack.settings)
+    stack.settings["KESTRELQ_WORKER_STATUS_PORT"] = f"{first}-{first + 9}"
+    try:
+        stack.run("up", "--no-build", "--detach", "--wait", "--scale", "worker=3")
+        ports = {
+            stack.run("port", "--index", str(n), "worker", "9001").stdout.strip() for n in (1, 2, 3)
+        }
+        assert len(ports) == 3, ports
+        for port in ports:
+            host, number = port.rsplit(":", 1)
+            assert host == "127.0.0.1" and first <= int(number) <= first + 9, port
+        queued: list[str] = []
+        for i in range(9):
+            code, page = upload(stack.web_port, [(f"scaled-{i}.png", photo(300 + i, 200, "PNG"))])
+            assert code == 200, page
+            queued += queued_ids(page)
+        wait_until(
+            lambda: all(
+                s.get("state") == "done" for s in statuses(stack.web_port, queued).values()
+            ),
+            180,
+            interval_s=0.5,
+            what="thumbnails from the scaled workers",
+        )
+    finally:
+        stack.settings.clear()
+        stack.settings.update(saved)
+        stack.run("up", "--no-build", "--detach", "--wait", "--scale", "worker=1")
