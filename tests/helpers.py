@@ -79,15 +79,26 @@ class ServerProcess:
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
         def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if not self.listening():
+                return False
             try:
                 return request(self.port, b"version\r\n", timeout_s=1).startswith(b"VERSION")
             except OSError:
                 return False
 
         wait_until(ready, timeout_s, what=f"kestrelq on port {self.port}")
+
+    def listening(self) -> bool:
+        """This process has bound its ports (raises if it exited).
+
+        A free port is only free when it is chosen: another test run on the machine may bind
+        it first. Then this server fails to start, and whatever answers on the port is not it.
+        The server's own "listening" line, with its pid, is the proof.
+        """
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+        return f"(pid {self.proc.pid}," in self.log()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -100,9 +100,8 @@ class SecureServer(ServerProcess):
         hello = login_bytes(*self.login) if self.login else b""
 
         def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if not self.listening():
+                return False
             try:
                 with self.open(tls=self.tls is not None and self.tls_port != 0) as sock:
                     sock.sendall(hello + b"version\r\n")

@@ -39,6 +39,8 @@ class Proc:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if f"(pid {self.proc.pid}," not in self.log():  # not yet listening, or not on this port
+                return False
             try:
                 return request(port, b"version\r\n", timeout_s=1).startswith(b"VERSION")
             except OSError:
