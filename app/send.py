@@ -8,8 +8,10 @@
     python send.py --task sleep --arg seconds=9 --time-limit-s 3   # ...that times out
     python send.py --json '{"task": "echo", "args": {"text": "hi"}}'
 
-The queue is reached at --host/--port, or $KESTRELQ_HOST/$KESTRELQ_PORT, or 127.0.0.1:22133;
-login and TLS as every kestrelq client (KESTRELQ_USER, KESTRELQ_PASSWORD[_FILE],
+The queue servers are --servers host1:22133,host2:22133 (or $KESTRELQ_SERVERS), else the one at
+--host/--port (or $KESTRELQ_HOST/$KESTRELQ_PORT, else 127.0.0.1:22133). With several, each
+message goes to one of them in turn, and to the next if one fails (kestrelq.producer).
+Login and TLS as every kestrelq client (KESTRELQ_USER, KESTRELQ_PASSWORD[_FILE],
 KESTRELQ_TLS_CA, ...: kestrelq.credentials). Each message waits for STORED (`noreply=False`:
 pymemcache's default would not wait). Exit codes, each with a clear message on stderr: 2 the
 queue cannot be reached, 3 it refused a message (NOT_STORED), 64 bad usage or settings
@@ -31,8 +33,10 @@ from typing import Any, NoReturn
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
-from kestrelq.credentials import EXIT_CREDENTIALS, Credentials, memcache_client
+from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
 from kestrelq.errors import ConfigError, CredentialsRefused
+from kestrelq.producer import NotStored, Producer, Unreachable
+from kestrelq.servers import Entry, parse_servers, single_server
 
 EXIT_UNREACHABLE = 2
 EXIT_REFUSED = 3
@@ -104,8 +108,16 @@ def build_messages(args: argparse.Namespace) -> Iterator[bytes]:
                 yield text.encode()
 
 
-def send_all(client: Client, queue: str, bodies: Iterator[bytes], expire_s: int) -> Iterator[int]:
-    """Set each body on the queue and yield its size once it is STORED."""
+def send_all(
+    client: Client | Producer, queue: str, bodies: Iterator[bytes], expire_s: int
+) -> Iterator[int]:
+    """Set each body on the queue and yield its size once it is STORED.
+
+    `client` is one server's pymemcache client, or a Producer spreading over several.
+    """
+    if isinstance(client, Producer):
+        yield from _send_spread(client, queue, bodies, expire_s)
+        return
     where = f"{client.server[0]}:{client.server[1]}"
     for body in bodies:
         try:
@@ -125,6 +137,23 @@ def send_all(client: Client, queue: str, bodies: Iterator[bytes], expire_s: int)
         yield len(body)
 
 
+def _send_spread(
+    producer: Producer, queue: str, bodies: Iterator[bytes], expire_s: int
+) -> Iterator[int]:
+    for body in bodies:
+        try:
+            producer.send(queue, body, expire_s)
+        except Unreachable as exc:
+            raise SendError(str(exc), EXIT_UNREACHABLE) from exc
+        except NotStored as exc:
+            raise SendError(str(exc), EXIT_REFUSED) from exc
+        except MemcacheError as exc:  # CLIENT_ERROR: the message itself is bad
+            raise SendError(
+                f"the queue refused a message for {queue!r}: {exc}", EXIT_REFUSED
+            ) from exc
+        yield len(body)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on bad usage, the code we give "cannot reach the queue"; we say 64."""
 
@@ -137,8 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(description="Put messages on a kestrelq queue.")
     parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="one message each")
     parser.add_argument("--queue", "-q", default=os.environ.get("KESTRELQ_QUEUE") or "work")
-    parser.add_argument("--host", default=os.environ.get("KESTRELQ_HOST") or "127.0.0.1")
-    parser.add_argument("--port", type=int, default=os.environ.get("KESTRELQ_PORT") or "22133")
+    parser.add_argument(
+        "--servers",
+        default=os.environ.get("KESTRELQ_SERVERS") or None,
+        metavar="HOST:PORT,...",
+        help="every queue server, messages spread over them (env KESTRELQ_SERVERS)",
+    )
+    parser.add_argument("--host", default=os.environ.get("KESTRELQ_HOST") or None)
+    parser.add_argument("--port", type=int, default=os.environ.get("KESTRELQ_PORT") or None)
     parser.add_argument("--count", "-n", type=int, default=1, help="send each message N times")
     parser.add_argument("--task", help="wrap each message in a task envelope for this task")
     parser.add_argument(
@@ -162,14 +197,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.time_limit_s is not None and not 0 < args.time_limit_s < float("inf"):
         parser.error("--time-limit-s must be a positive number of seconds")
 
+    if args.servers and (args.host or args.port):
+        parser.error("--servers (KESTRELQ_SERVERS) or --host/--port (KESTRELQ_HOST/PORT), not both")
     try:
+        entries: list[Entry] = (
+            parse_servers(args.servers) if args.servers else [single_server(args.host, args.port)]
+        )
         credentials = Credentials.from_env()
     except ConfigError as exc:
         print(f"send.py: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    client: Client = memcache_client(
-        (args.host, args.port), credentials, connect_timeout=3.0, timeout=10.0, no_delay=True
-    )
+    where = ",".join(str(e) for e in entries)
+    client = Producer(entries, credentials=credentials, connect_timeout_s=3.0, timeout_s=10.0)
     sent = 0
     started = time.monotonic()
     try:
@@ -183,14 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"send.py: {sent} message(s) were stored before that", file=sys.stderr)
         return exc.code
     except CredentialsRefused as exc:
-        print(f"send.py: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"send.py: {where}: {exc}", file=sys.stderr)
         return EXIT_CREDENTIALS
     finally:
         client.close()
     elapsed_s = time.monotonic() - started
-    print(
-        f"sent {sent} message(s) to {args.queue!r} at {args.host}:{args.port} in {elapsed_s:.2f}s"
-    )
+    print(f"sent {sent} message(s) to {args.queue!r} at {where} in {elapsed_s:.2f}s")
     return 0
 
 

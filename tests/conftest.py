@@ -45,6 +45,8 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "chaos/test_server_crash.py": ("server",),
     "bench/test_bench_smoke.py": ("server", "bench", "external"),
     "soak/": ("server", "soak"),
+    "multi/": ("server",),
+    "multi/test_servers.py": (),
 }
 
 # Single tests in otherwise in-process files: (file, test name prefix) -> markers.

@@ -1,0 +1,107 @@
+"""Producers over several real servers: an exact spread, and failover with nothing lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import REPO, ServerProcess, child_env, drain, free_port
+
+from kestrelq.credentials import Credentials
+from kestrelq.producer import Producer, Unreachable
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    servers = [ServerProcess(tmp_path / f"data{i}") for i in range(3)]
+    for server in servers:
+        server.start()
+    yield servers
+    for server in servers:
+        if server.proc is not None and server.proc.poll() is None:
+            assert server.stop() == 0, server.log()
+        assert "Traceback" not in server.log(), server.log()
+
+
+def listing(servers: list[ServerProcess]) -> str:
+    return ",".join(f"127.0.0.1:{s.port}" for s in servers)
+
+
+def test_messages_spread_exactly_evenly(three: list[ServerProcess]) -> None:
+    with Producer(listing(three), credentials=Credentials()) as producer:
+        stored_at = [producer.send("spread", b"m%d" % i) for i in range(300)]
+    assert {port: [a[1] for a in stored_at].count(port) for port in {a[1] for a in stored_at}} == {
+        s.port: 100 for s in three
+    }
+    # Round robin: three messages in a row never share a server.
+    assert all(len(set(stored_at[i : i + 3])) == 3 for i in range(0, 300, 3))
+    assert sorted(len(drain(s.port, "spread")) for s in three) == [100, 100, 100]
+
+
+def test_a_stopped_server_is_skipped_and_nothing_acknowledged_is_lost(
+    three: list[ServerProcess],
+) -> None:
+    sent: list[bytes] = []
+    with Producer(listing(three), credentials=Credentials()) as producer:
+        for i in range(30):
+            sent.append(b"before %d" % i)
+            producer.send("fail", sent[-1])
+        assert three[1].stop() == 0
+        after = []
+        for i in range(60):
+            sent.append(b"during %d" % i)
+            after.append(producer.send("fail", sent[-1]))  # no exception: STORED elsewhere
+        assert ("127.0.0.1", three[1].port) not in after
+        assert {a[1] for a in after} == {three[0].port, three[2].port}
+        three[1].start()
+        # Back after its backoff: messages reach it again (polled, no timing assumed).
+        deadline = 200
+        for i in range(deadline):
+            sent.append(b"after %d" % i)
+            if producer.send("fail", sent[-1])[1] == three[1].port:
+                break
+        else:
+            raise AssertionError("the restarted server never got a message again")
+    got = [m for s in three for m in drain(s.port, "fail")]
+    assert sorted(got) == sorted(sent)
+
+
+def test_no_server_answering_is_unreachable_naming_each() -> None:
+    ports = [free_port(), free_port()]
+    producer = Producer([("127.0.0.1", p) for p in ports], credentials=Credentials())
+    with producer, pytest.raises(Unreachable) as caught:
+        producer.send("q", b"x")
+    for port in ports:
+        assert f"127.0.0.1:{port} (" in str(caught.value)
+
+
+def test_send_py_with_a_server_list(three: list[ServerProcess]) -> None:
+    result = subprocess.run(
+        [sys.executable, "send.py", "--quiet", "--count", "9", "hi"],
+        cwd=REPO / "app",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(KESTRELQ_SERVERS=listing(three)),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"sent 9 message(s) to 'work' at {listing(three)}" in result.stdout
+    assert [len(drain(s.port, "work")) for s in three] == [3, 3, 3]
+
+
+def test_send_py_refuses_a_list_and_a_host_together() -> None:
+    result = subprocess.run(
+        [sys.executable, "send.py", "--servers", "a:1,b:2", "--host", "c", "hi"],
+        cwd=REPO / "app",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        check=False,
+    )
+    assert result.returncode == 64
+    assert "not both" in result.stderr
