@@ -12,6 +12,7 @@ from kestrelq.client import DEFAULT_HOST, DEFAULT_PORT, Client, address_from_env
 from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
 from kestrelq.errors import ConfigError, CredentialsRefused, JournalError, KestrelqError
 from kestrelq.server import config as config_mod
+from kestrelq.servers import Address, ServerList, parse_servers, servers_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         # compose stack KESTRELQ_HOST=queue), else the default.
         sub.add_argument("--host", help=f"server address (KESTRELQ_HOST, else {DEFAULT_HOST})")
         sub.add_argument("--port", type=int, help=f"(KESTRELQ_PORT, else {DEFAULT_PORT})")
+        sub.add_argument(
+            "--servers",
+            metavar="HOST:PORT,...",
+            help="several servers (KESTRELQ_SERVERS): each one, and for stats the sum per queue",
+        )
         sub.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
         if name == "peek":
             sub.add_argument("queue")
@@ -182,6 +188,36 @@ def format_stats(server: dict[str, str], queues: dict[str, dict[str, str]]) -> s
         f"items {server.get('curr_items', '?')}  fsync {server.get('fsync_policy', '?')} "
         f"({server.get('fsyncs', '?')} fsyncs)  journals {server.get('journal_bytes', '?')} B"
     ]
+    return "\n".join(out + format_queues(queues))
+
+
+# Summed over servers; age_ms is the oldest head's, so the largest.
+_SUMMED = ("items", "bytes", "mem_items", "open_transactions", "waiters", "total_items",
+           "dead_lettered")  # fmt: skip
+
+
+def sum_queues(per_server: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, str]]:
+    """Each queue's figures added up over servers (age: the largest)."""
+    total: dict[str, dict[str, int]] = {}
+    for queues in per_server:
+        for name, stats in queues.items():
+            row = total.setdefault(name, dict.fromkeys((*_SUMMED, "age"), 0))
+            for key in _SUMMED:
+                row[key] += _int(stats.get(key, "0"))
+            row["age"] = max(row["age"], _int(stats.get("age", "0")))
+    return {name: {k: str(v) for k, v in row.items()} for name, row in total.items()}
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def format_queues(queues: dict[str, dict[str, str]]) -> list[str]:
+    """A table of queues, one line each."""
+    out: list[str] = []
     header = ("queue", "items", "bytes", "in_memory", "open", "waiters", "age_ms", "total", "dead")
     keys = ("items", "bytes", "mem_items", "open_transactions", "waiters", "age",
             "total_items", "dead_lettered")  # fmt: skip
@@ -195,15 +231,55 @@ def format_stats(server: dict[str, str], queues: dict[str, dict[str, str]]) -> s
         out.append("  ".join(cells))
     if len(rows) == 1:
         out.append("(no queues)")
-    return "\n".join(out)
+    return out
+
+
+def _server_list(args: argparse.Namespace) -> list[Address] | None:
+    """The servers when a list is asked for (--servers, or KESTRELQ_SERVERS without --host or
+    --port); None for the one server of --host/--port or KESTRELQ_HOST/KESTRELQ_PORT."""
+    if args.servers:
+        if args.host or args.port:
+            raise ConfigError("--servers or --host/--port, not both")
+        return ServerList(parse_servers(args.servers)).addresses()
+    if args.host or args.port:
+        return None
+    entries = servers_from_env()
+    return ServerList(entries).addresses() if len(entries) > 1 else None
+
+
+def _each_server(args: argparse.Namespace, command: Callable[[Client], int]) -> int:
+    """Run a client command on every listed server, under a heading each; 1 if one of them
+    could not be reached (the others are still shown), else the worst code."""
+    try:
+        addresses = _server_list(args)
+    except ConfigError as exc:
+        print(f"kestrelq: {exc}", file=sys.stderr)
+        return 2
+    if addresses is None:
+        return _with_client(args, command)
+    code = 0
+    for host, port in addresses:
+        args.host, args.port = host, port
+        print(f"== {host}:{port}", flush=True)
+        code = max(code, _with_client(args, command))
+    return code
 
 
 def _stats(args: argparse.Namespace) -> int:
+    per_server: list[dict[str, dict[str, str]]] = []
+
     def show(client: Client) -> int:
-        print(format_stats(client.stats(), client.dump_stats()))
+        queues = client.dump_stats()
+        per_server.append(queues)
+        print(format_stats(client.stats(), queues))
         return 0
 
-    return _with_client(args, show)
+    code = _each_server(args, show)
+    if code != 2 and (args.servers or len(per_server) > 1):
+        answered = len(per_server)
+        print(f"== every server ({answered} answered)")
+        print("\n".join(format_queues(sum_queues(per_server))))
+    return code
 
 
 def _peek(args: argparse.Namespace) -> int:
@@ -216,4 +292,4 @@ def _peek(args: argparse.Namespace) -> int:
         sys.stdout.write(item.data.decode(errors="replace") + "\n")
         return 0
 
-    return _with_client(args, show)
+    return _each_server(args, show)

@@ -10,6 +10,7 @@ from typing import Any
 
 from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
 from kestrelq.errors import ConfigError, CredentialsRefused
+from kestrelq.servers import Entry, parse_servers, single_server
 from kestrelq.worker.registry import HandlerNotFound, resolve
 from kestrelq.worker.runtime import (
     DEFAULT_MAX_TIME_LIMIT_S,
@@ -23,18 +24,25 @@ from kestrelq.worker.runtime import (
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    """--host/--port with the KESTRELQ_HOST/KESTRELQ_PORT defaults every client shares."""
+    """--servers, or --host/--port, with the KESTRELQ_* defaults every client shares."""
+    parser.add_argument(
+        "--servers",
+        default=os.environ.get("KESTRELQ_SERVERS") or None,
+        metavar="HOST:PORT,...",
+        help="every queue server to read from (env KESTRELQ_SERVERS; a DNS name may stand for "
+        "several); instead of --host/--port",
+    )
     parser.add_argument(
         "--host",
-        default=os.environ.get("KESTRELQ_HOST") or "127.0.0.1",
-        help="queue server host (env KESTRELQ_HOST, default 127.0.0.1)",
+        default=os.environ.get("KESTRELQ_HOST") or None,
+        help="the queue server's host (env KESTRELQ_HOST, default 127.0.0.1)",
     )
     parser.add_argument(
         "--port",
         type=int,
         # A string default: argparse converts it with type=int, only for the command that
         # uses it, and a bad value is a usage error, not a traceback for every command.
-        default=os.environ.get("KESTRELQ_PORT") or "22133",
+        default=os.environ.get("KESTRELQ_PORT") or None,
         help="queue server port (env KESTRELQ_PORT, default 22133)",
     )
 
@@ -168,8 +176,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except CredentialsRefused as exc:
         # Not retried: a worker waits out a server that is down, not a wrong password.
-        print(f"kestrelq work: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"kestrelq work: {exc}", file=sys.stderr)
         return EXIT_CREDENTIALS
+
+
+def servers_from_args(args: argparse.Namespace) -> list[Entry]:
+    """The server list that --servers or --host/--port (or their variables) name."""
+    if args.servers:
+        if args.host or args.port:
+            raise ConfigError(
+                "--servers (KESTRELQ_SERVERS) or --host/--port (KESTRELQ_HOST/KESTRELQ_PORT), "
+                "not both"
+            )
+        return parse_servers(args.servers)
+    return [single_server(args.host, args.port)]
 
 
 def worker_from_args(args: argparse.Namespace, handler: Handler) -> Worker:
@@ -177,8 +197,7 @@ def worker_from_args(args: argparse.Namespace, handler: Handler) -> Worker:
     return Worker(
         args.queue,
         handler,
-        host=args.host,
-        port=args.port,
+        servers=servers_from_args(args),
         wait_ms=args.wait_ms,
         burst=args.burst,
         max_messages=args.max_messages,

@@ -2,12 +2,14 @@
 
 Theory of operation. Rules first:
 
-1. One pymemcache `Client` (one TCP connection) per worker, never a pool. An open read belongs
-   to the connection that opened it: `/close` and `/abort` act on the open reads of the
-   connection they arrive on, nothing else.
+1. One pymemcache `Client` (one TCP connection) per queue server, never a pool. An open read
+   belongs to the connection that opened it: `/close` and `/abort` act on the open reads of the
+   connection they arrive on, nothing else; so the worker confirms or gives back a message on
+   the connection of the server that delivered it, and confirms it there before it asks
+   another server for the next one.
 2. The steady state is one round trip per message: `get Q/close/open/t=<ms>` confirms the
    message handled last and opens the next one. `/close` is only sent when this connection
-   holds a handled, unconfirmed message (`_confirm_pending`).
+   holds a handled, unconfirmed message (`confirm_pending`).
 3. When the connection breaks (server killed, restarted, network error, timeout), the server
    puts the open read back at the head of the queue. The worker cannot confirm it any more:
    a `/close` on the new connection would confirm nothing (that connection holds no open
@@ -39,7 +41,9 @@ Theory of operation. Rules first:
    swallow it), the message is given back with `/abort`, and the loop exits with 1.
 6. A dead queue server never kills the worker: it reconnects with capped exponential backoff
    (with jitter, so a pool of workers does not reconnect in lockstep), logs every failed
-   attempt and the recovery, and a stop request interrupts the backoff wait.
+   attempt and the recovery, and a stop request interrupts the backoff wait. With several
+   servers the backoff is per server: a dead one is left out until its next attempt, and the
+   worker waits only when every server is down.
 7. Time limits. Every message has one: its envelope's `time_limit_s` (capped at
    `max_time_limit_s`, so a message cannot grant itself for ever), else `time_limit_s`
    (default 5 minutes; 0 turns limits off). It must stay below the server's open-read
@@ -68,6 +72,21 @@ Theory of operation. Rules first:
    characters). Whatever comes from a message, including what the handler returns or
    raises, is escaped (`kestrelq.worker.message.escape`), so no message can add a line.
 
+9. Several servers (queue servers never talk to each other: every worker reads from every
+   one). The worker takes turns over the servers from one thread: it stays on a server while
+   that server has messages, for at most `RUN_MAX` in a row (so a busy server cannot starve
+   the others), and moves on when it is empty. After a message it sweeps the others with
+   non-blocking gets; only when a whole round came back empty does it block, for
+   `idle_slice_ms` on each server in turn, so a message on any server waits at most about
+   (N-1) slices to be seen. Rejected: one reader thread per server feeding the handler loop.
+   A reader that blocks in `get/open` holds the message it receives open until the handler
+   is free, so each worker would sit on up to N-1 messages that other workers could run
+   (delayed behind a handler that may take minutes, counted as deliveries, timed out by the
+   server), and time limits and stop signals need the main thread anyway. A dead server
+   delays nothing on the others: it is skipped until its backoff passes (a refused connection
+   costs nothing; an address that swallows packets costs `connect_timeout_s` per attempt).
+   A single server keeps the one blocking `get/close/open/t=wait_ms` per message.
+
 Counters in the shutdown line: `processed` = handler returned, `failed` = handler raised or
 ran past its time limit,
 `redelivered` = messages handed back to the queue to be delivered again (aborted after a
@@ -84,7 +103,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -94,12 +113,14 @@ from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
 from kestrelq.credentials import Credentials, memcache_client
+from kestrelq.servers import Address, Entry, ServerList
 from kestrelq.worker.message import ID_MAX_CHARS, MessageInfo, describe, escape
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], object]
-ClientFactory = Callable[[], Any]
+ClientFactory = Callable[[Address], Any]
+Servers = ServerList | str | Sequence[str | Address | Entry]
 
 EXIT_OK = 0
 EXIT_COLD = 1
@@ -116,6 +137,9 @@ HARD_GRACE_S = 5.0
 # How many failing message ids the worker remembers for its retry delays.
 FAILURES_REMEMBERED = 1024
 RESULT_MAX_CHARS = 300
+# With several servers: the most messages taken from one server in a row (rule 9).
+RUN_MAX = 16
+DEFAULT_IDLE_SLICE_MS = 100
 
 
 class ColdShutdown(BaseException):
@@ -127,6 +151,24 @@ class TaskTimeout(BaseException):
 
     A BaseException, so that `except Exception` in a handler does not swallow it.
     """
+
+
+@dataclass(slots=True)
+class _Server:
+    """One queue server as the worker sees it: its connection and its health."""
+
+    address: Address
+    client: Any = None
+    confirm_pending: bool = False  # this connection holds a handled, unconfirmed message
+    failures: int = 0
+    down_since: float = 0.0
+    retry_at: float = 0.0
+    last_error: BaseException | None = None
+
+    @property
+    def where(self) -> str:
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(slots=True)
@@ -225,7 +267,12 @@ class Worker:
         handle_signals: install SIGTERM/SIGINT/SIGALRM handlers in `run()`; embedders pass
             False and call `request_stop()` themselves (then time limits, the stop timeout
             and a cold stop cannot interrupt a handler).
-        client_factory: builds the pymemcache client (tests point it elsewhere).
+        servers: every queue server to read from (a ServerList, "h1:p1,h2:p2", or addresses);
+            default: the one at `host`:`port`.
+        idle_slice_ms: with several servers, how long one blocking get waits on each in turn
+            when all are empty (rule 9): the most a message on another server waits to be seen
+            is about (N-1) times this.
+        client_factory: builds the pymemcache client for an address (tests point it elsewhere).
         credentials: login and TLS (kestrelq.credentials); a refused login raises
             CredentialsRefused out of run(): it is not retried like a server that is down.
     """
@@ -254,11 +301,15 @@ class Worker:
         backoff_max_s: float = 5.0,
         client_factory: ClientFactory | None = None,
         credentials: Credentials | None = None,
+        servers: Servers | None = None,
+        idle_slice_ms: int = DEFAULT_IDLE_SLICE_MS,
     ) -> None:
         self.queue = queue
         self.handler = handler
-        self.host = host
-        self.port = port
+        self.servers = ServerList.of(servers if servers is not None else [Entry(host, port)])
+        self.host = self.servers.entries[0].host
+        self.port = self.servers.entries[0].port
+        self.idle_slice_ms = idle_slice_ms
         self.name = name or default_worker_name()
         self.wait_ms = wait_ms
         self.burst = burst
@@ -278,16 +329,18 @@ class Worker:
         self.log = _Prefixed(logger, self.name)
         self._client_factory = client_factory or self._default_client
         self.credentials = credentials or Credentials()
-        self._client: Any = None
-        self._confirm_pending = False
+        self._conns: dict[Address, _Server] = {}
+        # The server whose connection holds the open read of the message being handled.
+        self._holder: _Server | None = None
+        self._turn = random.randrange(1 << 30)
+        self._run = 0  # messages taken in a row from the current server
+        self._empty_in_a_row = 0  # gets in a row that found nothing, over all servers
+        self._known = 1
         self._stop = False
         self._cold = False
         self._in_handler = False
         self._signals_seen = 0
         self._wake = threading.Event()
-        self._failures = 0
-        self._down_since = 0.0
-        self._last_error: BaseException | None = None
         # Time limits (rule 7): deadlines on the monotonic clock, None when not running.
         self._enforce_limits = False
         self._task_deadline: float | None = None
@@ -314,12 +367,10 @@ class Worker:
         """Run until stopped (or the queue is empty in burst mode); returns the exit code."""
         with self._signals():
             self.log.info(
-                "pid %d consuming queue %r at %s:%d (wait %d ms, time limit %s, "
-                "stop timeout %gs%s)",
+                "pid %d consuming queue %r at %s (wait %d ms, time limit %s, stop timeout %gs%s)",
                 os.getpid(),
                 self.queue,
-                self.host,
-                self.port,
+                self.servers,
                 self.wait_ms,
                 f"{self.time_limit_s:g}s" if self.time_limit_s else "none",
                 self.stop_timeout_s,
@@ -355,7 +406,7 @@ class Worker:
         while not self._stop:
             data = self._fetch()
             if data is None:
-                if self.burst and self._failures == 0:
+                if self.burst and self._all_empty():
                     self.log.info("queue %r is empty; burst mode ends", self.queue)
                     self._stop = True
                 continue
@@ -365,7 +416,8 @@ class Worker:
                 self._give_back("stop requested before the handler started")
                 return
             if self._run_handler(data, self._current):
-                self._confirm_pending = True
+                if self._holder is not None:
+                    self._holder.confirm_pending = True
                 if self.max_messages and self.counts.processed >= self.max_messages:
                     self.log.info("handled %d messages; exiting to be restarted", self.max_messages)
                     self._stop = True
@@ -377,21 +429,88 @@ class Worker:
         # A method, not the attribute: a signal handler may set it between two statements.
         return self._stop
 
+    def _all_empty(self) -> bool:
+        """Every server answered, and a whole round of gets found nothing (burst's end)."""
+        down = any(s.failures for s in self._conns.values())
+        return not down and self._empty_in_a_row >= self._known
+
     def _fetch(self) -> bytes | None:
-        """One `get`; None on timeout or on a connection error (after the backoff wait)."""
-        options = "close/open" if self._confirm_pending else "open"
-        key = f"{self.queue}/{options}/t={self.wait_ms}"
+        """One `get` on the server whose turn it is; None when it had nothing, on a connection
+        error, or after waiting for a server to come back (all down)."""
+        server = self._pick()
+        if server is None:
+            return None
+        options = "close/open" if server.confirm_pending else "open"
+        key = f"{self.queue}/{options}"
+        if self._known == 1:
+            key += f"/t={self.wait_ms}"
+        elif self._empty_in_a_row >= self._known:
+            # A whole round found nothing: block, but only for a slice (rule 9).
+            key += f"/t={min(self.wait_ms, self.idle_slice_ms)}"
+        self._holder = None
         try:
-            value = self._command(key)
+            value = self._command(server, key)
         except (OSError, MemcacheError) as exc:
-            self._connection_lost(exc)
-            if not self._stopping():
-                self._backoff()
+            self._connection_lost(server, exc)
+            self._next_server()
             return None
         # The reply proves the bundled /close was applied.
-        self._confirm_pending = False
-        self._recovered()
+        server.confirm_pending = False
+        self._recovered(server)
+        if value is None:
+            self._empty_in_a_row += 1
+            self._next_server()
+            return None
+        self._empty_in_a_row = 0
+        self._holder = server
+        self._run += 1
+        if self._run >= RUN_MAX:
+            self._next_server()
         return value
+
+    def _next_server(self) -> None:
+        self._turn += 1
+        self._run = 0
+
+    def _pick(self) -> _Server | None:
+        """The server whose turn it is, with any other server's pending confirm sent first;
+        None (after waiting, interruptibly) when every server is in its backoff."""
+        addresses = self.servers.addresses()
+        self._known = max(1, len(addresses))
+        for address in [a for a in self._conns if a not in addresses]:
+            self._forget(self._conns[address])
+        now = time.monotonic()
+        up = [self._server(a) for a in addresses if self._server(a).retry_at <= now]
+        if not up:
+            waits = [self._conns[a].retry_at - now for a in addresses]
+            # No address at all (a name that does not resolve yet): look again later.
+            self._wake.wait(min(waits) if waits else self.backoff_max_s)
+            return None
+        server = up[self._turn % len(up)]
+        for other in list(self._conns.values()):
+            if other is not server and other.confirm_pending:
+                self._confirm(other)
+        return server
+
+    def _server(self, address: Address) -> _Server:
+        server = self._conns.get(address)
+        if server is None:
+            server = self._conns[address] = _Server(address)
+        return server
+
+    def _forget(self, server: _Server) -> None:
+        """A server no longer in the list: confirm what it holds and close its connection."""
+        if server.confirm_pending:
+            self._confirm(server)
+        self._close(server)
+        self._conns.pop(server.address, None)
+
+    def _confirm(self, server: _Server) -> None:
+        try:
+            self._command(server, f"{self.queue}/close")
+            server.confirm_pending = False
+        except (OSError, MemcacheError) as exc:
+            self._connection_lost(server, exc)
 
     def _time_limit_s(self, info: MessageInfo) -> float:
         if info.time_limit_s is not None:
@@ -469,33 +588,31 @@ class Worker:
         """Return the open message to the head of the queue (`/abort`)."""
         self.counts.redelivered += 1
         msg = "" if self._current is None else f"msg={escape(self._current.id, ID_MAX_CHARS)} "
+        server = self._holder
+        if server is None:
+            return
         try:
-            self._command(f"{self.queue}/abort")
+            self._command(server, f"{self.queue}/abort")
             # A failure has had its line already; a stop's give-back is news.
             level = logging.DEBUG if why == "the handler failed" else logging.INFO
             self.log.log(level, "%sgiven back to %r: %s", msg, self.queue, why)
         except (OSError, MemcacheError) as exc:
             # The connection is gone, and with it the open read: the server has put the
             # message back already.
-            self._connection_lost(exc)
+            self._connection_lost(server, exc)
 
     def _finish(self) -> None:
-        """Confirm what was handled (warm stop, burst end) and close the connection."""
-        if self._confirm_pending:
-            try:
-                self._command(f"{self.queue}/close")
-                self._confirm_pending = False
-            except (OSError, MemcacheError) as exc:
-                self._connection_lost(exc)
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Confirm what was handled (warm stop, burst end) and close the connections."""
+        for server in list(self._conns.values()):
+            if server.confirm_pending:
+                self._confirm(server)
+            self._close(server)
 
     # -- connection ------------------------------------------------------------------------
 
-    def _default_client(self) -> Client:
+    def _default_client(self, address: Address) -> Client:
         client: Client = memcache_client(
-            (self.host, self.port),
+            address,
             self.credentials,
             connect_timeout=self.connect_timeout_s,
             # Longer than the blocking wait, so a slow reply is not mistaken for a dead server.
@@ -504,58 +621,62 @@ class Worker:
         )
         return client
 
-    def _command(self, key: str) -> bytes | None:
-        if self._client is None:
-            self._client = self._client_factory()
-        value: bytes | None = self._client.get(key)
+    def _command(self, server: _Server, key: str) -> bytes | None:
+        if server.client is None:
+            server.client = self._client_factory(server.address)
+        value: bytes | None = server.client.get(key)
         return value
 
-    def _connection_lost(self, exc: BaseException) -> None:
-        if self._confirm_pending:
+    def _close(self, server: _Server) -> None:
+        if server.client is not None:
+            try:
+                server.client.close()
+            except Exception:  # closing a broken socket may fail in odd ways; it is gone anyway
+                pass
+            server.client = None
+
+    def _connection_lost(self, server: _Server, exc: BaseException) -> None:
+        """Forget the connection and leave the server out for its backoff (rules 3 and 6)."""
+        if server.confirm_pending:
             # Rule 3: the server requeued it when the connection broke; never /close it on
             # a new connection.
             self.counts.redelivered += 1
-            self._confirm_pending = False
+            server.confirm_pending = False
             self.log.warning(
-                "connection lost before a handled message was confirmed; "
-                "the queue will deliver it again"
+                "connection to %s lost before a handled message was confirmed; "
+                "the queue will deliver it again",
+                server.where,
             )
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:  # closing a broken socket may fail in odd ways; it is gone anyway
-                pass
-            self._client = None
-        self._failures += 1
-        if self._failures == 1:
-            self._down_since = time.monotonic()
-        self._last_error = exc
-
-    def _backoff(self) -> None:
-        delay_s = backoff_delay_s(self._failures, self.backoff_initial_s, self.backoff_max_s)
+        self._close(server)
+        server.failures += 1
+        now = time.monotonic()
+        if server.failures == 1:
+            server.down_since = now
+        server.last_error = exc
+        delay_s = backoff_delay_s(server.failures, self.backoff_initial_s, self.backoff_max_s)
         delay_s *= random.uniform(0.5, 1.0)
-        self.log.warning(
-            "queue at %s:%d unavailable (%s: %s); reconnect attempt %d in %.2fs",
-            self.host,
-            self.port,
-            type(self._last_error).__name__,
-            self._last_error,
-            self._failures,
-            delay_s,
-        )
-        self._wake.wait(delay_s)
+        server.retry_at = now + delay_s
+        if not self._stopping():
+            self.log.warning(
+                "queue at %s unavailable (%s: %s); reconnect attempt %d in %.2fs",
+                server.where,
+                type(exc).__name__,
+                exc,
+                server.failures,
+                delay_s,
+            )
 
-    def _recovered(self) -> None:
-        if self._failures:
+    def _recovered(self, server: _Server) -> None:
+        if server.failures:
             self.counts.reconnects += 1
             self.log.info(
-                "reconnected to queue at %s:%d after %d failed attempts (%.1fs)",
-                self.host,
-                self.port,
-                self._failures,
-                time.monotonic() - self._down_since,
+                "reconnected to queue at %s after %d failed attempts (%.1fs)",
+                server.where,
+                server.failures,
+                time.monotonic() - server.down_since,
             )
-            self._failures = 0
+            server.failures = 0
+            server.retry_at = 0.0
 
     # -- time limits -----------------------------------------------------------------------
 

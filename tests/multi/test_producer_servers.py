@@ -105,3 +105,44 @@ def test_send_py_refuses_a_list_and_a_host_together() -> None:
     )
     assert result.returncode == 64
     assert "not both" in result.stderr
+
+
+def test_stats_over_a_server_list_shows_each_server_and_the_sum(
+    three: list[ServerProcess],
+) -> None:
+    with Producer(listing(three[:2]), credentials=Credentials()) as producer:
+        for i in range(10):
+            producer.send("summed", b"x%d" % i)
+    dead = free_port()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kestrelq",
+            "stats",
+            "--servers",
+            f"{listing(three)},127.0.0.1:{dead}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        check=False,
+    )
+    assert result.returncode == 1, "one server could not be reached"
+    assert f"cannot reach 127.0.0.1:{dead}" in result.stderr
+    out = result.stdout
+    for server in three:
+        assert f"== 127.0.0.1:{server.port}\n" in out
+    sections = out.split("== ")
+    summed = [s for s in sections if s.startswith("every server (3 answered)")]
+    assert len(summed) == 1, out
+    row = next(line for line in summed[0].splitlines() if line.startswith("summed "))
+    assert row.split()[1] == "10", row  # items: 5 + 5 + 0
+    assert row.split()[7] == "10", row  # total
+    per = [s for s in sections if s.startswith("127.0.0.1:")]
+    counts = sorted(
+        next((line.split()[1] for line in s.splitlines() if line.startswith("summed ")), "-")
+        for s in per
+    )
+    assert counts == ["-", "-", "5", "5"], out  # the third and the dead one have none
