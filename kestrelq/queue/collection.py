@@ -97,12 +97,16 @@ class QueueCollection:
         overrides: dict[str, QueueConfig] | None = None,
         notify: Callable[[str], None] = lambda name: None,
         max_queues: int = 0,
+        on_dead_letter: Callable[[str, str, Item], None] = lambda source, target, item: None,
     ) -> None:
         self._storage = storage
         self.max_queues = max_queues
         self.defaults = defaults
         self.overrides = dict(overrides or {})
         self._notify = notify
+        # Told (source, target, item) of every poison message moved, so the edge can say so:
+        # workers in a pool each see only their own share of its deliveries.
+        self._on_dead_letter = on_dead_letter
         self.queues: dict[str, QueueState] = {}
         self._children: dict[str, list[str]] = {}
         self.counters = Counters()
@@ -237,6 +241,7 @@ class QueueCollection:
         if target != source:
             self.queue(target, check=False).add(item, item.added_ms, essential=True)
             self._notify(target)
+        self._on_dead_letter(source, target, item)
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 from kestrelq import __version__
 from kestrelq.errors import InvalidQueueName, JournalError, KestrelqError
+from kestrelq.journal.item import Item
 from kestrelq.journal.policy import FsyncPolicy
 from kestrelq.journal.store import JournalStore, StoreLimits
 from kestrelq.queue import names
@@ -45,6 +46,10 @@ EXIT_JOURNAL_LOST = 74
 # Descriptors kept for what is neither a connection nor a journal: listeners, the event loop,
 # the lock and directory files, logs, TLS reloads.
 _SPARE_DESCRIPTORS = 64
+
+
+# How much of a poison message the log shows, escaped: enough to recognise it (a task's id).
+_DEAD_LETTER_PREVIEW_BYTES = 120
 
 
 def journal_files_budget(max_connections: int) -> int:
@@ -91,6 +96,7 @@ class Server:
             dict(config.queues),
             notify=waiters.notify,
             max_queues=config.max_queues,
+            on_dead_letter=self._dead_lettered,
         )
         self.state = ServerState(
             config=config,
@@ -358,6 +364,16 @@ class Server:
                 self.state.counters.timed_out_connections += 1
                 logger.info("closing a connection: %s", why)
                 conn.abort()
+
+    def _dead_lettered(self, source: str, target: str, item: Item) -> None:
+        limit = self.collection.config_for(source).max_deliveries
+        where = f"moved to {target!r}" if target != source else "dropped (no dead-letter queue)"
+        preview = bytes(item.data[:_DEAD_LETTER_PREVIEW_BYTES])
+        logger.warning(
+            "poison message on %r %s after %d deliveries without a close: %d bytes, %r%s",
+            source, where, limit, len(item.data), preview,
+            "..." if len(item.data) > len(preview) else "",
+        )  # fmt: skip
 
     def _segment_full(self, name: str) -> None:
         if not self._full_segments:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, put, server_stats, value, wait_until
+from helpers import ServerProcess, Wire, drain_replies, put, server_stats, value, wait_until
 
 
 def stat(srv: ServerProcess, queue: str, name: str) -> str:
@@ -378,3 +378,26 @@ def test_many_blocked_readers_are_served_fifo(server: ServerProcess) -> None:
     # Every reader vanished holding its read: all of them are back in the queue.
     wait_until(lambda: stat(server, "q", "items") == str(count), 10, what="reads returned")
     assert stat(server, "q", "open_transactions") == "0"
+
+
+def test_a_poison_message_moved_to_its_dead_letter_queue_is_logged_once(tmp_path: Path) -> None:
+    # Workers in a pool each see only their own share of a message's deliveries, so none of
+    # them can tell that it was the last: the server, which moves it, says so, in one line
+    # that shows what the message was without letting its bytes forge log lines.
+    conf = tmp_path / "kestrelq.toml"
+    conf.write_text("[queues.poison]\nmax_deliveries = 1\n")
+    srv = ServerProcess(tmp_path / "data", "--config", str(conf)).start()
+    try:
+        with Wire(srv.port) as w:
+            put(w, "poison", b'{"id": "m-1\\nFORGED", "task": "x"}\nFORGED line')
+            assert w.call(b"get poison/open\r\n").startswith(b"VALUE poison/open")
+            assert w.call(b"get poison/abort\r\n") == b"END\r\n"
+            assert w.call(b"get poison/open\r\n") == b"END\r\n"
+        assert len(drain_replies(srv.port, "poison_dead")) == 1
+    finally:
+        assert srv.stop() == 0
+    lines = [line for line in srv.log().splitlines() if "poison message" in line]
+    assert len(lines) == 1, lines
+    assert "'poison' moved to 'poison_dead' after 1 deliveries" in lines[0]
+    assert '"id": "m-1' in lines[0]
+    assert not any(line.startswith("FORGED") for line in srv.log().splitlines())
