@@ -420,6 +420,21 @@ def render_test_stack(root: Path, **overrides: Any) -> tuple[Path, Any]:
 # ---- journal files and a small disk -------------------------------------------------------
 
 
+def journal_bytes(data_dir: Path) -> int:
+    """The bytes of every journal file in `data_dir` (segments, and rewrites in progress).
+
+    The server switches and deletes segments while this runs: a file listed and then gone
+    before its size was read counts as nothing, as it is by then.
+    """
+    total = 0
+    for path in data_dir.glob("*.kqj*"):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            continue
+    return total
+
+
 def segments(data_dir: Path, queue: str) -> list[Path]:
     """The journal segment files of `queue`, oldest first."""
     return sorted(data_dir.glob(f"{queue}.*.kqj"))

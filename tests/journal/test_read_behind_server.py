@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, server_stats, serving, wait_until
+from helpers import ServerProcess, Wire, journal_bytes, server_stats, serving, wait_until
 
 # 200 items of 1000 bytes against a 20 KB memory window and 40 KB segments: most items are
 # behind, and several segments exist at once.
@@ -35,10 +35,6 @@ def fill(port: int) -> None:
     with Wire(port) as w:
         for i in range(COUNT):
             assert w.call(b"set q 0 0 1000\r\n" + payload(i) + b"\r\n") == b"STORED\r\n"
-
-
-def journal_bytes(data_dir: Path) -> int:
-    return sum(p.stat().st_size for p in data_dir.glob("*.kqj"))
 
 
 def test_backlog_beyond_memory_survives_kill_and_drains_in_order(srv: ServerProcess) -> None:

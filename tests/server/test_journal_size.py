@@ -9,16 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, server_stats, wait_until
+from helpers import ServerProcess, Wire, journal_bytes, server_stats, wait_until
 
 SEGMENT_BYTES = 16 << 10
 ROUNDS = 60
 ITEM = b"j" * 200
 ROUND_BYTES = 100 * (len(ITEM) + 40) + 200 * 20  # the records one round appends, roughly
-
-
-def journal_bytes(data_dir: Path) -> int:
-    return sum(p.stat().st_size for p in data_dir.glob("*.kqj*"))
 
 
 @pytest.mark.parametrize("backlog", [0, 50], ids=["drained", "backlog-50"])
