@@ -77,7 +77,7 @@ class ServerProcess:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout_s: float = 20.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
         def ready() -> bool:
             if not self.listening():
                 return False
@@ -210,7 +210,7 @@ class Supervisord:
         with log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
 
-    def wait_ready(self, timeout_s: float = 20.0) -> Supervisord:
+    def wait_ready(self, timeout_s: float = 60.0) -> Supervisord:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(

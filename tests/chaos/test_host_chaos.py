@@ -213,7 +213,7 @@ def test_stopping_a_worker_mid_task_finishes_and_confirms_it(stack1: Stack) -> N
     s = stack1
     (name,) = s.workers
     s.send({"task": "sleep", "args": {"seconds": 2}, "id": "slow-1"})
-    wait_until(lambda: s.events("start")["slow-1"], 15, what="the slow task to start")
+    wait_until(lambda: s.events("start")["slow-1"], 60, what="the slow task to start")
     # supervisord's own stop: stopsignal=TERM, then up to stopwaitsecs before SIGKILL.
     assert s.sup.call("stopProcess", name) is True
     info = s.sup.info(name)
@@ -226,7 +226,7 @@ def test_stopping_a_worker_mid_task_finishes_and_confirms_it(stack1: Stack) -> N
     # A message sent after it: if slow-1 had gone back to the queue it would be at the head
     # and handled first. The fresh worker handles only the new one.
     s.send({"task": "echo", "args": {"text": "after"}, "id": "after-1"})
-    wait_until(lambda: s.events("done")["after-1"], 15, what="the next message")
+    wait_until(lambda: s.events("done")["after-1"], 60, what="the next message")
     assert s.events("start")["slow-1"] == 1, "slow-1 was confirmed, so it is never redone"
 
 

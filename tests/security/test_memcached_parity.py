@@ -50,7 +50,7 @@ def memcached(users: Path) -> Iterator[int]:
             except OSError:
                 return False
 
-        wait_until(up, 20, what="memcached")
+        wait_until(up, 60, what="memcached")
         yield port
     finally:
         proc.kill()

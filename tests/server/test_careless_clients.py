@@ -185,7 +185,7 @@ def test_slow_senders_cannot_hold_every_connection_slot(tmp_path: Path) -> None:
                     return False
 
         # Every slot is taken (a client admitted now would be one of the slow ones)...
-        wait_until(refused, 10, what="all 50 slots held")
+        wait_until(refused, 60, what="all 50 slots held")
         # ... and a well-behaved client gets one back: the slow ones were closed.
         wait_until(admitted, 30, what="a slot freed from the slow senders")
         stats = server_stats(proc.port)

@@ -273,7 +273,7 @@ def test_too_many_connections(tmp_path: Path) -> None:
                 except ConnectionError:
                     return False
 
-        wait_until(admitted, 5, what="a free connection slot")
+        wait_until(admitted, 60, what="a free connection slot")
         first.close()
     finally:
         assert proc.stop() == 0
@@ -322,7 +322,7 @@ def test_misuse_with_open_read_is_error_close_and_item_back_at_head(
         def first_back() -> bool:
             return w.call(b"get twice/peek\r\n") == b"VALUE twice/peek 0 5\r\nfirst\r\nEND\r\n"
 
-        wait_until(first_back, 5, what="the open read back at the head")
+        wait_until(first_back, 60, what="the open read back at the head")
         assert w.call(b"flush twice\r\n") == b"END\r\n"
     check_witness(srv, witness)
 
@@ -380,7 +380,7 @@ def test_new_queue_without_a_free_descriptor_gets_an_error_reply(tmp_path: Path)
                 assert w.call(b"set brand_new 0 0 1\r\nx\r\n") == b"STORED\r\n"
                 assert w.call(b"set q 0 0 1\r\nb\r\n") == b"STORED\r\n"
                 # No journal file open, none to close: refuse with a reason, stay in step.
-                wait_until(lambda: fds() < with_q_open, 20, what="idle journals closed")
+                wait_until(lambda: fds() < with_q_open, 60, what="idle journals closed")
                 resource.prlimit(pid, resource.RLIMIT_NOFILE, (fds(), hard))
                 reply = w.call(b"set newest 0 0 1\r\nx\r\n")
                 assert reply.startswith(b"SERVER_ERROR "), reply

@@ -127,7 +127,7 @@ class Harness:
                 stats.get("queue_m_open_transactions", "0"),
             ) == want
 
-        wait_until(done, 5, what=f"items/open = {want}")
+        wait_until(done, 60, what=f"items/open = {want}")
 
     def check_stats(self) -> None:
         stats = server_stats(self.srv.port)

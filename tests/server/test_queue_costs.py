@@ -68,7 +68,7 @@ def test_queues_written_once_hold_little_disk_and_no_descriptor_once_idle(
         held = sum(p.stat().st_blocks * 512 for p in files)
         assert held < queues * (32 << 10), f"{held} bytes of disk for {queues} one-byte items"
         # Idle queues close their files.
-        wait_until(lambda: open_fds(server) <= baseline, 20, what="idle journal files closed")
+        wait_until(lambda: open_fds(server) <= baseline, 60, what="idle journal files closed")
         assert [w.call(b"get q%d\r\n" % i) for i in (0, queues - 1)] == [
             b"VALUE q0 0 1\r\nx\r\nEND\r\n",
             b"VALUE q%d 0 1\r\nx\r\nEND\r\n" % (queues - 1),

@@ -50,7 +50,7 @@ def test_most_items_are_read_behind_and_come_back_in_order(srv: ServerProcess) -
 
 def test_expire_to_moves_items_read_behind(srv: ServerProcess) -> None:
     put_all(srv.port, "delay", ITEMS)
-    wait_until(lambda: server_stats(srv.port).get("queue_ready_items") == "100", 10)
+    wait_until(lambda: server_stats(srv.port).get("queue_ready_items") == "100", 60)
     assert drain(srv.port, "ready") == ITEMS
     assert drain(srv.port, "delay") == []
 

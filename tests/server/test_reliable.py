@@ -20,7 +20,7 @@ def stat(srv: ServerProcess, queue: str, name: str) -> str:
 
 
 def waiters_are(srv: ServerProcess, queue: str, count: int) -> None:
-    wait_until(lambda: stat(srv, queue, "waiters") == str(count), 5, what=f"{count} waiters")
+    wait_until(lambda: stat(srv, queue, "waiters") == str(count), 60, what=f"{count} waiters")
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_double_open_is_error_close_and_item_back_at_head(server: ServerProcess)
         assert w.call(b"get q/open\r\n").startswith(b"ERROR")
         assert w.at_eof()
     with Wire(server.port) as w:
-        wait_until(lambda: w.call(b"get q/peek\r\n") == value("q/peek", b"a"), 5)
+        wait_until(lambda: w.call(b"get q/peek\r\n") == value("q/peek", b"a"), 60)
         assert w.call(b"get q\r\n") == value("q", b"a")
         assert w.call(b"get q\r\n") == value("q", b"b")
 
@@ -56,7 +56,7 @@ def test_open_reads_up_to_the_limit_then_all_back_in_order(multi: ServerProcess)
         assert stat(multi, "q", "open_transactions") == "3"
         assert w.call(b"get q/open\r\n").startswith(b"ERROR")
         assert w.at_eof()
-    wait_until(lambda: stat(multi, "q", "open_transactions") == "0", 5)
+    wait_until(lambda: stat(multi, "q", "open_transactions") == "0", 60)
     with Wire(multi.port) as w:
         assert [w.call(b"get q\r\n") for _ in range(4)] == [
             value("q", d) for d in (b"a", b"b", b"c", b"d")
@@ -74,7 +74,7 @@ def test_close_and_abort_act_on_the_oldest_open_read(multi: ServerProcess) -> No
         assert w.call(b"get q/abort\r\n") == b"END\r\n"  # b back at the head
         assert w.call(b"get q/peek\r\n") == value("q/peek", b"b")
     # c was still open: the disconnect puts it back in front of b.
-    wait_until(lambda: stat(multi, "q", "open_transactions") == "0", 5)
+    wait_until(lambda: stat(multi, "q", "open_transactions") == "0", 60)
     with Wire(multi.port) as w:
         assert w.call(b"get q\r\n") == value("q", b"c")
         assert w.call(b"get q\r\n") == value("q", b"b")
@@ -111,7 +111,7 @@ def test_close_on_another_connection_does_not_confirm(server: ServerProcess) -> 
         assert other.call(b"get q/close\r\n") == b"END\r\n"
         assert other.call(b"get q/abort\r\n") == b"END\r\n"
         assert stat(server, "q", "open_transactions") == "1"
-    wait_until(lambda: stat(server, "q", "items") == "1", 5, what="the read back")
+    wait_until(lambda: stat(server, "q", "items") == "1", 60, what="the read back")
 
 
 def test_abort_hands_the_item_to_the_next_reader(server: ServerProcess) -> None:
@@ -149,7 +149,7 @@ def test_disconnect_returns_open_read_to_head_for_next_reader(server: ServerProc
         assert nxt.call(b"get q/open\r\n") == value("q/open", b"second")
         assert nxt.call(b"get q/abort\r\n") == b"END\r\n"
         worker.close()
-        wait_until(lambda: stat(server, "q", "items") == "2", 5, what="the read back")
+        wait_until(lambda: stat(server, "q", "items") == "2", 60, what="the read back")
         assert nxt.call(b"get q/open\r\n") == value("q/open", b"first")
 
 
@@ -277,7 +277,7 @@ def test_open_read_handed_to_a_vanishing_reader_reaches_the_next(server: ServerP
             assert next_in_line.call(b"get r/close\r\n") == b"END\r\n"
         finally:
             next_in_line.close()
-        wait_until(lambda: stat(server, "r", "waiters") == "0", 5)
+        wait_until(lambda: stat(server, "r", "waiters") == "0", 60)
     assert stat(server, "r", "items") == "0"
 
 
@@ -323,7 +323,7 @@ def test_delete_while_open_forgets_the_read(server: ServerProcess) -> None:
     with Wire(server.port) as w:
         assert w.call(b"delete d\r\n") == b"DELETED\r\n"
     holder.close()
-    wait_until(lambda: server_stats(server.port)["curr_connections"] == "1", 5)
+    wait_until(lambda: server_stats(server.port)["curr_connections"] == "1", 60)
     with Wire(server.port) as w:
         assert w.call(b"get d\r\n") == b"END\r\n"
 
@@ -376,7 +376,7 @@ def test_many_blocked_readers_are_served_fifo(server: ServerProcess) -> None:
         for reader in readers:
             reader.close()
     # Every reader vanished holding its read: all of them are back in the queue.
-    wait_until(lambda: stat(server, "q", "items") == str(count), 10, what="reads returned")
+    wait_until(lambda: stat(server, "q", "items") == str(count), 60, what="reads returned")
     assert stat(server, "q", "open_transactions") == "0"
 
 

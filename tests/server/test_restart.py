@@ -120,7 +120,7 @@ def test_flags_expiry_and_order_survive(server: ServerProcess, how: str) -> None
     with Wire(server.port) as w:
         assert w.call(b"get q\r\n") == value("q", b"first", 7)
     # Expiry is an absolute time in the journal: downtime counts.
-    wait_until(lambda: time.time() > set_at + 1.1, 3, what="the short expiry to pass")
+    wait_until(lambda: time.time() > set_at + 1.1, 60, what="the short expiry to pass")
     restart(server, how)
     assert drain_replies(server.port, "q") == [value("q", b"last", 2**32 - 1)]
 
@@ -150,7 +150,7 @@ def test_delivery_count_survives_restart(tmp_path: Path, how: str) -> None:
         def deliver_and_vanish() -> None:
             with Wire(srv.port) as w:
                 assert w.call(b"get poison/open\r\n") == value("poison/open", b"bad")
-            wait_until(lambda: server_stats(srv.port)["queue_poison_items"] == "1", 5)
+            wait_until(lambda: server_stats(srv.port)["queue_poison_items"] == "1", 60)
 
         with Wire(srv.port) as w:
             put(w, "poison", b"bad")

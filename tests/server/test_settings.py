@@ -46,7 +46,7 @@ class Proc:
             except OSError:
                 return False
 
-        wait_until(ready, 20, what=f"kestrelq on port {port}")
+        wait_until(ready, 60, what=f"kestrelq on port {port}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -144,7 +144,7 @@ def test_worker_waits_for_a_server_that_is_down_and_reconnects(
         c = Client(("127.0.0.1", port), timeout=10, connect_timeout=5)
         assert c.set("work", b"after the outage", noreply=False)
         c.close()
-        wait_until(lambda: seen, 10, what="the message handled after reconnecting")
+        wait_until(lambda: seen, 60, what="the message handled after reconnecting")
     finally:
         worker.request_stop()
         thread.join(10)

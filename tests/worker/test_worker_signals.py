@@ -66,7 +66,7 @@ def test_first_sigterm_finishes_and_confirms_the_current_message(
     assert client.set("work", b"slow job", noreply=False)
     worker = start_worker(tmp_path, server.port, slow_s=1.5)
     try:
-        wait_until((tmp_path / "marks/started").exists, 15, what="the handler to start")
+        wait_until((tmp_path / "marks/started").exists, 60, what="the handler to start")
         worker.send_signal(signal.SIGTERM)
         out, _ = worker.communicate(timeout=20)
     finally:
@@ -85,7 +85,7 @@ def test_second_sigterm_gives_the_message_back_and_exits(
     assert client.set("work", b"endless job", noreply=False)
     worker = start_worker(tmp_path, server.port, slow_s=60)
     try:
-        wait_until((tmp_path / "marks/started").exists, 15, what="the handler to start")
+        wait_until((tmp_path / "marks/started").exists, 60, what="the handler to start")
         worker.send_signal(signal.SIGTERM)
         # Two signals sent back to back may be delivered as one: wait for the first to land.
         seen = read_until(worker, "warm shutdown")
