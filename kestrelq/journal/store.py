@@ -310,23 +310,6 @@ class JournalStore:
         return self._batching.enabled
 
     @property
-    def seq(self) -> int:
-        return self.ledger.seq
-
-    @property
-    def always_seq(self) -> int:
-        """The seq a reply to the command just run must wait for (see Ledger)."""
-        return self.ledger.always_seq
-
-    @property
-    def written_seq(self) -> int:
-        return self.ledger.written_seq
-
-    @property
-    def synced_seq(self) -> int:
-        return self.ledger.synced_seq
-
-    @property
     def fsyncs(self) -> int:
         return self.ledger.fsyncs
 

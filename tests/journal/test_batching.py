@@ -55,12 +55,12 @@ def test_records_reach_the_file_only_at_write_pending(tmp_path: Path) -> None:
     journal.append(fmt.Confirm(1), True)
     assert os.path.getsize(journal.path()) == 0  # created for its room; nothing written yet
     assert store.unwritten == [journal]
-    assert store.seq == 3 and store.always_seq == 3
+    assert store.ledger.seq == 3 and store.ledger.always_seq == 3
     # An fsync started now covers none of them: they are not in the file.
     fds, covered = store.take_dirty()
     assert fds == [] and covered == 0
     store.write_pending()
-    assert store.unwritten == [] and store.written_seq == 3
+    assert store.unwritten == [] and store.ledger.written_seq == 3
     assert on_disk(tmp_path) == [add(b"one"), fmt.Open(1), fmt.Confirm(1)]
     fds, covered = store.take_dirty()
     assert len(fds) == 1 and covered == 3
@@ -148,14 +148,14 @@ def test_disk_full_refuses_before_anything_is_logged(tmp_path: Path) -> None:
     journal = store.journal("q")
     with pytest.raises(JournalFull):
         journal.append(add(b"new item"), False)
-    assert store.unwritten == [] and store.seq == 0
+    assert store.unwritten == [] and store.ledger.seq == 0
     # An essential record (a read) frees the reserve and tries once more; it still fails
     # here (the seam never has room), and is refused cleanly too.
     with pytest.raises(JournalFull):
         journal.append(fmt.REMOVE, True)
     assert store.reserve_released
     assert not (tmp_path / ".reserve").exists()
-    assert store.unwritten == [] and store.seq == 0
+    assert store.unwritten == [] and store.ledger.seq == 0
     store.close()
 
 
