@@ -122,7 +122,7 @@ class ServerProcess:
                 raise
         return self.proc.returncode
 
-    def client(self, **kwargs: object) -> object:
+    def client(self, **kwargs: object) -> Any:  # a pymemcache Client (pymemcache is untyped)
         from pymemcache.client.base import Client
 
         opts: dict[str, object] = {"timeout": 10, "connect_timeout": 5}

@@ -84,6 +84,6 @@ def test_newcomer_clone_make_up_send(docker_ready: None, tmp_path: Path) -> None
     finally:
         # `make down` keeps the journal volume and the images on purpose; a test leaves
         # nothing behind.
-        down = ["docker", "compose", "down", "--volumes", "--remove-orphans", "--rmi", "all"]
-        run(down, clone, env)
+        teardown = ["docker", "compose", "down", "--volumes", "--remove-orphans", "--rmi", "all"]
+        run(teardown, clone, env)
     assert_no_images_left(project)

@@ -6,6 +6,7 @@ import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_files import FilesWith
@@ -19,15 +20,13 @@ from kestrelq.journal.policy import FsyncPolicy
 from kestrelq.journal.store import SUFFIX, JournalStore, StoreLimits, segment_name
 
 
-def batched_store(
-    path: Path, policy: str = "always", reserve: int = 0, **kw: object
-) -> JournalStore:
+def batched_store(path: Path, policy: str = "always", reserve: int = 0, **kw: Any) -> JournalStore:
     store = JournalStore(
         path,
         lambda name: FsyncPolicy.parse(policy),
         StoreLimits(reserve_bytes=reserve),
         batch_writes=True,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
     store.open()
     return store
@@ -79,7 +78,8 @@ def test_big_items_are_not_joined_and_many_records_fit_one_call(tmp_path: Path) 
     journal = store.journal("q")
     calls.clear()
     big = bytes(range(256)) * 256  # 64 KiB: passed to writev as it is, not copied
-    records = [add(b"%d" % i) for i in range(3000)] + [add(big), fmt.REMOVE]
+    records: list[fmt.Record] = [add(b"%d" % i) for i in range(3000)]
+    records += [add(big), fmt.REMOVE]
     for record in records:
         journal.append(record, False)
     store.write_pending()

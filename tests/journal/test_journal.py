@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_files import FilesWith
@@ -48,10 +50,10 @@ def test_any_flipped_byte_is_detected(position: int) -> None:
         fmt.decode(bytes(data), 0, 1 << 20)
 
 
-def store_at(path: Path, **kw: object) -> JournalStore:
+def store_at(path: Path, **kw: Any) -> JournalStore:
     store = JournalStore(
         path, lambda name: FsyncPolicy("never"), StoreLimits(reserve_bytes=0), **kw
-    )  # type: ignore[arg-type]
+    )
     store.open()
     return store
 
@@ -130,7 +132,7 @@ def test_not_a_journal(tmp_path: Path) -> None:
 def test_write_failure_leaves_no_partial_record(tmp_path: Path) -> None:
     calls = {"n": 0}
 
-    def flaky_write(fd: int, parts: list[bytes]) -> int:
+    def flaky_write(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
         calls["n"] += 1
         if calls["n"] == 2:
             os.write(fd, b"".join(parts)[:3])  # a partial write, then the disk is full
@@ -150,7 +152,7 @@ def test_write_failure_leaves_no_partial_record(tmp_path: Path) -> None:
 def test_disk_full_releases_reserve_for_reads_only(tmp_path: Path) -> None:
     full = {"on": False}
 
-    def write_fn(fd: int, parts: list[bytes]) -> int:
+    def write_fn(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
         # Only the reserve is left on the "disk": writes fail until it is freed.
         if full["on"] and (tmp_path / ".reserve").exists():
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -191,7 +193,7 @@ def test_rotation_starts_a_segment_with_a_checkpoint_and_drops_old_ones(tmp_path
         log(fmt.REMOVE, False)
     journal = store.journals["q"]
     assert journal.should_rotate(empty=True, behind=False)
-    snapshot = [fmt.CHECKPOINT, fmt.SnapAdd(Item(b"live"))]
+    snapshot: list[fmt.Record] = [fmt.CHECKPOINT, fmt.SnapAdd(Item(b"live"))]
     assert journal.rotate(snapshot, behind=False)
     assert journal.segments == [2]
     assert sorted(p.name for p in tmp_path.glob("*.kqj")) == ["q.0000000002.kqj"]
@@ -213,7 +215,11 @@ def test_segments_stay_while_items_behind_point_into_them(tmp_path: Path) -> Non
     journal.mark()  # the item just logged is the first one behind
     log(fmt.Add(Item(b"behind-2")), False)
     position = journal.position()
-    checkpoint = [fmt.CHECKPOINT, fmt.SnapAdd(Item(b"first")), fmt.Behind(*position, 2, 16)]
+    checkpoint: list[fmt.Record] = [
+        fmt.CHECKPOINT,
+        fmt.SnapAdd(Item(b"first")),
+        fmt.Behind(*position, 2, 16),
+    ]
     assert journal.rotate(checkpoint, behind=True)
     assert journal.segments == [1, 2]  # segment 1 still holds the items behind
     log(fmt.Add(Item(b"behind-3")), False)
@@ -234,7 +240,7 @@ def test_data_dir_is_locked(tmp_path: Path) -> None:
 
 
 def test_short_writes_are_completed(tmp_path: Path) -> None:
-    def one_byte_at_a_time(fd: int, parts: list[bytes]) -> int:
+    def one_byte_at_a_time(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
         return os.write(fd, bytes(b"".join(parts)[:1]))
 
     store = store_at(tmp_path, files=FilesWith(writev=one_byte_at_a_time))
@@ -270,7 +276,7 @@ def test_a_missing_segment_that_items_behind_are_read_from_stops_the_start(
     journal = store.journals["q"]
     log(fmt.Add(Item(b"behind")), False)
     journal.mark()
-    checkpoint = [fmt.CHECKPOINT, fmt.Behind(*journal.position(), 1, 6)]
+    checkpoint: list[fmt.Record] = [fmt.CHECKPOINT, fmt.Behind(*journal.position(), 1, 6)]
     assert journal.rotate(checkpoint, behind=True)
     store.close()
     (tmp_path / SEGMENT_1).unlink()  # the directory lost the segment the checkpoint names

@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 from pathlib import Path
+from typing import cast
 
 import pytest
 from conftest import USERS, Certs, Starter, login_bytes, start_failure
@@ -55,7 +56,9 @@ def closed(sock: socket.socket, timeout_s: float = 30.0) -> bool:
 def subject_cn(sock: ssl.SSLSocket) -> str:
     cert = sock.getpeercert()
     assert cert is not None
-    return dict(pair[0] for pair in cert["subject"])["commonName"]
+    # typeshed types every field of a certificate as one union; the subject is RDNs of pairs.
+    subject = cast("tuple[tuple[tuple[str, str], ...], ...]", cert["subject"])
+    return dict(rdn[0] for rdn in subject)["commonName"]
 
 
 def test_pymemcache_over_tls(start_server: Starter, certs: Certs) -> None:

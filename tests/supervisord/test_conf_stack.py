@@ -17,6 +17,8 @@ from supervisor.options import ServerOptions
 from kestrelq.supervisord.files import drift, write_files
 from kestrelq.supervisord.render import render_stack
 from kestrelq.supervisord.stack import (
+    Mode,
+    Only,
     Overrides,
     QueueSpec,
     Stack,
@@ -128,8 +130,8 @@ def test_container_mode_logs_everything_to_stdout() -> None:
         pytest.param("all", {"queue", "work_worker", "fatal_listener"}, id="host"),
     ],
 )
-def test_only_renders_one_side(only: str, programs: set[str]) -> None:
-    files = render_stack(apply_overrides(committed_stack(), Overrides(only=only)))  # type: ignore[arg-type]
+def test_only_renders_one_side(only: Only, programs: set[str]) -> None:
+    files = render_stack(apply_overrides(committed_stack(), Overrides(only=only)))
     rendered = {Path(rel).stem for rel in files if rel.startswith("supervisord.d/")}
     assert rendered == programs
 
@@ -249,10 +251,10 @@ def test_cli_reports_a_missing_description(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["host", "container"])
 def test_supervisord_accepts_the_rendered_files(
-    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mode: Mode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "conf"
-    stack = apply_overrides(committed_stack(), Overrides(mode=mode))  # type: ignore[arg-type]
+    stack = apply_overrides(committed_stack(), Overrides(mode=mode))
     write_files(out, render_stack(stack))
     for rel in ("var/host/run", "var/host/log"):
         (tmp_path / rel).mkdir(parents=True)

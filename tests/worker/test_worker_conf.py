@@ -3,6 +3,7 @@ and the worker's stop timeout ends its warm stop before supervisord's SIGKILL.""
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import shlex
 import subprocess
@@ -21,7 +22,7 @@ def worker_section(ini: Path) -> configparser.SectionProxy:
     return parser["program:work_worker"]
 
 
-def worker_args(command: str) -> object:
+def worker_args(command: str) -> argparse.Namespace:
     argv = shlex.split(command)
     assert argv[1:3] == ["-m", "kestrelq"], command
     return build_parser().parse_args(argv[3:])
@@ -30,11 +31,11 @@ def worker_args(command: str) -> object:
 def test_the_committed_worker_program_stops_before_supervisord_kills_it() -> None:
     section = worker_section(REPO / "conf/supervisord.d/work_worker.ini")
     args = worker_args(section["command"])
-    assert args.handler == "tasks:handle"  # type: ignore[attr-defined]
-    assert 0 < args.stop_timeout_s < int(section["stopwaitsecs"])  # type: ignore[attr-defined]
+    assert args.handler == "tasks:handle"
+    assert 0 < args.stop_timeout_s < int(section["stopwaitsecs"])
     # conf/stack.toml gives queue work max_deliveries = 5: the worker is told, for its
     # "gave up" line.
-    assert (args.max_deliveries, args.dead_letter) == (5, "work_dead")  # type: ignore[attr-defined]
+    assert (args.max_deliveries, args.dead_letter) == (5, "work_dead")
 
 
 @pytest.mark.parametrize("stopwaitsecs", [1, 4, 30, 600])
@@ -68,5 +69,5 @@ def test_any_stopwaitsecs_gives_a_stop_timeout_below_it(tmp_path: Path, stopwait
     assert result.returncode == 0, result.stderr
     section = worker_section(out / "supervisord.d/work_worker.ini")
     assert int(section["stopwaitsecs"]) == stopwaitsecs
-    stop_timeout_s = worker_args(section["command"]).stop_timeout_s  # type: ignore[attr-defined]
+    stop_timeout_s = worker_args(section["command"]).stop_timeout_s
     assert 0 < stop_timeout_s < stopwaitsecs

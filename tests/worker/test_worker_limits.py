@@ -132,6 +132,11 @@ def take(port: int, queue: str, wait_ms: int = 2000) -> bytes | None:
 # -- time limits ----------------------------------------------------------------------------
 
 
+def found(match: re.Match[str] | None) -> re.Match[str]:
+    assert match is not None
+    return match
+
+
 @pytest.mark.parametrize(
     ("worker_args", "extra", "limit"),
     [
@@ -243,8 +248,10 @@ def test_a_poison_message_backs_off_with_one_line_per_failure(
     # The delays double (with jitter between half and all of the nominal delay, capped), and
     # each was waited out before the next delivery. Lower bounds only: a slow machine
     # makes the gaps longer, never shorter.
-    stamps = [datetime.strptime(LINE_RE.match(x)[1], "%Y-%m-%d %H:%M:%S,%f") for x in failures]  # type: ignore[index]
-    delays = [float(re.search(r"giving it back in ([\d.]+)s", x)[1]) for x in failures]  # type: ignore[index]
+    stamps = [
+        datetime.strptime(found(LINE_RE.match(x))[1], "%Y-%m-%d %H:%M:%S,%f") for x in failures
+    ]
+    delays = [float(found(re.search(r"giving it back in ([\d.]+)s", x))[1]) for x in failures]
     for n, delay in enumerate(delays, 1):
         nominal = min(0.8, 0.2 * 2 ** (n - 1))
         assert nominal * 0.5 - 0.005 <= delay <= nominal + 0.005  # printed with 2 decimals

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import ServerProcess, free_port, wait_until
@@ -13,7 +14,7 @@ from pymemcache.client.base import Client
 
 from kestrelq.worker import Worker
 from kestrelq.worker.registry import HandlerNotFound, resolve
-from kestrelq.worker.runtime import backoff_delay_s
+from kestrelq.worker.runtime import Handler, backoff_delay_s
 
 
 @pytest.fixture
@@ -23,8 +24,8 @@ def client(server: ServerProcess) -> Iterator[Client]:
     c.close()
 
 
-def make_worker(port: int, handler: object, **kwargs: object) -> Worker:
-    opts: dict[str, object] = {
+def make_worker(port: int, handler: Handler, **kwargs: Any) -> Worker:
+    opts: dict[str, Any] = {
         "port": port,
         "wait_ms": 200,
         "burst": True,
@@ -34,7 +35,7 @@ def make_worker(port: int, handler: object, **kwargs: object) -> Worker:
         "retry_delay_s": 0.01,
     }
     opts.update(kwargs)
-    return Worker("work", handler, **opts)  # type: ignore[arg-type]
+    return Worker("work", handler, **opts)
 
 
 # -- pure parts -----------------------------------------------------------------------------
