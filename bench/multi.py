@@ -1,0 +1,121 @@
+"""Several queue servers on this machine: spread, producer overhead, worker pick-up latency.
+
+    python -m bench.multi [--messages 3000] [--samples 40]
+
+For N = 1, 2, 3 kestrelq servers (fsync never, so the server's disk does not hide the client's
+cost) it prints:
+
+- how many of `--messages` each server got from one `kestrelq.producer.Producer` (evenness);
+- the producer's cost per message: wall time and this process's CPU time per acknowledged
+  `send`, beside a bare pymemcache `set(noreply=False)` to one server (the floor);
+- a worker's pick-up latency when only the last server has work: one message at a time, from
+  just before its `set` to the handler's call, `--samples` times at random phases.
+
+On a 2-core machine shared with the servers, aggregate throughput cannot grow with N; these
+figures are about the client's own overhead and latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pymemcache.client.base import Client as Memcache
+
+from bench.servers import ServerProc, ServerSpec, start
+from kestrelq.client import Client
+from kestrelq.credentials import Credentials
+from kestrelq.producer import Producer
+from kestrelq.worker.runtime import Worker
+
+
+def per_message(messages: int, send: Callable[[int], object]) -> tuple[float, float]:
+    """(wall µs, CPU µs) per call of `send(i)`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(messages):
+        send(i)
+    return ((time.perf_counter() - wall) / messages * 1e6,
+            (time.process_time() - cpu) / messages * 1e6)  # fmt: skip
+
+
+def items(port: int, queue: str) -> int:
+    with Client("127.0.0.1", port, timeout=10) as client:
+        return int(client.dump_stats(queue).get(queue, {}).get("items", "0"))
+
+
+def pickup_latency(procs: list[ServerProc], samples: int) -> list[float]:
+    seen = threading.Event()
+    handled_at: list[float] = []
+
+    def handler(data: bytes) -> None:
+        handled_at.append(time.perf_counter())
+        seen.set()
+
+    worker = Worker(
+        "lat", handler, servers=[("127.0.0.1", p.port) for p in procs], handle_signals=False
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    latencies: list[float] = []
+    last = Memcache(("127.0.0.1", procs[-1].port), timeout=10)
+    try:
+        for _ in range(samples):
+            # Random spacing: the message lands at a random phase of the worker's rounds.
+            time.sleep(random.uniform(0.05, 0.35))
+            seen.clear()
+            sent = time.perf_counter()
+            last.set("lat", b"x", noreply=False)
+            if not seen.wait(30):
+                raise RuntimeError("the worker did not pick the message up in 30 s")
+            latencies.append((handled_at[-1] - sent) * 1000)
+    finally:
+        last.close()
+        worker.request_stop()
+        thread.join(30)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--samples", type=int, default=40)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kq-multi-bench-") as tmp:
+        procs = [start(ServerSpec("kestrelq", fsync="never"), Path(tmp)) for _ in range(3)]
+        try:
+            floor = Memcache(("127.0.0.1", procs[0].port), timeout=10, no_delay=True)
+            wall, cpu = per_message(
+                args.messages, lambda i: floor.set("floor", b"m%d" % i, noreply=False)
+            )
+            floor.close()
+            print(f"bare pymemcache set, 1 server: {wall:7.1f} µs wall  {cpu:7.1f} µs CPU /msg")
+            for n in (1, 2, 3):
+                queue = f"spread{n}"
+                listing = [("127.0.0.1", p.port) for p in procs[:n]]
+                with Producer(listing, credentials=Credentials()) as producer:
+
+                    def send(i: int, producer: Producer = producer, queue: str = queue) -> None:
+                        producer.send(queue, b"m%d" % i)
+
+                    wall, cpu = per_message(args.messages, send)
+                counts = [items(p.port, queue) for p in procs[:n]]
+                print(f"Producer, N={n}:               {wall:7.1f} µs wall  {cpu:7.1f} µs CPU "
+                      f"/msg   per server {counts}")  # fmt: skip
+            for n in (1, 2, 3):
+                lat = sorted(pickup_latency(procs[:n], args.samples))
+                p90 = lat[int(len(lat) * 0.9) - 1]
+                print(f"pick-up latency, work on 1 of {n}: median {statistics.median(lat):6.1f} "
+                      f"ms  p90 {p90:6.1f} ms  max {lat[-1]:6.1f} ms")  # fmt: skip
+        finally:
+            for p in procs:
+                p.stop()
+
+
+if __name__ == "__main__":
+    main()
