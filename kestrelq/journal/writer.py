@@ -63,6 +63,9 @@ _MAX_AHEAD_BYTES = 1 << 20
 # A journal not appended to for this many of the store's ticks is idle: its file is closed and
 # the room reserved ahead given back.
 IDLE_TICKS = 4
+# After a new segment could not be written (a full disk), this many `should_rotate` checks
+# (the server makes one per tick, 4 a second) say no before it is tried again.
+ROTATE_RETRY_CHECKS = 40
 # Batched records up to this size are joined into one buffer.
 _JOIN_BYTES = 16 << 10
 
@@ -167,6 +170,8 @@ class Journal:
         self.allocated = 0
         self._ahead = _FIRST_AHEAD_BYTES
         self._idle_ticks = 0
+        self._rotate_failures = 0  # in a row
+        self._rotate_retry_in = 0
         self.cursor = BehindCursor(
             name,
             ctx.reader,
@@ -423,6 +428,9 @@ class Journal:
     # -- segments --------------------------------------------------------------------------
 
     def should_rotate(self, empty: bool, behind: bool) -> bool:
+        if self._rotate_retry_in:
+            self._rotate_retry_in -= 1  # the last try failed: not every tick, not every log
+            return False
         limits = self._ctx.limits
         if self.size - self.base_size >= limits.segment_bytes:
             return True
@@ -447,8 +455,7 @@ class Journal:
         try:
             fd = files.open_new(tmp)
         except OSError as exc:
-            logger.warning("new segment for %s failed (%s); keeping the old one", self.name, exc)
-            return False
+            return self._rotate_failed(exc)
         try:
             chunk = bytearray(MAGIC)
             for record in records:
@@ -463,8 +470,7 @@ class Journal:
         except OSError as exc:
             files.close(fd)
             files.unlink(tmp)
-            logger.warning("new segment for %s failed (%s); keeping the old one", self.name, exc)
-            return False
+            return self._rotate_failed(exc)
         files.close(fd)
         files.rename(tmp, final)
         ctx.fsync_dir()
@@ -488,7 +494,19 @@ class Journal:
         ctx.fsync_dir()
         logger.info("journal %s: segment %d, %d -> %d bytes on disk",
                     self.name, number, old_total, self.total_size)  # fmt: skip
+        if self._rotate_failures:
+            logger.warning("journal %s: new segment written after %d failed tries",
+                           self.name, self._rotate_failures)  # fmt: skip
+            self._rotate_failures = 0
         return True
+
+    def _rotate_failed(self, exc: OSError) -> bool:
+        if not self._rotate_failures:
+            logger.warning("new segment for %s failed (%s); keeping the old one, retrying "
+                           "every %d ticks", self.name, exc, ROTATE_RETRY_CHECKS)  # fmt: skip
+        self._rotate_failures += 1
+        self._rotate_retry_in = ROTATE_RETRY_CHECKS
+        return False
 
     def _write_all(self, fd: int, data: bytes | bytearray) -> int:
         view = memoryview(data)

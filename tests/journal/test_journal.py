@@ -14,6 +14,7 @@ from fake_files import FilesWith
 
 from kestrelq.errors import JournalCorrupt, JournalFull
 from kestrelq.journal import format as fmt
+from kestrelq.journal import writer
 from kestrelq.journal.item import Item
 from kestrelq.journal.policy import FsyncPolicy
 from kestrelq.journal.store import JournalStore, StoreLimits
@@ -285,4 +286,39 @@ def test_a_missing_segment_that_items_behind_are_read_from_stops_the_start(
     store.journal("q").seek(1, journal.position()[1])  # as the queue does on BEHIND
     with pytest.raises(JournalCorrupt, match="segment holding the items behind is missing"):
         store.journal("q").verify_behind()
+    store.close()
+
+
+def test_a_new_segment_that_fails_on_a_full_disk_is_retried_slowly_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FullForNewFiles(FilesWith):
+        full = True
+
+        def open_new(self, path: Path) -> int:
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().open_new(path)
+
+    files = FullForNewFiles()
+    limits = StoreLimits(reserve_bytes=0, idle_compact_bytes=64)
+    store = JournalStore(tmp_path, lambda n: FsyncPolicy("never"), limits, files=files)
+    store.open()
+    log = store.log_for("q")
+    for _ in range(5):
+        log(fmt.Add(Item(b"x" * 20)), False)
+        log(fmt.REMOVE, False)
+    journal = store.journals["q"]
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3 * writer.ROTATE_RETRY_CHECKS):  # the server's ticks: 30 s
+            if journal.should_rotate(empty=True, behind=False):
+                assert not journal.rotate([fmt.CHECKPOINT], behind=False)
+    failures = [r for r in caplog.records if "new segment for q failed" in r.getMessage()]
+    assert len(failures) == 1  # not four lines a second while the disk is full
+    files.full = False
+    for _ in range(writer.ROTATE_RETRY_CHECKS):
+        if journal.should_rotate(empty=True, behind=False):
+            assert journal.rotate([fmt.CHECKPOINT], behind=False)
+            break
+    assert journal.segments == [2]
     store.close()
