@@ -159,6 +159,7 @@ class ServerList:
         self._clock = clock
         self._known: dict[Entry, list[Address]] = {}
         self._resolved_at: float | None = None
+        self._addresses: list[Address] = []
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerList:
@@ -193,12 +194,13 @@ class ServerList:
             self._resolved_at = now
             for entry in self.entries:
                 self._resolve(entry)
-        out: list[Address] = []
-        for entry in self.entries:
-            for address in self._known.get(entry, []):
-                if address not in out:
-                    out.append(address)
-        return out
+            out: list[Address] = []
+            for entry in self.entries:
+                for address in self._known.get(entry, []):
+                    if address not in out:
+                        out.append(address)
+            self._addresses = out
+        return list(self._addresses)
 
     def _resolve(self, entry: Entry) -> None:
         if _is_literal(entry.host):
@@ -259,6 +261,12 @@ class Rotation:
         return health is None or health.retry_at <= self._clock()
 
     def order(self, addresses: Sequence[Address]) -> list[Address]:
+        if not self._health:  # the common case, on every message: every server is up
+            if not addresses:
+                return []
+            start = self._next % len(addresses)
+            self._next += 1
+            return [*addresses[start:], *addresses[:start]]
         now = self._clock()
         up = [a for a in addresses if a not in self._health or self._health[a].retry_at <= now]
         down = sorted((a for a in addresses if a not in up), key=lambda a: self._health[a].retry_at)

@@ -3,12 +3,14 @@ skipped and returned to, every confirm on the connection that opened the read.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, free_port, put_all, wait_until
+from helpers import ServerProcess, child_env, free_port, put_all, wait_until
 
 from kestrelq.client import Client
 from kestrelq.worker.runtime import RUN_MAX, Worker
@@ -107,3 +109,45 @@ def test_a_dead_server_delays_nothing_and_is_read_again_when_it_returns(
     assert not thread.is_alive()
     assert sorted(handled[20:]) == [b"late-%d" % i for i in range(5)]
     assert worker.counts.reconnects >= 1
+
+
+def test_kestrelq_work_with_a_server_list_drains_every_server(
+    tmp_path: Path, three: list[ServerProcess]
+) -> None:
+    for n, server in enumerate(three):
+        put_all(server.port, "work", [b"s%d-%d" % (n, i) for i in range(4)])
+    (tmp_path / "rec.py").write_text(
+        "import os\n"
+        "def handle(data):\n"
+        "    with open(os.environ['REC'], 'ab') as f:\n"
+        "        f.write(data + b'\\n')\n"
+    )
+    listing = ",".join(f"127.0.0.1:{s.port}" for s in three)
+    result = subprocess.run(
+        [sys.executable, "-m", "kestrelq", "work", "work", "--handler", "rec:handle",
+         "--servers", listing, "--burst", "--wait-ms", "100"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        env=child_env(REC=str(tmp_path / "rec.out")),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"at {listing} (wait 100 ms" in result.stderr
+    got = sorted((tmp_path / "rec.out").read_bytes().split())
+    assert got == sorted(b"s%d-%d" % (n, i) for n in range(3) for i in range(4))
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        pytest.param(["--servers", "a:1,b:2", "--host", "c"], {}, id="options"),
+        pytest.param([], {"KESTRELQ_SERVERS": "a:1", "KESTRELQ_PORT": "2"}, id="environment"),
+    ],
+)
+def test_kestrelq_work_refuses_a_list_and_a_host_together(
+    args: list[str], env: dict[str, str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kestrelq", "work", "work", "--handler", "json:loads", *args],
+        capture_output=True, text=True, timeout=60, check=False, env=child_env(**env),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "not both" in result.stderr
