@@ -7,9 +7,10 @@ one in its own directory on the uploads volume (shared with the workers), writes
 ("queued") and puts one `thumbnail` task per photo on the queue with send.py's library call,
 waiting for STORED. It answers at once; the page then polls `GET /api/uploads?ids=...` (the
 status.json the workers write) and shows each thumbnail, which worker made it and how long
-the task waited in the queue. Settings come from the environment: KESTRELQ_HOST/_PORT and the
-login/TLS settings of every client (kestrelq.credentials), KESTRELQ_QUEUE (default work),
-KESTRELQ_UPLOADS (the shared directory), KESTRELQ_WEB_MAX_UPLOAD_MB (default 25).
+the task waited in the queue. Settings come from the environment, as for every client: the
+servers (KESTRELQ_SERVERS, or KESTRELQ_HOST/_PORT), login and TLS (kestrelq.credentials); and
+KESTRELQ_QUEUE (default work), KESTRELQ_UPLOADS (the shared directory),
+KESTRELQ_WEB_MAX_UPLOAD_MB (default 25).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from tasks import uploads_dir
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.utils import secure_filename
 
+from kestrelq.credentials import Credentials
+from kestrelq.producer import Producer
+from kestrelq.servers import Entry, servers_from_env
+
 MAX_FILES = 20
 RECENT = 24
 Enqueue = Callable[[bytes], None]
@@ -42,21 +47,22 @@ class Rejected:
     reason: str
 
 
-def queue_sender(host: str, port: int, queue: str) -> Enqueue:
-    """Enqueue with send.py's `send_all` (STORED awaited), one short connection per call."""
-    from kestrelq.credentials import Credentials, memcache_client
+def queue_sender(servers: list[Entry], queue: str) -> Enqueue:
+    """Enqueue with send.py's `send_all` (STORED awaited) through a Producer over `servers`.
 
+    A fresh Producer per call (one short connection): a Producer is not thread-safe, waitress
+    serves from several threads, and a queue that was just restarted is tried again at once
+    rather than left out for a producer's backoff.
+    """
     credentials = Credentials.from_env()
 
     def enqueue(body: bytes) -> None:
-        client = memcache_client(
-            (host, port), credentials, connect_timeout=3.0, timeout=10.0, no_delay=True
-        )
+        producer = Producer(servers, credentials=credentials, connect_timeout_s=3.0, timeout_s=10.0)
         try:
-            for _ in send_all(client, queue, iter([body]), 0):
+            for _ in send_all(producer, queue, iter([body]), 0):
                 pass
         finally:
-            client.close()
+            producer.close()
 
     return enqueue
 
@@ -190,16 +196,18 @@ def create_app(uploads: Path, enqueue: Enqueue, max_upload_mb: float = 25) -> Fl
 def main() -> None:
     import waitress
 
-    host = os.environ.get("KESTRELQ_HOST") or "127.0.0.1"
-    port = int(os.environ.get("KESTRELQ_PORT") or 22133)
+    servers = servers_from_env()
     queue = os.environ.get("KESTRELQ_QUEUE") or "work"
     app = create_app(
         uploads_dir(),
-        queue_sender(host, port, queue),
+        queue_sender(servers, queue),
         float(os.environ.get("KESTRELQ_WEB_MAX_UPLOAD_MB") or 25),
     )
     listen = os.environ.get("KESTRELQ_WEB_LISTEN") or "0.0.0.0:8080"
-    print(f"web front end on http://{listen}/ (queue {queue!r} at {host}:{port})", flush=True)
+    print(
+        f"web front end on http://{listen}/ (queue {queue!r} at {','.join(map(str, servers))})",
+        flush=True,
+    )
     waitress.serve(app, listen=listen, threads=8, ident="kestrelq")
 
 

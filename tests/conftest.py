@@ -39,6 +39,7 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "security/test_memcached_parity.py": ("server", "external"),
     "worker/": ("server",),
     "worker/test_app_tasks.py": (),
+    "app/test_web_queue.py": ("server",),
     "journal/test_read_behind_server.py": ("server",),
     "supervisord/test_supervisord_live.py": ("server",),
     "chaos/test_host_chaos.py": ("server",),
