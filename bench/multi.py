@@ -9,7 +9,9 @@ cost) it prints:
 - the producer's cost per message: wall time and this process's CPU time per acknowledged
   `send`, beside a bare pymemcache `set(noreply=False)` to one server (the floor);
 - a worker's pick-up latency when only the last server has work: one message at a time, from
-  just before its `set` to the handler's call, `--samples` times at random phases.
+  just before its `set` to the handler's call, `--samples` times at random phases;
+- failover: one of three servers killed (SIGKILL) under a producer; the slowest send after
+  the kill (the one that met the dead server and went on to the next) against the median.
 
 On a 2-core machine shared with the servers, aggregate throughput cannot grow with N; these
 figures are about the client's own overhead and latency.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import statistics
 import tempfile
 import threading
@@ -81,6 +84,21 @@ def pickup_latency(procs: list[ServerProc], samples: int) -> list[float]:
     return latencies
 
 
+def failover(procs: list[ServerProc], messages: int) -> tuple[float, float, int]:
+    """(slowest send ms, median send ms, sends after the kill) with procs[1] killed midway."""
+    listing = [("127.0.0.1", p.port) for p in procs]
+    times: list[float] = []
+    with Producer(listing, credentials=Credentials()) as producer:
+        for i in range(messages):
+            producer.send("failover", b"m%d" % i)
+        procs[1].stop(signal.SIGKILL)
+        for i in range(messages):
+            started = time.perf_counter()
+            producer.send("failover", b"m%d" % i)
+            times.append((time.perf_counter() - started) * 1000)
+    return max(times), statistics.median(times), len(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=3000)
@@ -112,6 +130,9 @@ def main() -> None:
                 p90 = lat[int(len(lat) * 0.9) - 1]
                 print(f"pick-up latency, work on 1 of {n}: median {statistics.median(lat):6.1f} "
                       f"ms  p90 {p90:6.1f} ms  max {lat[-1]:6.1f} ms")  # fmt: skip
+            slowest, median, sends = failover(procs, args.messages // 3)
+            print(f"failover, 1 of 3 killed: slowest send {slowest:.2f} ms, median "
+                  f"{median:.3f} ms over {sends} sends after the kill, none refused")  # fmt: skip
         finally:
             for p in procs:
                 p.stop()

@@ -586,11 +586,11 @@ class Worker:
 
     def _give_back(self, why: str) -> None:
         """Return the open message to the head of the queue (`/abort`)."""
-        self.counts.redelivered += 1
-        msg = "" if self._current is None else f"msg={escape(self._current.id, ID_MAX_CHARS)} "
         server = self._holder
         if server is None:
-            return
+            return  # nothing is open (the connection that held it broke already)
+        self.counts.redelivered += 1
+        msg = "" if self._current is None else f"msg={escape(self._current.id, ID_MAX_CHARS)} "
         try:
             self._command(server, f"{self.queue}/abort")
             # A failure has had its line already; a stop's give-back is news.
