@@ -24,6 +24,7 @@ from typing import Protocol
 
 from kestrelq.errors import (
     ItemRejected,
+    JournalError,
     QueueFull,
     ReadWhileOpen,
     TooManyOpenReads,
@@ -110,6 +111,10 @@ class QueueCollection:
         self.queues: dict[str, QueueState] = {}
         self._children: dict[str, list[str]] = {}
         self.counters = Counters()
+        # Where a new queue's xids start: past every xid a deleted queue handed out, so an xid
+        # a client still holds for a deleted queue never names an open read of its successor.
+        # One number for all names, so deleting many queues costs no memory.
+        self._first_xid = 1
 
     # -- queues ----------------------------------------------------------------------------
 
@@ -145,6 +150,7 @@ class QueueCollection:
                 on_expired=functools.partial(self._expire, name),
                 on_dead=functools.partial(self._dead_letter, name),
                 behind=self._storage.behind_for(name),
+                first_xid=self._first_xid,
             )
             self.queues[name] = state
             parent = names.fanout_parent(name)
@@ -170,23 +176,22 @@ class QueueCollection:
     def add(self, name: str, item: Item, now_ms: int) -> None:
         """Enqueue on `name` and copy to its fanout children known now."""
         self.counters.cmd_set += 1
-        children = self._children.get(name, ())
-        if children:
-            # NOT_STORED must mean "nowhere": a client retrying it must not put a second copy
-            # in the children. (Expired items at the head are not counted as room here.)
-            self.queue(name).check_room(len(item.data))
-        for child in children:
+        # The parent first: if it refuses the item (full, too large, its journal failed), no
+        # child has a copy yet, so an error means "nowhere" and the client's retry cannot leave
+        # a second copy in a child.
+        self.queue(name).add(item, now_ms)
+        self.counters.total_items += 1
+        for child in self._children.get(name, ()):
             try:
                 self.queue(child).add(item, now_ms)
-            except (QueueFull, ItemRejected):
-                # A full child misses this copy (and counts it); it does not refuse the set
-                # for the parent and every other child, as Kestrel's fanout does not.
+            except (QueueFull, ItemRejected, JournalError):
+                # A child that cannot take its copy (full, or its journal write failed) misses
+                # it and counts it; it does not refuse the set for the parent and every other
+                # child, as Kestrel's fanout does not.
                 self.queue(child).stats.discarded += 1
                 continue
             self.counters.total_items += 1
             self._notify(child)
-        self.queue(name).add(item, now_ms)
-        self.counters.total_items += 1
         self._notify(name)
 
     def delete(self, name: str) -> None:
@@ -196,6 +201,7 @@ class QueueCollection:
         if parent is not None and name in self._children.get(parent, ()):
             self._children[parent].remove(name)
         if state is not None:
+            self._first_xid = max(self._first_xid, state.next_xid)
             self._storage.drop(name)
             self.counters.queue_deletes += 1
 

@@ -13,7 +13,9 @@ live mutation and the replay of its record must end in the same state; the tests
 Ready items sit in a deque, oldest first. An open read (`/open`) takes the head item out of the
 deque and keeps it under a transaction id (xid) until it is confirmed (gone) or unremoved (back
 at the head). Xids are never reused while the server runs, so a confirm for an open read that
-already timed out can never confirm somebody else's item.
+already timed out can never confirm somebody else's item. That holds across a queue's lives
+too: a queue deleted and named again starts its xids where the old one stopped (`first_xid`,
+see QueueCollection.delete), since a client may still hold an xid of the deleted queue.
 
 Read-behind: a queue holds at most `max_memory_bytes` of ready items in memory. Once an add
 would pass that, the item is only journalled and counted as *behind*; from then on every add
@@ -110,6 +112,7 @@ class QueueState:
         on_expired: MoveFn = _no_move,
         on_dead: MoveFn = _no_move,
         behind: BehindReader | None = None,
+        first_xid: int = 1,
     ) -> None:
         self.name = name
         self.config = config
@@ -123,9 +126,14 @@ class QueueState:
         self._behind = behind
         self._on_expired = on_expired
         self._on_dead = on_dead
-        self._next_xid = 1
+        self._next_xid = first_xid
 
     # -- inspection ----------------------------------------------------------------------
+
+    @property
+    def next_xid(self) -> int:
+        """The xid the next open read gets."""
+        return self._next_xid
 
     @property
     def items(self) -> int:
@@ -155,14 +163,6 @@ class QueueState:
             yield Behind(segment, offset, self.behind_items, self.behind_bytes)
 
     # -- mutations (log first, then change) ----------------------------------------------
-
-    def check_room(self, size: int) -> None:
-        """Raise ItemRejected or QueueFull if an item of `size` bytes would be refused."""
-        cfg = self.config
-        if cfg.max_item_size and size > cfg.max_item_size:
-            raise ItemRejected(f"item of {size} bytes over max_item_size {cfg.max_item_size}")
-        if not cfg.discard_old_when_full and self._full(size):
-            raise QueueFull(f"queue {self.name} is full")
 
     def add(self, item: Item, now_ms: int, *, essential: bool = False) -> None:
         """Append an item. Raises ItemRejected or QueueFull when it cannot be taken."""

@@ -10,6 +10,7 @@ from kestrelq.errors import (
     InvalidQueueName,
     ItemRejected,
     JournalFull,
+    JournalWriteFailed,
     QueueFull,
     ReadWhileOpen,
     TooManyOpenReads,
@@ -431,3 +432,63 @@ def test_a_full_fanout_child_misses_the_copy_without_refusing_the_set() -> None:
     assert [i.data for i in coll.queue("feed+big").ready] == [b"one", b"two"]
     assert [i.data for i in coll.queue("feed+small").ready] == [b"one"]
     assert coll.queue("feed+small").stats.discarded == 1
+
+
+def test_a_read_left_open_on_a_deleted_queue_cannot_touch_the_new_queue_of_that_name() -> None:
+    coll, _, _ = make()
+    coll.add("q", item(b"old"), 0)
+    a, b = Session(coll), Session(coll)
+    assert present(a.get("q", OPEN, 0)).data == b"old"
+    coll.delete("q")  # an admin's delete: A's session still holds its xid
+    coll.add("q", item(b"new"), 0)
+    assert present(b.get("q", OPEN, 0)).data == b"new"
+    # A's close is about a read that went with the old queue: it must not confirm B's.
+    assert a.get("q", CLOSE, 0) is None
+    assert [r.item.data for r in coll.queue("q").open_reads.values()] == [b"new"]
+    b.get("q", ABORT, 0)
+    assert [i.data for i in coll.queue("q").ready] == [b"new"]
+    # The close dropped the forgotten read, so A is free to open one on the new queue.
+    assert present(a.get("q", OPEN, 0)).data == b"new"
+
+
+class FailingStorage(MemoryStorage):
+    """MemoryStorage whose named queues' journals fail as a disk that cannot write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing: set[str] = set()
+
+    def log_for(self, name: str) -> LogFn:
+        inner = super().log_for(name)
+
+        def append(record: Record, essential: bool) -> None:
+            if name in self.failing:
+                raise JournalWriteFailed(f"{name}: write failed")
+            inner(record, essential)
+
+        return append
+
+
+def test_fanout_child_whose_journal_fails_misses_its_copy_and_the_set_stands() -> None:
+    storage = FailingStorage()
+    coll = QueueCollection(storage)
+    for child in ("feed+a", "feed+b"):
+        coll.queue(child)
+    storage.failing = {"feed+b"}
+    coll.add("feed", item(b"x"), 0)
+    assert [i.data for i in coll.queue("feed").ready] == [b"x"]
+    assert [i.data for i in coll.queue("feed+a").ready] == [b"x"]
+    assert not coll.queue("feed+b").ready
+    assert coll.queue("feed+b").stats.discarded == 1
+
+
+def test_fanout_whose_parent_journal_fails_leaves_no_copy_anywhere() -> None:
+    # The client sees an error and retries: a copy left in a child would be a duplicate.
+    storage = FailingStorage()
+    coll = QueueCollection(storage)
+    for child in ("feed+a", "feed+b"):
+        coll.queue(child)
+    storage.failing = {"feed"}
+    with pytest.raises(JournalWriteFailed):
+        coll.add("feed", item(b"x"), 0)
+    assert all(not coll.queue(n).ready for n in ("feed", "feed+a", "feed+b"))

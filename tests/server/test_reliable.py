@@ -328,6 +328,24 @@ def test_delete_while_open_forgets_the_read(server: ServerProcess) -> None:
         assert w.call(b"get d\r\n") == b"END\r\n"
 
 
+def test_a_close_for_a_deleted_queue_does_not_confirm_a_read_on_its_successor(
+    server: ServerProcess,
+) -> None:
+    # A's read went with the deleted queue; B opens the first read of the queue made again
+    # under the same name. A's late close must not confirm B's read, or B's abort loses it.
+    with Wire(server.port) as a, Wire(server.port) as b, Wire(server.port) as admin:
+        put(admin, "q", b"old")
+        assert a.call(b"get q/open\r\n") == value("q/open", b"old")
+        assert admin.call(b"delete q\r\n") == b"DELETED\r\n"
+        put(admin, "q", b"new")
+        assert b.call(b"get q/open\r\n") == value("q/open", b"new")
+        assert a.call(b"get q/close\r\n") == b"END\r\n"
+        assert stat(server, "q", "open_transactions") == "1"
+        assert b.call(b"get q/abort\r\n") == b"END\r\n"
+        assert admin.call(b"get q/peek\r\n") == value("q/peek", b"new")
+        assert stat(server, "q", "items") == "1"
+
+
 @pytest.mark.parametrize("how", ["shutdown-command", "sigterm"])
 def test_shutdown_answers_parked_reads_and_returns_open_ones(
     shutdown_server: ServerProcess, how: str
