@@ -169,11 +169,31 @@ $(STACK_ENV):
 		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(16))')" > $@
 	@echo "wrote $@: the password of the supervisord status pages"
 
+# The stack's CA, the queue's certificate (for the name `queue`), a client certificate, the
+# passwords of the worker, app and admin users and the queue's auth file: made once by
+# `kestrelq secrets` (what exists is kept), in var/secrets/ (0700; keys and passwords 0600).
+# The containers read them as compose secrets, bind mounts that keep the host file's owner,
+# so what they read is given to the images' user (10001): chown as root, else through a
+# throwaway container (access to the engine is root's anyway).
+SECRETS := var/secrets
+IMAGE_UID := 10001
+
+.PHONY: secrets
+secrets: install  ## make var/secrets/ once: CA, certificates, passwords, auth file (docs/security.md)
+	@$(VENV)/bin/kestrelq secrets $(SECRETS)
+	@if [ "$$(id -u)" = 0 ]; then \
+		find $(SECRETS) -type f ! -name ca.key -exec chown $(IMAGE_UID):$(IMAGE_UID) {} +; \
+	else \
+		docker run --rm --user 0 --network none -v "$(abspath $(SECRETS)):/s" \
+			debian:bookworm-slim sh -c \
+			'find /s -type f ! -name ca.key -exec chown $(IMAGE_UID):$(IMAGE_UID) {} +'; \
+	fi
+
 # compose.yaml has pull_policy: build, so `up` rebuilds what changed (layer cache) and never
 # pulls a kestrelq image; --wait returns once the queue and the workers are healthy.
 # KESTRELQ_WORKERS given to `make up` is kept in var/stack.env, so a later plain `make up` does
 # not silently go back to the default pool (compose reads it from the shell, not from there).
-up: base-image $(STACK_ENV)  ## build and start the stack in containers, wait until healthy
+up: base-image $(STACK_ENV) secrets  ## build and start the stack in containers, wait until healthy
 	@if [ -n "$${KESTRELQ_WORKERS:-}" ]; then \
 		sed -i '/^KESTRELQ_WORKERS=/d' $(STACK_ENV); \
 		echo "KESTRELQ_WORKERS=$$KESTRELQ_WORKERS" >> $(STACK_ENV); fi
@@ -189,6 +209,7 @@ up: base-image $(STACK_ENV)  ## build and start the stack in containers, wait un
 	@echo "supervisord status pages (user kestrelq, password in $(STACK_ENV)):"
 	@echo "  queue   http://127.0.0.1:$${KESTRELQ_QUEUE_STATUS_PORT:-9001}/"
 	@echo "  workers http://127.0.0.1:$${KESTRELQ_WORKER_STATUS_PORT:-9002}/"
+	@echo "The queue speaks TLS and wants a login: CA, certificates and passwords in $(SECRETS)/."
 	@echo "More workers: KESTRELQ_WORKERS=8 make up.  Stop: make down (the journal volume stays)."
 
 down:  ## stop the stack (the journal volume stays)

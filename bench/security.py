@@ -8,7 +8,7 @@ plain + login, TLS, TLS + login, mutual TLS + login. Each row is the median of R
 fresh server; the login happens once per connection, so its cost is in the connect, not in
 the rates; TLS costs on every message (encryption, and one more copy per read and write).
 
-Certificates are made with the `openssl` command into a temporary directory.
+Certificates are made with the `openssl` command (kestrelq.certs) into a temporary directory.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -26,35 +25,7 @@ from pathlib import Path
 
 from bench.runner import RunConfig, RunResult, _drive
 from bench.servers import ServerSpec, free_port, start
-
-
-def openssl_ca(d: Path, name: str) -> None:
-    """A self-signed CA: d/name.pem and d/name.key."""
-    _openssl(d, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-             "-subj", f"/CN=kestrelq test {name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
-
-
-def openssl_cert(d: Path, name: str, cn: str, ca: str, usage: str) -> None:
-    """A certificate for 127.0.0.1 and localhost signed by `ca`; usage serverAuth|clientAuth."""
-    _openssl(d, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", f"/CN={cn}")  # fmt: skip
-    (d / f"{name}.ext").write_text(
-        "basicConstraints=CA:FALSE\n"
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-        f"extendedKeyUsage={usage}\n"
-        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
-    )
-    _openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
-             "-extfile", f"{name}.ext")  # fmt: skip
-
-
-def _openssl(d: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+from kestrelq.certs import openssl_ca, openssl_cert
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kestrelq import __version__
+from kestrelq import __version__, certs
 from kestrelq.server import cli as server_cli
 from kestrelq.supervisord import cli as supervisord_cli
 from kestrelq.worker import cli as worker_cli
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_cli.register(subparsers)
     worker_cli.register(subparsers)
     supervisord_cli.register(subparsers)
+    certs.register(subparsers)
     return parser
 
 

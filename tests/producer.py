@@ -13,8 +13,10 @@ A broken connection is replaced, so messages keep flowing while the queue restar
 
 Used three ways: in the app container (piped to `python -` there), as a process beside a server
 killed -9 (tests/chaos/test_server_crash.py), and as `Sender` in a thread of the host chaos test.
-Only the standard library and pymemcache, so it runs in the image (Debian's python3-pymemcache)
-with nothing of the test environment.
+Only the standard library, pymemcache and kestrelq.credentials, so it runs in the image
+(Debian's python3-pymemcache, the package on PYTHONPATH) with nothing of the test environment;
+it logs in and speaks TLS as the environment says (KESTRELQ_USER, KESTRELQ_TLS_CA, ...), as the
+app container's does.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from pymemcache.client.base import Client
+
+from kestrelq.credentials import Credentials, memcache_client
 
 Outcome = Literal["STORED", "REFUSED", "FAILED"]
 
@@ -43,6 +47,7 @@ class Sender:
     def __init__(self, host: str, port: int, queue: str) -> None:
         self.server = (host, port)
         self.queue = queue
+        self.credentials = Credentials.from_env()
         self.client: Client | None = None
         self.last_error = ""
 
@@ -50,7 +55,9 @@ class Sender:
         """One attempt, waiting for the server's answer (noreply=False)."""
         try:
             if self.client is None:
-                self.client = Client(self.server, connect_timeout=1.0, timeout=3.0)
+                self.client = memcache_client(
+                    self.server, self.credentials, connect_timeout=1.0, timeout=3.0
+                )
             stored = self.client.set(self.queue, body, noreply=False)
         except Exception as exc:  # any failure: the outcome is unknown; reconnect next time
             self.last_error = type(exc).__name__

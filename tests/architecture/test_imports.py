@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "protocol": {"errors", "value", "queue"},
     "credentials": {"errors"},
     "servers": {"errors"},
+    "certs": {"errors"},
     "client": {"errors", "value", "protocol", "credentials", "servers"},
     "producer": {"errors", "credentials", "servers"},
     "server": {
@@ -40,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "worker": {"errors", "credentials", "client", "servers", "producer"},
     "supervisord": {"errors", "queue"},
-    "cli": {"server", "worker", "supervisord"},
+    "cli": {"server", "worker", "supervisord", "certs"},
     "__main__": {"cli"},
 }
 # `kestrelq/__init__.py` (the version) may be imported by anyone.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -31,6 +30,11 @@ from pathlib import Path
 
 from helpers import free_port, wait_until
 
+from kestrelq.certs import stack_secrets
+from kestrelq.client import Client
+from kestrelq.credentials import Credentials, client_context
+from kestrelq.errors import KestrelqError
+
 REPO = Path(__file__).resolve().parents[2]
 PRODUCER = REPO / "tests" / "producer.py"
 # No \b or ^: workers share the container's stdout, and a line printed by one can arrive glued
@@ -41,6 +45,8 @@ STATUS_RE = re.compile(r"^(\S+)\s+([A-Z]+)(?:\s+pid (\d+),)?", re.MULTILINE)
 PROJECT_LABEL = "com.docker.compose.project"
 # Workers in the test stack: not the default (2), so the test sees KESTRELQ_WORKERS work.
 WORKERS = 3
+# The user every kestrelq image runs as (images/Dockerfile), who must read the secrets.
+IMAGE_UID = 10001
 
 # Recovery timings collected by the tests, printed at the end of the run by
 # pytest_terminal_summary (so they show in every run, not only with -s).
@@ -135,6 +141,7 @@ class Stack:
     web_port: int
     password: str
     settings: dict[str, str]
+    secrets_dir: Path
     producers: list[Producer] = field(default_factory=list)
 
     @property
@@ -237,13 +244,19 @@ class Stack:
         logs = self.run("logs", "--no-log-prefix", "worker").stdout
         return Counter(HANDLED_RE.findall(logs))
 
+    def credentials(self, user: str = "worker") -> Credentials:
+        """`user`'s login with the stack's CA and client certificate, as its containers have."""
+        d = self.secrets_dir
+        tls = client_context(str(d / "ca.pem"), str(d / "client.pem"), str(d / "client.key"))
+        return Credentials(user, (d / f"{user}.password").read_text().strip(), tls)
+
     def queue_answers(self) -> bool:
-        """The published queue port answers `version` (a full round trip, not just a connect)."""
+        """The published queue port answers `version` over TLS after a login (a full round
+        trip, not just a connect)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.queue_port), timeout=1.0) as sock:
-                sock.sendall(b"version\r\n")
-                return sock.recv(64).startswith(b"VERSION ")
-        except OSError:
+            with Client("127.0.0.1", self.queue_port, 2.0, self.credentials()) as client:
+                return bool(client.version())
+        except (OSError, KestrelqError):
             return False
 
     def start_producer(self, prefix: str, count: int, interval_ms: float) -> Producer:
@@ -324,6 +337,13 @@ def make_stack(root: Path, tmp: Path, label: str) -> Stack:
     queue_port, queue_status, worker_status = free_port(), free_port(), free_port()
     web_port = free_port()
     password = secrets.token_urlsafe(12)
+    # The stack's CA, certificates, passwords and auth file, made as `make up` makes them, and
+    # given to the images' user as its bind mounts need (the tests run as root in CI).
+    secrets_dir = tmp / "secrets"
+    stack_secrets(secrets_dir, days=2)
+    if os.geteuid() == 0:
+        for path in secrets_dir.iterdir():
+            os.chown(path, IMAGE_UID, IMAGE_UID)
     settings = {
         "COMPOSE_PROJECT_NAME": project,
         "KESTRELQ_QUEUE_PORT": str(queue_port),
@@ -334,6 +354,7 @@ def make_stack(root: Path, tmp: Path, label: str) -> Stack:
         # Its own tag: a shared one moved from project to project and left the images it
         # moved away from dangling (compose labels each image with its project).
         "KESTRELQ_IMAGE_TAG": project,
+        "KESTRELQ_SECRETS": str(secrets_dir),
     }
     env_file = tmp / "stack.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
@@ -358,6 +379,7 @@ def make_stack(root: Path, tmp: Path, label: str) -> Stack:
         web_port=web_port,
         password=password,
         settings=settings,
+        secrets_dir=secrets_dir,
     )
 
 

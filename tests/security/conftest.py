@@ -21,7 +21,7 @@ from typing import Protocol
 import pytest
 from helpers import ServerProcess, wait_until
 
-from bench.security import openssl_ca, openssl_cert
+from kestrelq.certs import openssl_ca, openssl_cert
 
 USERS = {"alice": "wonder land", "admin": "s3cret:with-colon"}
 
