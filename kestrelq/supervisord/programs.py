@@ -27,6 +27,7 @@ def queue_program(stack: Stack) -> Program:
         f"{stack.python} -m kestrelq serve --config {here_path('kestrelq.toml', 1)}"
         f" --host {stack.listen_host} --port {stack.port}"
         f" --data-dir {here_path(stack.data_dir, 1)}"
+        f"{_server_security(stack)}"
     )
     return Program(
         name="queue",
@@ -48,6 +49,42 @@ def queue_program(stack: Stack) -> Program:
             "SIGTERM makes it stop accepting, answer what is in flight and sync its journals."
         ),
     )
+
+
+def _server_security(stack: Stack) -> str:
+    """The queue's login and TLS options from [security], as `kestrelq serve` flags."""
+    flags: list[str] = []
+    for key in ("auth_file", "tls_cert", "tls_key", "tls_ca"):
+        if getattr(stack, key):
+            flags.append(f"--{key.replace('_', '-')} {here_path(getattr(stack, key), 1)}")
+    if stack.admin_users:
+        flags.append(f"--admin-users {stack.admin_users}")
+    if stack.tls_port:
+        flags.append(f"--tls-port {stack.tls_port}")
+    if stack.tls_verify != "none":
+        flags.append(f"--tls-verify {stack.tls_verify}")
+    if not stack.plain:
+        flags.append("--no-plain")
+    return "".join(f" {flag}" for flag in flags)
+
+
+# The workers' client settings from [security], as the environment kestrelq.credentials reads.
+_CLIENT_ENV = (
+    ("client_user", "KESTRELQ_USER"),
+    ("client_password_file", "KESTRELQ_PASSWORD_FILE"),
+    ("client_tls_ca", "KESTRELQ_TLS_CA"),
+    ("client_tls_cert", "KESTRELQ_TLS_CERT"),
+    ("client_tls_key", "KESTRELQ_TLS_KEY"),
+)
+
+
+def _client_environment(stack: Stack) -> tuple[tuple[str, str], ...]:
+    env = []
+    for key, name in _CLIENT_ENV:
+        value = getattr(stack, key)
+        if value:
+            env.append((name, value if key == "client_user" else here_path(value, 1)))
+    return tuple(env)
 
 
 def worker_program_name(queue: str) -> str:
@@ -99,7 +136,7 @@ def worker_program(stack: Stack, queue: QueueSpec) -> Program:
         stdout_logfile=logfile,
         stdout_logfile_maxbytes=maxbytes,
         stdout_logfile_backups=backups,
-        environment=(("PYTHONUNBUFFERED", "1"),),
+        environment=(("PYTHONUNBUFFERED", "1"), *_client_environment(stack)),
         comment=(
             f"{queue.workers} consumers of queue {queue.name!r}. They start after the queue and\n"
             "reconnect with backoff while it is down (supervisord has no readiness wait)."

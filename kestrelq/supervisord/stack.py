@@ -82,9 +82,50 @@ class Stack:
     only: Only = "all"
     log_maxbytes: str = "50MB"
     log_backups: int = 10
+    # [security]: the queue's login and TLS options and the workers' client settings; off
+    # (empty) unless set. Paths are relative to the description, as the [paths] ones.
+    auth_file: str = ""
+    admin_users: str = ""
+    tls_port: int = 0
+    plain: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify: str = "none"
+    client_user: str = ""
+    client_password_file: str = ""
+    client_tls_ca: str = ""
+    client_tls_cert: str = ""
+    client_tls_key: str = ""
 
 
 PATH_KEYS = ("app_dir", "run_dir", "log_dir", "data_dir")
+SECURITY_KEYS = (
+    "auth_file",
+    "admin_users",
+    "tls_port",
+    "plain",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_verify",
+    "client_user",
+    "client_password_file",
+    "client_tls_ca",
+    "client_tls_cert",
+    "client_tls_key",
+)
+# The [security] keys that name files (rendered as %(here)s paths).
+SECURITY_PATHS = (
+    "auth_file",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "client_password_file",
+    "client_tls_ca",
+    "client_tls_cert",
+    "client_tls_key",
+)
 
 # Where each key of the description's plain sections goes: {section: {key: Stack field}}.
 SECTIONS: Mapping[str, Mapping[str, str]] = {
@@ -111,6 +152,7 @@ SECTIONS: Mapping[str, Mapping[str, str]] = {
         # The queue program's stopwaitsecs; queues have their own (their workers').
         "stopwaitsecs": "queue_stopwaitsecs",
     },
+    "security": {key: key for key in SECURITY_KEYS},
 }
 
 _STACK_DEFAULTS: Mapping[str, Any] = {f.name: f.default for f in fields(Stack)}
@@ -194,6 +236,11 @@ def parse_stack(data: Mapping[str, Any], source: str) -> Stack:
             if name == "fsync":
                 continue
             values[name] = _typed(table, section, key, _STACK_DEFAULTS[name])
+    if values["tls_verify"] not in ("none", "optional", "required"):
+        raise StackError(f"security.tls_verify must be none, optional or required, not "
+                         f"{values['tls_verify']!r}")  # fmt: skip
+    if not values["plain"] and not values["tls_port"]:
+        raise StackError("security.plain = false needs a security.tls_port")
     fsync = _table(data, "server").get("fsync", _STACK_DEFAULTS["fsync"])
     if not isinstance(fsync, str | int) or isinstance(fsync, bool):
         raise StackError(f"server.fsync must be always, never or milliseconds, not {fsync!r}")

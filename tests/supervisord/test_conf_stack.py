@@ -306,3 +306,79 @@ def test_every_server_queue_setting_reaches_a_config_the_server_accepts(tmp_path
     jobs = server_config.load({"config_file": str(config)}, environ={}).queues["jobs"]
     assert jobs.max_deliveries == 3 and jobs.discard_old_when_full is True
     assert (jobs.expire_to, jobs.max_memory_bytes, str(jobs.fsync)) == ("later", 1 << 20, "100")
+
+
+SECURITY = """
+[paths]
+app_dir = "../app"
+[security]
+auth_file = "../var/secrets/users"
+admin_users = "admin"
+tls_port = 22134
+plain = false
+tls_cert = "../var/secrets/queue.pem"
+tls_key = "../var/secrets/queue.key"
+tls_ca = "../var/secrets/ca.pem"
+tls_verify = "required"
+client_user = "worker"
+client_password_file = "../var/secrets/worker.password"
+client_tls_ca = "../var/secrets/ca.pem"
+client_tls_cert = "../var/secrets/client.pem"
+client_tls_key = "../var/secrets/client.key"
+[queues.work]
+workers = 1
+"""
+
+
+def test_security_settings_reach_the_queue_flags_and_the_workers_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[security] renders to `kestrelq serve` flags and the workers' KESTRELQ_* settings,
+    with paths from the description's directory, as supervisord expands them."""
+    from kestrelq.cli import build_parser
+
+    stack = parse_stack(tomllib.loads(SECURITY), "test")
+    out = tmp_path / "conf"
+    write_files(out, render_stack(stack))
+    for rel in ("var/host/run", "var/host/log"):
+        (tmp_path / rel).mkdir(parents=True)
+    monkeypatch.setenv("KESTRELQ_SUPERVISOR_PASSWORD", "secret")
+    options = ServerOptions()
+    options.configfile = str(out / "supervisord.conf")
+    options.process_config(do_usage=False)
+    configs = {p.name: p for g in options.process_group_configs for p in g.process_configs}
+    secrets = tmp_path / "var" / "secrets"
+
+    argv = configs["queue"].command.split()
+    args = build_parser().parse_args(argv[argv.index("kestrelq") + 1 :])
+    assert os.path.normpath(args.auth_file) == str(secrets / "users")
+    assert os.path.normpath(args.tls_key) == str(secrets / "queue.key")
+    assert os.path.normpath(args.tls_ca) == str(secrets / "ca.pem")
+    assert (args.admin_users, args.tls_port, args.tls_verify) == ("admin", 22134, "required")
+    assert "--no-plain" in argv
+
+    env = configs["work_worker_00"].environment
+    assert env["KESTRELQ_USER"] == "worker"
+    assert os.path.normpath(env["KESTRELQ_PASSWORD_FILE"]) == str(secrets / "worker.password")
+    assert os.path.normpath(env["KESTRELQ_TLS_CERT"]) == str(secrets / "client.pem")
+    assert os.path.normpath(env["KESTRELQ_TLS_KEY"]) == str(secrets / "client.key")
+    assert os.path.normpath(env["KESTRELQ_TLS_CA"]) == str(secrets / "ca.pem")
+
+
+def test_security_left_empty_adds_nothing() -> None:
+    files = render_stack(parse_stack(tomllib.loads("[queues.work]\nworkers = 1\n"), "test"))
+    assert "--auth-file" not in files["supervisord.d/queue.ini"]
+    assert "KESTRELQ_USER" not in files["supervisord.d/work_worker.ini"]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ('tls_verify = "sometimes"', "tls_verify must be none, optional or required"),
+        ("plain = false", "plain = false needs a security.tls_port"),
+        ('tls_port = "22134"', "security.tls_port must be int"),
+    ],
+)
+def test_bad_security_settings_are_refused(body: str, error: str) -> None:
+    with pytest.raises(StackError, match=error):
+        parse_stack(tomllib.loads(f"[security]\n{body}\n"), "test")
