@@ -8,7 +8,8 @@
 Each message goes to one server, round robin from a random start, so N servers get equal
 shares. A server that refuses the connection, times out, hangs up or answers SERVER_ERROR is
 skipped and the same message goes to the next one; the failed server is left out for a backoff
-(0.5 s doubling up to 30 s) and tried again after it. STORED from one server is the
+(0.5 s doubling up to 30 s) and tried again after it. SERVER_ERROR "object too large" is not a
+failure of the server but a refusal of the message, like NOT_STORED: no backoff. STORED from one server is the
 acknowledgement: `send` returns only then (pymemcache's `set` with `noreply=False`; its default
 would not wait).
 
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pymemcache.exceptions import MemcacheClientError, MemcacheError
+from pymemcache.exceptions import MemcacheClientError, MemcacheError, MemcacheServerError
 
 from kestrelq.credentials import Credentials, memcache_client
 from kestrelq.errors import KestrelqError
@@ -110,6 +111,18 @@ class Producer:
                 stored = self._client(address).set(queue, data, expire=expire_s, noreply=False)
             except MemcacheClientError:
                 raise  # CLIENT_ERROR: this message is bad for every server; retrying cannot help
+            except MemcacheServerError as exc:
+                if not _too_large(exc):
+                    self._failed(address, exc)
+                    errors.append(f"{_where(address)} ({_reason(exc)})")
+                    continue
+                # SERVER_ERROR "object too large" refuses this message, not the server: the
+                # server is fine for every other message, so no backoff. It hung up (it does
+                # not read the data it refused), so only the client goes. Another server may
+                # allow larger items: try it, as after NOT_STORED.
+                self._drop_client(address)
+                refused.append(f"{_where(address)} ({_reason(exc)})")
+                continue
             except (OSError, MemcacheError) as exc:
                 self._failed(address, exc)
                 errors.append(f"{_where(address)} ({_reason(exc)})")
@@ -134,13 +147,16 @@ class Producer:
             client = self._clients[address] = self._client_factory(address)
         return client
 
-    def _failed(self, address: Address, exc: BaseException) -> None:
+    def _drop_client(self, address: Address) -> None:
         client = self._clients.pop(address, None)
         if client is not None:
             try:
                 client.close()
             except Exception:  # closing a broken socket may fail; it is gone either way
                 pass
+
+    def _failed(self, address: Address, exc: BaseException) -> None:
+        self._drop_client(address)
         delay_s = self.rotation.failed(address)
         logger.warning("queue server %s failed (%s); leaving it out for %.1fs",
                        _where(address), _reason(exc), delay_s)  # fmt: skip
@@ -160,7 +176,17 @@ def _where(address: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _too_large(exc: MemcacheServerError) -> bool:
+    """Whether a SERVER_ERROR is the refusal of an item over the server's size limit."""
+    reason = exc.args[0] if exc.args else b""
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    return str(reason).startswith("object too large")
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
+    if isinstance(exc, MemcacheServerError) and exc.args and isinstance(exc.args[0], bytes):
+        return exc.args[0].decode("utf-8", "replace")  # pymemcache keeps the reply's bytes
     return str(exc) or type(exc).__name__

@@ -11,7 +11,7 @@ import pytest
 from helpers import REPO, ServerProcess, child_env, drain, free_port
 
 from kestrelq.credentials import Credentials
-from kestrelq.producer import Producer, Unreachable
+from kestrelq.producer import NotStored, Producer, Unreachable
 
 
 @pytest.fixture
@@ -146,3 +146,25 @@ def test_stats_over_a_server_list_shows_each_server_and_the_sum(
         for s in per
     )
     assert counts == ["-", "-", "5", "5"], out  # the third and the dead one have none
+
+
+def test_a_message_too_large_for_the_servers_is_not_stored_and_leaves_them_up(
+    tmp_path: Path,
+) -> None:
+    # SERVER_ERROR "object too large" refuses this message, not the server: no backoff, and
+    # the next message goes out at once.
+    servers = [ServerProcess(tmp_path / f"d{i}", "--max-item-bytes", "1000") for i in range(2)]
+    for server in servers:
+        server.start()
+    try:
+        with Producer(
+            listing(servers), credentials=Credentials(), backoff_initial_s=3600
+        ) as producer:
+            with pytest.raises(NotStored, match="object too large for cache"):
+                producer.send("big", b"x" * 2000)
+            assert all(producer.rotation.available(("127.0.0.1", s.port)) for s in servers)
+            stored_at = {producer.send("big", b"small %d" % i) for i in range(2)}
+            assert stored_at == {("127.0.0.1", s.port) for s in servers}
+    finally:
+        for server in servers:
+            assert server.stop() == 0, server.log()
