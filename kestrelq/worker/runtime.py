@@ -533,6 +533,10 @@ class Worker:
                 # The handler caught TaskTimeout itself (a bare `except:`) and returned.
                 raise TaskTimeout
         except (TaskTimeout, Exception) as exc:
+            # First: the handler is over, so an alarm landing from here on must not raise
+            # (_on_alarm checks this). A TaskTimeout raised inside this clause would escape
+            # it, and _run_handler, and end the worker.
+            self._in_handler = False
             error = exc
         finally:
             # Disarmed before the failure's retry delay, which is no part of the handler's time.

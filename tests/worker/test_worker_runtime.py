@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -13,6 +18,7 @@ from helpers import ServerProcess, free_port, wait_until
 from pymemcache.client.base import Client
 
 from kestrelq.worker import Worker
+from kestrelq.worker.message import MessageInfo
 from kestrelq.worker.registry import HandlerNotFound, resolve
 from kestrelq.worker.runtime import Handler, backoff_delay_s
 
@@ -74,6 +80,40 @@ def test_second_stop_request_is_cold() -> None:
     assert (worker._stop, worker._cold) == (True, False)
     worker.request_stop()
     assert worker._cold
+
+
+def test_an_alarm_landing_while_a_failure_is_being_caught_does_not_crash_the_worker() -> None:
+    # The handler raised and its time limit passed just then: SIGALRM's handler runs while
+    # _run_handler's except clause records the failure. A real signal lands there only by
+    # chance, so the alarm is delivered from a trace function at that very line instead.
+    def handler(body: bytes) -> None:
+        while time.monotonic() <= (worker._task_deadline or 0):  # past its limit first
+            pass
+        raise ValueError("boom")
+
+    worker = make_worker(1, handler)
+    code = worker._run_handler.__func__.__code__  # type: ignore[attr-defined]
+    lines, first = inspect.getsourcelines(code)
+    target = first + next(i for i, line in enumerate(lines) if line.strip() == "error = exc")
+    fired: list[int] = []
+
+    def trace(frame: FrameType, event: str, arg: object) -> Any:
+        if frame.f_code is not code:
+            return None
+        if event == "line" and frame.f_lineno == target and not fired:
+            fired.append(target)
+            worker._on_alarm(signal.SIGALRM, frame)  # may raise TaskTimeout, as SIGALRM would
+        return trace
+
+    info = MessageInfo("m1", "x", time_limit_s=1e-9)
+    sys.settrace(trace)
+    try:
+        handled = worker._run_handler(b"x", info)
+    finally:
+        sys.settrace(None)
+    assert fired, "the trace never reached the except clause"
+    assert handled is False
+    assert worker.counts.failed == 1
 
 
 # -- against a real server ------------------------------------------------------------------
