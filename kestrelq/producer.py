@@ -9,9 +9,9 @@ Each message goes to one server, round robin from a random start, so N servers g
 shares. A server that refuses the connection, times out, hangs up or answers SERVER_ERROR is
 skipped and the same message goes to the next one; the failed server is left out for a backoff
 (0.5 s doubling up to 30 s) and tried again after it. SERVER_ERROR "object too large" is not a
-failure of the server but a refusal of the message, like NOT_STORED: no backoff. STORED from one server is the
-acknowledgement: `send` returns only then (pymemcache's `set` with `noreply=False`; its default
-would not wait).
+failure of the server but a refusal of the message, like NOT_STORED: no backoff. STORED from
+one server is the acknowledgement: `send` returns only then (pymemcache's `set` with
+`noreply=False`; its default would not wait).
 
 A retry can duplicate a message: a `set` whose STORED was lost on the wire (the server stored
 it, then the connection broke or the reply timed out) looks exactly like a `set` that never
