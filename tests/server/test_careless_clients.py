@@ -9,6 +9,8 @@ its other clients. Every wait polls a condition with a generous deadline.
 
 from __future__ import annotations
 
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -289,18 +291,23 @@ def test_unfinished_big_sets_hold_at_most_the_pending_budget(tmp_path: Path) -> 
         print(f"{conns} unfinished {item >> 20} MiB sets: server RSS grew {growth:.0f} MiB")
         assert growth < 40  # without the budget: ~60 MiB (seven of eight blocks buffered)
 
-        # The budget frees as blocks complete: every set is stored in the end.
+        # The budget frees as blocks complete: every set is stored in the end. The replies
+        # are checked here, not in the threads, where a failed assert would go unseen.
+        replies: dict[int, bytes] = {}
+
         def finish(i: int) -> None:
             s = socks[i]
             s.setblocking(True)
             s.sendall(payloads[i][sent[i] :] + b"b" * (1 << 20) + b"\r\n")
-            assert s.recv(100) == b"STORED\r\n"
+            replies[i] = s.recv(100)
 
         threads = [threading.Thread(target=finish, args=(i,)) for i in range(conns)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
+            assert not t.is_alive(), "a set never finished"
+        assert replies == {i: b"STORED\r\n" for i in range(conns)}
         assert server_stats(proc.port)["queue_big_items"] == str(conns)
         assert server_stats(proc.port)["pending_bytes"] == "0"
     finally:
@@ -318,32 +325,38 @@ def test_other_clients_are_served_while_stats_replies_are_built(tmp_path: Path) 
             for _ in range(queues):
                 assert w.reply() == b"END\r\n"
             size = len(w.call(b"stats\r\n"))
-        greedy = connect(proc.port, timeout_s=60)
-        received = 0
-        first = threading.Event()
-
-        def read_all_replies() -> None:
-            nonlocal received
-            while received < 20 * size:
-                chunk = greedy.recv(1 << 20)
-                if not chunk:
-                    return
-                received += len(chunk)
-                first.set()
-
-        reader = threading.Thread(target=read_all_replies)
-        reader.start()
+        # The greedy client asks for twenty replies and reads none of them until the other
+        # client has had its turn. Its receive buffer is pinned small, so what the server can
+        # have written meanwhile is bounded by the kernel's buffers, whatever the timing: a
+        # server that built all twenty replies in one go would be far past that bound.
+        wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+        bound = (queues + 1) * 8 + size + wmem_max + (8 << 20)  # what came before, and slack
+        assert 20 * size > 2 * bound, "too few queues for the test to tell"
+        greedy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.connect(("127.0.0.1", proc.port))
         greedy.sendall(b"stats\r\n" * 20)
-        assert first.wait(60)
-        # A second client asks while the twenty replies are being built: it is answered
+        wait_until(lambda: select.select([greedy], [], [], 0)[0], 60, what="the first stats part")
+        # The twenty replies are under way and cannot finish: the other client is answered
         # between two parts of them, not after all of them.
         with Wire(proc.port) as other:
             assert other.call(b"version\r\n") == VERSION
             written = int(other.call(b"stats\r\n").split(b"STAT bytes_written ")[1].split()[0])
-        reader.join(120)
+        print(
+            f"stats reply {size} B; {written} B written before the other client's turn"
+            f" (bound {bound})"
+        )
+        assert written < bound, f"{written} bytes written before the other client's turn"
+        # And then all twenty arrive whole.
+        greedy.settimeout(60)
+        ends, tail = 0, b""
+        while ends < 20:
+            chunk = greedy.recv(1 << 20)
+            assert chunk, "the server hung up before all twenty replies"
+            data = tail + chunk
+            ends += data.count(b"\r\nEND\r\n")
+            tail = data[-6:]  # shorter than the marker, so no marker is counted twice
         greedy.close()
-        assert received >= 20 * size - 20 * 64  # all twenty arrived (counters differ a bit)
-        assert written < 10 * size, f"{written} bytes written before the other client's turn"
     finally:
         assert proc.stop() == 0, proc.log()
 
