@@ -30,10 +30,18 @@ The API a server needs, and all it needs, to hold a reply for its fsync:
     ledger.waiting                     # True while someone waits: schedule sync_always()
 
 A callback must not raise; it runs inside `sync_always()`.
+
+A failed fsync is final (fsyncgate). Linux reports a writeback error once, marks the pages
+clean and may drop them: a second fsync of the same file then "succeeds" with the records gone.
+So once any fsync of the store fails (a file's, the directory's, in either thread), `failed`
+holds the error, `synced_seq` never moves again and `sync_always()` raises at once: nothing
+written before the failure may ever be acknowledged. Only a restart, which recovers from what
+the files really hold, makes the journal trustworthy again.
 """
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 from collections.abc import Callable, Iterable
@@ -73,6 +81,8 @@ class Ledger:
         self._dirty_periodic: set[Syncable] = set()
         self._waiters: list[tuple[int, int, Callable[[], None]]] = []
         self._order = itertools.count()
+        # The first fsync that failed; from then on nothing becomes durable (see the module).
+        self.failed: OSError | None = None
 
     @property
     def fsyncs(self) -> int:
@@ -111,7 +121,7 @@ class Ledger:
         synced_seq does not move: the other dirty files are not synced yet.
         """
         if self.is_dirty(file) and file.fd >= 0:
-            self._files.fdatasync(file.fd)
+            self.fdatasync(file.fd)
         self.forget(file)
 
     def forget(self, file: Syncable) -> None:
@@ -140,12 +150,13 @@ class Ledger:
 
         (fdatasync: an append's new size is flushed with the data; the timestamps need not.)
         """
+        self._check_not_failed()
         covered = self._written_upto()
         self._sync_dir_if_owed()
         if self._dirty_always:
             for file in self._dirty_always:
                 if file.fd >= 0:
-                    self._files.fdatasync(file.fd)
+                    self.fdatasync(file.fd)
             self._always_rounds += 1
         self._dirty_always.clear()
         self._synced(covered)
@@ -168,7 +179,7 @@ class Ledger:
                 fds.append(self._files.dup(file.fd))
             except OSError:
                 # No descriptor to spare (EMFILE): fsync right here, in the loop thread.
-                self._files.fsync(file.fd)
+                self.fsync(file.fd)
         dirty.clear()
         return fds, covered
 
@@ -177,7 +188,7 @@ class Ledger:
         fds = list(fds)
         try:
             for fd in fds:
-                self._files.fdatasync(fd)
+                self.fdatasync(fd)
         finally:
             for fd in fds:
                 self._files.close(fd)
@@ -190,12 +201,43 @@ class Ledger:
         self.fsync_fds(fds + more)
         self._synced(seq)
 
+    # -- every fsync of the store goes through these, so that a failure is never forgotten --
+
+    def fsync(self, fd: int) -> None:
+        try:
+            self._files.fsync(fd)
+        except OSError as exc:
+            self.fsync_failed(exc)
+            raise
+
+    def fdatasync(self, fd: int) -> None:
+        try:
+            self._files.fdatasync(fd)
+        except OSError as exc:
+            self.fsync_failed(exc)
+            raise
+
+    def fsync_failed(self, exc: OSError) -> None:
+        """An fsync failed: what it should have made durable may be gone, whatever a retry
+        says, so from now on nothing is acknowledged (see the module)."""
+        if self.failed is None:
+            self.failed = exc
+
+    def _check_not_failed(self) -> None:
+        if self.failed is not None:
+            raise OSError(
+                self.failed.errno or errno.EIO, f"an earlier fsync failed ({self.failed})"
+            )
+
     def _sync_dir_if_owed(self) -> None:
         if self._dir_dirty:
             self._dir_dirty = False
             self._sync_dir()
 
     def _synced(self, covered: int) -> None:
+        if self.failed is not None:
+            # A later fsync's success says nothing about the pages the failed one lost.
+            return
         self.synced_seq = max(self.synced_seq, covered)
         waiters = self._waiters
         while waiters and waiters[0][0] <= self.synced_seq:

@@ -29,10 +29,11 @@ records in memory are listed in `unwritten`, in the order they got them; `write_
 writes them all, and a failure there goes to `on_write_lost`, which must not return (see
 `writer`). Both callbacks are given at construction.
 
-A clean stop leaves a `.clean` file, which the next start removes. A start that finds journals
-and no `.clean` follows a crash or a power cut, and every journal whose policy is not `always`
-is named in a warning: records written after its last fsync may be gone, and when the cut fell
-on a record boundary nothing else could tell.
+A clean stop leaves a `.clean` file, which the next start removes; a stop after a failed
+fsync or a lost batched write leaves none, since records may be missing (see `ledger`). A
+start that finds journals and no `.clean` follows a crash or a power cut, and every journal
+whose policy is not `always` is named in a warning: records written after its last fsync may
+be gone, and when the cut fell on a record boundary nothing else could tell.
 
 Recovery: a torn tail of the newest segment is cut off with a warning. Damage anywhere else is
 JournalCorrupt naming the file and the offset, and the server refuses to start unless told to
@@ -131,6 +132,7 @@ class JournalStore:
         self._lock_fd = -1
         self._dir_fd = -1
         self._unclean = False
+        self._write_lost = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,7 +162,13 @@ class JournalStore:
         for journal in self.journals.values():
             journal.close()
         self.journals.clear()
-        if self._dir_fd >= 0:
+        if self.ledger.failed is not None or self._write_lost:
+            # The last fsync "succeeded" only because a failed one came first (fsyncgate), or
+            # records never reached their file: the next start must not take the journal as
+            # whole, so it gets no `.clean` and warns as after a crash.
+            logger.warning("%s: not marked as cleanly stopped: journal records may be lost",
+                           self.data_dir)  # fmt: skip
+        elif self._dir_fd >= 0:
             # Everything is on disk: say so to the next start (after a crash it is missing).
             try:
                 self.files.close(self.files.open_new(self.data_dir / ".clean"))
@@ -301,6 +309,7 @@ class JournalStore:
             for journal in unwritten:
                 journal.write_pending()
         except JournalError as exc:
+            self._write_lost = True
             self._on_write_lost(exc)
             raise
         self.ledger.all_written()
@@ -329,7 +338,7 @@ class JournalStore:
 
     def fsync_dir(self) -> None:
         if self._dir_fd >= 0:
-            self.files.fsync(self._dir_fd)
+            self.ledger.fsync(self._dir_fd)  # a failure is the ledger's to remember
 
     # -- disk-full reserve (see reserve) ---------------------------------------------------
 

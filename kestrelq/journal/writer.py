@@ -466,26 +466,23 @@ class Journal:
             size += self._write_all(fd, chunk)
             files.fsync(fd)
             if self.fd >= 0:
-                files.fsync(self.fd)  # the old segment may still hold items behind
+                # The old segment may still hold items behind. Through the ledger: if this
+                # fails, a later fsync of the same file proves nothing (fsyncgate).
+                ctx.ledger.fsync(self.fd)
         except OSError as exc:
             files.close(fd)
             files.unlink(tmp)
             return self._rotate_failed(exc)
         files.close(fd)
         files.rename(tmp, final)
-        ctx.fsync_dir()
+        # From here on the directory names the new segment newest, and recovery replays it
+        # alone: the journal switches to it whatever fails next (the directory's fsync, the
+        # open), or later appends would go to a segment no restart reads.
         old_total = self.total_size
-        self._close_fd()
-        self.sizes[self.current] = self.size
-        self.fd = files.open_append(final, create=False)
-        ctx.on_opened(self)
-        self.current = number
-        self.segments.append(number)
-        self.size = self.base_size = self.allocated = size
-        self.on_disk = True
-        self._header_due = False
-        self.rotations += 1
-        ctx.ledger.forget(self)
+        try:
+            ctx.fsync_dir()
+        finally:
+            self._switch_to(number, size)
         keep_from = self.position()[0] if behind else number
         for old in [n for n in self.segments if n < keep_from]:
             files.unlink(self.path(old))
@@ -499,6 +496,32 @@ class Journal:
                            self.name, self._rotate_failures)  # fmt: skip
             self._rotate_failures = 0
         return True
+
+    def _switch_to(self, number: int, size: int) -> None:
+        """Append to segment `number` (just renamed into place, `size` bytes) from now on."""
+        ctx = self._ctx
+        self._close_fd()
+        self.sizes[self.current] = self.size
+        self.current = number
+        self.segments.append(number)
+        self.size = self.base_size = self.allocated = size
+        self.on_disk = True
+        self._header_due = False
+        self.rotations += 1
+        ctx.ledger.forget(self)
+        while True:
+            try:
+                self.fd = ctx.files.open_append(self.path(), create=False)
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and ctx.on_no_descriptor():
+                    continue
+                # Out of descriptors all the same: the file stays closed, and the next append
+                # opens it (or refuses its command) as after an idle close.
+                logger.warning("journal %s: could not open segment %d (%s); opening it at "
+                               "the next write", self.name, number, exc)  # fmt: skip
+                return
+        ctx.on_opened(self)
 
     def _rotate_failed(self, exc: OSError) -> bool:
         if not self._rotate_failures:

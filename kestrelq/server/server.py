@@ -278,6 +278,18 @@ class Server:
         # from the journal, and the clients retry what was never acknowledged.
         logger.critical("journal write failed after its commands were applied (%s); "
                         "exiting without replying, to restart from the journal", exc)  # fmt: skip
+        self._abandon()
+
+    def _fsync_failed(self, exc: BaseException) -> None:
+        # fsyncgate: after a failed fsync the page cache's state is unknown, and a retry that
+        # "succeeds" proves nothing, so nothing written before it may be acknowledged, ever
+        # (the ledger sees to that). Stopping gracefully would still reply and checkpoint
+        # memory: leave as a lost write does, and restart from what is on disk.
+        logger.critical("fsync failed (%s); exiting without replying, to restart from the "
+                        "journal", exc)  # fmt: skip
+        self._abandon()
+
+    def _abandon(self) -> None:
         for conn in list(self.state.connections):
             conn.abort()
         self.failed = True
@@ -302,12 +314,8 @@ class Server:
         store = self.store
         try:
             store.sync_always()
-        except OSError:
-            # fsync failed: what the kernel still holds is unknown (fsyncgate). Stop, and let
-            # the supervisor restart us from the journal rather than acknowledge more writes.
-            logger.critical("fsync failed; stopping the server", exc_info=True)
-            self.failed = True
-            self.request_shutdown("fsync failure")
+        except OSError as exc:
+            self._fsync_failed(exc)
 
     def _policies(self) -> list[FsyncPolicy]:
         cfg = self.config
@@ -320,9 +328,12 @@ class Server:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period_s)
-            fds, _ = self.store.take_dirty(periodic=True)
-            if fds:
-                await loop.run_in_executor(None, self.store.fsync_fds, fds)
+            try:
+                fds, _ = self.store.take_dirty(periodic=True)
+                if fds:
+                    await loop.run_in_executor(None, self.store.fsync_fds, fds)
+            except OSError as exc:
+                self._fsync_failed(exc)
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -397,7 +408,11 @@ class Server:
         empty = not state.items and not state.open_reads
         behind = bool(state.behind_items)
         if force or journal.should_rotate(empty, behind):
-            journal.rotate(state.snapshot(), behind)
+            try:
+                journal.rotate(state.snapshot(), behind)
+            finally:
+                if self.store.ledger.failed is not None:
+                    self._fsync_failed(self.store.ledger.failed)
 
     def reload(self) -> None:
         """Re-read the config file, the auth file and the TLS certificates (`reload`, SIGHUP).

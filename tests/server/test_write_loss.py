@@ -1,4 +1,4 @@
-"""A batched journal write that fails after its commands ran: exit, reply nothing."""
+"""A journal write or fsync that fails after its commands ran: exit, reply nothing."""
 
 from __future__ import annotations
 
@@ -63,4 +63,67 @@ def test_failed_batched_write_exits_without_acknowledging(
     restarted = Server(config)
     restarted.recover()
     assert restarted.collection.queue("q").items == 1
+    restarted.store.close()
+
+
+async def _failed_fsync_scenario(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[int], bytes, bytes, bytes]:
+    config = load({"data_dir": str(tmp_path / "data"), "port": 0, "fsync": "always"}, {})
+    server = Server(config)
+    exits: list[int] = []
+    server.exit = exits.append  # the real one is os._exit
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"set q 0 0 5\r\nfirst\r\n")
+        first = await asyncio.wait_for(reader.readline(), 5)
+        files = server.store.files
+        real = files.fdatasync
+        failures = [OSError(errno.EIO, "Input/output error")]
+
+        def fails_once(fd: int) -> None:
+            # Linux reports a writeback error once: the next fdatasync "succeeds".
+            if failures:
+                raise failures.pop()
+            real(fd)
+
+        monkeypatch.setattr(files, "fdatasync", fails_once)
+        writer.write(b"set q 0 0 1\r\nA\r\n")
+        a_got = await asyncio.wait_for(reader.read(), 5)  # until the server drops us
+        writer.close()
+        # Another client, as if it came in the same moment: its fsync would succeed, and must
+        # acknowledge neither its own write nor A's.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"set q 0 0 1\r\nB\r\n")
+        b_got = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return exits, first, a_got, b_got
+    finally:
+        monkeypatch.undo()
+        assert server._server is not None
+        server._server.close()
+        await server._server.wait_closed()
+        for task in list(server._tasks):
+            task.cancel()
+        await asyncio.gather(*server._tasks, return_exceptions=True)
+        server.store.close()
+
+
+def test_failed_fsync_exits_without_acknowledging_and_leaves_no_clean_mark(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with caplog.at_level(logging.CRITICAL, logger="kestrelq.server.server"):
+        exits, first, a_got, b_got = asyncio.run(_failed_fsync_scenario(tmp_path, monkeypatch))
+    assert first == b"STORED\r\n"
+    assert a_got == b"" and b_got == b""
+    assert exits and set(exits) == {EXIT_JOURNAL_LOST}
+    assert "fsync failed" in caplog.text
+    # The store was closed after the failure (the test's stand-in for the exit): the next
+    # start must not take the journal as cleanly stopped.
+    assert not (tmp_path / "data" / ".clean").exists()
+    config = load({"data_dir": str(tmp_path / "data"), "port": 0}, {})
+    restarted = Server(config)
+    restarted.recover()
+    assert restarted.collection.queue("q").items >= 1  # the acknowledged one at least
     restarted.store.close()
