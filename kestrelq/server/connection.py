@@ -175,6 +175,11 @@ class QueueProtocol(asyncio.Protocol):
             return False  # the client read our last words and hung up: close
         self.eof = True
         self._process()
+        if self._sync_wait:
+            # Replies held for the group fsync: run it now, not at the end of the turn. A TLS
+            # transport ignores a True from here and shuts down once we return (a close_notify
+            # is a half-close to asyncio and uvloop alike), which would drop those replies.
+            self.server.sync_now()
         return self.parked is None and self._streaming is None
 
     def connection_lost(self, exc: Exception | None) -> None:

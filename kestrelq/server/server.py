@@ -108,6 +108,7 @@ class Server:
             request_shutdown=self.request_shutdown,
             reload=self.reload,
             sync_soon=self._sync_soon,
+            sync_now=self._group_sync,
             started_s=clock(),
             pending=ByteBudget(config.max_pending_bytes),
         )

@@ -123,10 +123,12 @@ class ServerState:
     waiters: Waiters
     clock: Callable[[], float]
     # Set by the server: stop gracefully (`shutdown`), re-read the settings (`reload`), and
-    # run a group fsync once the current turn of the event loop is done (`sync_soon`).
+    # run a group fsync once the current turn of the event loop is done (`sync_soon`) or
+    # at once (`sync_now`, for a connection whose transport closes when it returns).
     request_shutdown: Callable[[str], None]
     reload: Callable[[], None]
     sync_soon: Callable[[], None]
+    sync_now: Callable[[], None]
     started_s: float = 0.0
     shutting_down: bool = False
     connections: set[Connection] = field(default_factory=set)
