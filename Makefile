@@ -179,8 +179,9 @@ SECRETS := var/secrets
 IMAGE_UID := 10001
 
 .PHONY: secrets
-secrets: install  ## make var/secrets/ once: CA, certificates, passwords, auth file (docs/security.md)
-	@$(VENV)/bin/kestrelq secrets $(SECRETS)
+# The checkout's kestrelq.certs (standard library only), not the venv: `make up` needs no pip.
+secrets:  ## make var/secrets/ once: CA, certificates, passwords, auth file (docs/security.md)
+	@PYTHONPATH="$(CURDIR)" $(PYTHON) -m kestrelq.certs $(SECRETS)
 	@if [ "$$(id -u)" = 0 ]; then \
 		find $(SECRETS) -type f ! -name ca.key -exec chown $(IMAGE_UID):$(IMAGE_UID) {} +; \
 	else \

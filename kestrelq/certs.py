@@ -134,11 +134,16 @@ def stack_secrets(d: Path, days: int = 825) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "secrets",
-        help="make the compose stack's CA, certificates, passwords and auth file (once)",
-        description=stack_secrets.__doc__,
+    _arguments(
+        subparsers.add_parser(
+            "secrets",
+            help="make the compose stack's CA, certificates, passwords and auth file (once)",
+            description=stack_secrets.__doc__,
+        )
     )
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, help="where to keep them (var/secrets for `make up`)")
     p.add_argument("--days", type=int, default=825, help="certificate lifetime (825)")
     p.add_argument(
@@ -163,3 +168,11 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     print(f"{args.dir}: made {', '.join(made)}" if made else f"{args.dir}: kept as it was")
     return 0
+
+
+if __name__ == "__main__":
+    # `python3 -m kestrelq.certs DIR` from a checkout: what `make up` runs, so that starting
+    # the containers needs only python3 and openssl on the host, not the development venv.
+    parser = argparse.ArgumentParser(prog="python3 -m kestrelq.certs")
+    _arguments(parser)
+    sys.exit(_run(parser.parse_args()))

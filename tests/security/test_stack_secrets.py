@@ -7,12 +7,16 @@ readable by anyone but its owner.
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from kestrelq.certs import STACK_USERS, stack_secrets
 from kestrelq.cli import main
@@ -94,3 +98,18 @@ def test_a_new_password_file_reaches_the_auth_file(tmp_path: Path) -> None:
     new = (d / "app.password").read_text().strip()
     assert new != old and load_users(str(d / "users"))["app"] == new.encode()
     assert modes(d)["users"] == 0o600
+
+
+def test_make_secrets_runs_from_the_checkout_without_the_venv(tmp_path: Path) -> None:
+    """`make up` runs `python3 -m kestrelq.certs` with the checkout on PYTHONPATH: a host
+    with python3 and openssl, and no development environment, can start the stack."""
+    d = tmp_path / "secrets"
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
+    python3 = shutil.which("python3", path="/usr/bin:/usr/local/bin") or sys.executable
+    first = subprocess.run([python3, "-m", "kestrelq.certs", str(d)], env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert "made ca.pem" in first.stdout and (d / "users").exists()
+    again = subprocess.run([python3, "-m", "kestrelq.certs", str(d)], env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0 and "kept as it was" in again.stdout, again
