@@ -38,6 +38,7 @@ from kestrelq.errors import (
     AccessDenied,
     AuthenticationFailed,
     ItemRejected,
+    ItemTooLarge,
     JournalCorrupt,
     JournalError,
     JournalFull,
@@ -73,6 +74,10 @@ _JOIN_REPLY_BYTES = 64 << 10
 # makes the kernel send a reset, which can destroy the error reply before the client reads it.
 _LINGER_S = 2.0
 _LINGER_BYTES = 1 << 20
+# The largest data block taken before login. A login is `user password`; without this cap a
+# stranger's `set x 0 0 <max_item_bytes>` took that much of the pending-bytes budget (or waited
+# in its line) before ever logging in.
+_MAX_LOGIN_BYTES = 1 << 10
 
 
 def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
@@ -128,6 +133,8 @@ class QueueProtocol(asyncio.Protocol):
         # Who logged in (kestrelq.server.auth); until then, with an auth file, only a login.
         self.user: str | None = None
         self.must_login = server.security.access.users is not None
+        if self.must_login:
+            self.parser.max_item_bytes = min(cfg.max_item_bytes, _MAX_LOGIN_BYTES)
         # A long reply being written part by part, and whether its next part is scheduled.
         self._streaming: Iterator[tuple[bytes, bool]] | None = None
         self._step_scheduled = False
@@ -236,6 +243,13 @@ class QueueProtocol(asyncio.Protocol):
                     break
                 done += 1
                 self._execute(command, now_ms)
+            except ItemTooLarge as exc:
+                if self.must_login:
+                    # Past _MAX_LOGIN_BYTES before login: no login can be that big.
+                    logger.warning("authentication failure: %s before login", exc)
+                    self._error(AuthenticationFailed(), noreply=exc.noreply)
+                else:
+                    self._error(exc, noreply=exc.noreply)
             except KestrelqError as exc:
                 self._error(exc, noreply=getattr(command, "noreply", False))
             except Exception:
@@ -301,8 +315,11 @@ class QueueProtocol(asyncio.Protocol):
     def check_timeouts(self, now: float) -> str | None:
         """Why this connection should be closed at event-loop time `now`, or None.
 
-        A blocked get or monitor is never idle, and time spent waiting for the budget, an
-        fsync or a long reply's next part is the server's, not the client's.
+        A blocked get or monitor is never idle, and time spent waiting for an fsync or a long
+        reply's next part is the server's, not the client's. Time waiting for the budget
+        counts against read_timeout_s (from the command's first byte; a grant starts a new
+        window for the block): otherwise a stranger, or anyone, could sit in the budget's
+        line for ever, and a line of them would be closed only one read timeout at a time.
         """
         cfg = self.server.config
         if self.transport is None or self._lingering >= 0:
@@ -312,7 +329,7 @@ class QueueProtocol(asyncio.Protocol):
             if read_s and now - self._write_paused_at > read_s:
                 return f"replies unread for {read_s:g} s"
             return None
-        if self.parked is not None or self._streaming is not None or self._budget_wait:
+        if self.parked is not None or self._streaming is not None:
             return None
         if self._command_since is not None:
             if read_s and now - self._command_since > read_s and not self._backed_up():
@@ -393,6 +410,7 @@ class QueueProtocol(asyncio.Protocol):
                 return
             raise
         self.must_login = False
+        self.parser.max_item_bytes = self.server.config.max_item_bytes
         if isinstance(cmd, c.Set) and not cmd.noreply:
             self._reply(replies.STORED)
 

@@ -309,3 +309,27 @@ def test_a_connection_that_never_logs_in_is_closed_after_the_read_timeout(
         # The same age did not close the connection that logged in (idle timeout is off).
         assert member.call(b"version\r\n").startswith(b"VERSION ")
     wait_until(lambda: "no login in 0.5 s" in srv.log(), 30, what="the reason logged")
+
+
+def test_a_big_block_before_login_is_refused_without_taking_the_budget(
+    start_server: Starter, auth_file: Path
+) -> None:
+    # A login is a few bytes. A stranger announcing a big block must not take (or wait for)
+    # the server's pending-bytes budget, which logged-in clients' big sets need.
+    srv = start_server("--auth-file", str(auth_file), "--max-pending-bytes", "1000000",
+                       login=ADMIN)  # fmt: skip
+    strangers = [Wire(srv.port) for _ in range(3)]
+    try:
+        for w in strangers:
+            w.send(b"set x 0 0 900000\r\n" + b"z" * 1000)
+        for w in strangers:
+            assert w.reply() == FAILURE
+            assert w.at_eof(30)
+        with logged_in(srv, ADMIN) as w:
+            lines = w.call(b"stats\r\n").decode().splitlines()
+        stats = dict(line.split()[1:3] for line in lines if line.startswith("STAT "))
+        assert stats["pending_bytes"] == "0"
+        assert stats["pending_waiters"] == "0"
+    finally:
+        for w in strangers:
+            w.close()

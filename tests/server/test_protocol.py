@@ -210,6 +210,23 @@ def test_a_big_set_past_the_pending_budget_waits_unread(tmp_path: Path) -> None:
     run(tmp_path, scenario, fsync="never", max_item_bytes=4096, max_pending_bytes=1000)
 
 
+def test_waiting_for_the_budget_counts_against_the_read_timeout(tmp_path: Path) -> None:
+    # A connection in the budget's line has not sent its command whole either: were its wait
+    # not counted, anyone could park there for ever, holding a connection slot.
+    async def scenario(server: Server) -> None:
+        now = asyncio.get_running_loop().time()
+        first, _ = connect(server)
+        second, _ = connect(server)
+        first.data_received(b"set a 0 0 800\r\n" + b"a" * 100)
+        second.data_received(b"set b 0 0 800\r\n" + b"b" * 100)
+        assert server.state.pending.waiting == 1  # the second waits for the budget
+        later = now + 61  # past read_timeout_s (60)
+        assert second.check_timeouts(later) is not None
+        assert second.check_timeouts(now + 1) is None
+
+    run(tmp_path, scenario, fsync="never", max_item_bytes=4096, max_pending_bytes=1000)
+
+
 def test_timeouts_spare_blocked_reads_and_close_slow_commands(tmp_path: Path) -> None:
     async def scenario(server: Server) -> None:
         now = asyncio.get_running_loop().time()
