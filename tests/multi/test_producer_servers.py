@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,6 @@ from helpers import REPO, ServerProcess, child_env, drain, free_port
 
 from kestrelq.credentials import Credentials
 from kestrelq.producer import NotStored, Producer, Unreachable
-
-
-@pytest.fixture
-def three(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    servers = [ServerProcess(tmp_path / f"data{i}") for i in range(3)]
-    for server in servers:
-        server.start()
-    yield servers
-    for server in servers:
-        if server.proc is not None and server.proc.poll() is None:
-            assert server.stop() == 0, server.log()
-        assert "Traceback" not in server.log(), server.log()
 
 
 def listing(servers: list[ServerProcess]) -> str:

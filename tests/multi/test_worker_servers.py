@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,6 @@ from helpers import ServerProcess, child_env, free_port, put_all, wait_until
 
 from kestrelq.client import Client
 from kestrelq.worker.runtime import RUN_MAX, Worker
-
-
-@pytest.fixture
-def three(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    servers = [ServerProcess(tmp_path / f"data{i}") for i in range(3)]
-    for server in servers:
-        server.start()
-    yield servers
-    for server in servers:
-        if server.proc is not None and server.proc.poll() is None:
-            assert server.stop() == 0, server.log()
-        assert "Traceback" not in server.log(), server.log()
 
 
 def addresses(ports: list[int]) -> list[tuple[str, int]]:
