@@ -1,4 +1,4 @@
-"""The `kestrelq` command: serve, stats, peek, work, conf.
+"""The `kestrelq` command: serve, stats, peek, work, conf, requeue, dashboard.
 
 Each area owns its subcommands in its own `cli` module (`register(subparsers)`); this module
 only assembles them and is the one place that configures logging.
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from kestrelq import __version__, certs
+from kestrelq.dashboard import cli as dashboard_cli
 from kestrelq.server import cli as server_cli
 from kestrelq.supervisord import cli as supervisord_cli
 from kestrelq.worker import cli as worker_cli
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cli.register(subparsers)
     supervisord_cli.register(subparsers)
     certs.register(subparsers)
+    dashboard_cli.register(subparsers)
     return parser
 
 

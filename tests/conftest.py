@@ -48,6 +48,8 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "soak/": ("server", "soak"),
     "multi/": ("server",),
     "multi/test_servers.py": (),
+    "dashboard/": ("server",),
+    "dashboard/test_dashboard_units.py": (),
 }
 
 # Single tests in otherwise in-process files: (file, test name prefix) -> markers.

@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "certs": {"errors"},
     "client": {"errors", "value", "protocol", "credentials", "servers"},
     "producer": {"errors", "credentials", "servers"},
+    "requeue": {"errors", "credentials", "client", "servers"},
     "server": {
         "errors",
         "value",
@@ -41,7 +42,8 @@ ALLOWED: dict[str, set[str]] = {
     },
     "worker": {"errors", "credentials", "client", "servers", "producer"},
     "supervisord": {"errors", "queue"},
-    "cli": {"server", "worker", "supervisord", "certs"},
+    "dashboard": {"errors", "credentials", "client", "servers", "requeue"},
+    "cli": {"server", "worker", "supervisord", "certs", "dashboard"},
     "__main__": {"cli"},
 }
 # `kestrelq/__init__.py` (the version) may be imported by anyone.

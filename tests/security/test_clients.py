@@ -190,3 +190,16 @@ def test_the_security_bench_runs_every_setup() -> None:
     ]
     labels = [row.split("|")[1].strip() for row in rows]
     assert labels == ["plain", "plain + login", "TLS", "TLS + login", "mutual TLS + login"]
+
+
+def test_requeue_over_mutual_tls(mutual: SecureServer, certs: Certs) -> None:
+    creds = Credentials(*ALICE, certs.client_context("client"))
+    with Client("127.0.0.1", mutual.tls_port, credentials=creds) as client:
+        for n in range(3):
+            client.set("jobs_dead", f"dead {n}".encode())
+    result = run(kestrelq("requeue", "jobs_dead", "jobs"), tls_env(mutual, certs))
+    assert result.returncode == 0, result.stderr
+    assert "moved 3 in all" in result.stdout
+    with Client("127.0.0.1", mutual.tls_port, credentials=creds) as client:
+        moved = [client.get("jobs") for _ in range(4)]
+    assert [v.data if v else None for v in moved] == [b"dead 0", b"dead 1", b"dead 2", None]
