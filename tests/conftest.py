@@ -103,6 +103,16 @@ def _in_process_tests_start_no_process(
 
 
 @pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium (tests/browser.py), a fresh profile, quit at teardown."""
+    # Imported here: selenium is needed by the browser tests only.
+    from browser import chromium
+
+    with chromium(tmp_path / "profile") as driver:
+        yield driver
+
+
+@pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A real kestrelq server process on a free port, stopped (and checked) at teardown."""
     with serving(tmp_path / "data") as proc:

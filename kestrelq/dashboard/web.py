@@ -199,15 +199,17 @@ def line(
     w: int = 160,
     h: int = 32,
 ) -> str:
-    """SVG polyline points for `column` of `points` over the last `window_s` before `end`,
-    scaled so that the largest value of any column reaches the top."""
-    if not points or window_s <= 0:
+    """SVG polyline points for `column` of `points` (time first), from the start of the window
+    or of the history if that is later (a young dashboard's chart is not a sliver at the right)
+    to `end`, scaled so that the largest value of any column reaches the top."""
+    if not points:
         return ""
+    start = max(end - window_s, points[0][0])
+    span = end - start
     top = max((max(p[1:]) for p in points), default=0.0) or 1.0
-    start = end - window_s
     out = []
     for p in points:
-        x = (p[0] - start) / window_s * w
+        x = (p[0] - start) / span * w if span > 0 else float(w)
         y = h - 1 - p[column] / top * (h - 2)
         out.append(f"{max(0.0, x):.1f},{y:.1f}")
     return " ".join(out)

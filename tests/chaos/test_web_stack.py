@@ -22,15 +22,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import screenshot
 from compose_stack import REPO, Stack, record_timing
 from helpers import free_port, wait_until
-from PIL import Image
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -41,46 +38,8 @@ from images import photo
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
-CHROMIUM_ARGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1100,1000",
-)
 # Generous: the cut photo is retried with backoff until max_deliveries (5) are spent.
 SETTLE_S = 180
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    binary = shutil.which("chromium")
-    driver_path = shutil.which("chromedriver")
-    if not binary or not driver_path:
-        pytest.fail("the browser test needs Debian's chromium and chromium-driver", pytrace=False)
-    options = webdriver.ChromeOptions()
-    for arg in CHROMIUM_ARGS:
-        options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    options.binary_location = binary
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def screenshot(driver: WebDriver, path: Path) -> Path:
-    """Save one, and check it shows something: many colours, not one flat page."""
-    assert driver.save_screenshot(str(path)), path
-    with Image.open(path) as shot:
-        colours = shot.convert("RGB").getcolors(maxcolors=1_000_000) or []
-        assert shot.size[0] >= 800 and len(colours) > 50, f"{path} looks blank"
-    return path
 
 
 def states(driver: WebDriver) -> dict[str, str]:

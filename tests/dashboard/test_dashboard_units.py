@@ -68,10 +68,13 @@ def test_supervisors_default_to_port_9001() -> None:
 
 
 def test_chart_lines_and_durations() -> None:
-    # Scaled to the largest value of any column, over the window before `end`.
-    points = [(40.0, 2.0, 4.0), (50.0, 1.0, 0.0)]
-    assert line(points, 50, 10, 1, w=100, h=10) == "0.0,5.0 100.0,7.0"
-    assert line(points, 50, 10, 2, w=100, h=10) == "0.0,1.0 100.0,9.0"
+    # Scaled to the largest value of any column, over the window before `end`...
+    points = [(40.0, 2.0, 4.0), (45.0, 1.0, 0.0)]
+    assert line(points, 50, 10, 1, w=100, h=10) == "0.0,5.0 50.0,7.0"
+    assert line(points, 50, 10, 2, w=100, h=10) == "0.0,1.0 50.0,9.0"
+    # ...or over the history, when it is shorter than the window.
+    assert line(points, 50, 60, 1, w=100, h=10) == "0.0,5.0 50.0,7.0"
+    assert line(points[-1:], 45, 60, 1, w=100, h=10) == "100.0,1.0"
     assert line([], 50, 10, 1) == ""
     assert [duration(s) for s in (3.21, 42, 250, 7300, 200000)] == [
         "3.2s", "42s", "4m 10s", "2h 1m", "2d 7h",

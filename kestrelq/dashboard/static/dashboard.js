@@ -10,10 +10,17 @@
   const notice = document.getElementById("notice");
   const updated = document.getElementById("updated");
 
+  const shown = {};
+
   function show(state) {
     for (const part of parts) {
       const el = document.getElementById(part);
-      if (el && state.html && state.html[part] !== undefined) el.innerHTML = state.html[part];
+      const html = state.html && state.html[part];
+      // Only what changed is replaced: a button the user is about to click stays put.
+      if (el && html !== undefined && html !== shown[part]) {
+        el.innerHTML = html;
+        shown[part] = html;
+      }
     }
     updated.textContent = "updated " + new Date(state.at * 1000).toLocaleTimeString();
     body.classList.remove("stale");
