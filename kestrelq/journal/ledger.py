@@ -7,10 +7,17 @@ Every append to any journal gets the next sequence number (`seq`). Three marks t
     synced_seq  <=  written_seq  <=  seq
     (on disk)       (in a file)      (appended; batched records may be in memory still)
 
-and `always_seq` is the seq of the last append to a journal whose policy is `always`: a reply
-to a command that made such an append may go out only once `synced_seq` has reached it. An
-fsync started now covers `written_seq`, never more: records still batched in memory are not in
-the file it flushes.
+and `always_seq` is the seq of the last append whose reply waits for its fsync (to a journal
+whose policy is `always`; a read's record only with `sync_reads`, see `FsyncPolicy.waits_for`):
+a reply to a command that made such an append may go out only once `synced_seq` has reached
+it. An fsync started now covers `written_seq`, never more: records still batched in memory are
+not in the file it flushes.
+
+A read's record under `always` without `sync_reads` does not move `always_seq`, but its file
+is dirty like any other `always` file: the next group commit fsyncs it, whoever waits for that
+one, and `unsynced` tells the server's tick to run a round when nobody does. Its reply is held
+only by what it must not overtake: a connection's replies wait for `always_seq` as it stands
+after their commands, so a read never hands out a message whose ADD is not durable yet.
 
 Group commit: the ledger keeps the set of `always` files written since their last fsync, and
 whether a journal file was created since the directory's last fsync (a record is durable only
@@ -90,9 +97,10 @@ class Ledger:
 
     # -- what the journals report ----------------------------------------------------------
 
-    def appended(self, always: bool) -> None:
+    def appended(self, waits: bool) -> None:
+        """One record appended; `waits`: the reply to its command waits for its fsync."""
         self.seq += 1
-        if always:
+        if waits:
             self.always_seq = self.seq
 
     def written(self, file: Syncable, mode: str) -> None:
@@ -144,6 +152,12 @@ class Ledger:
     @property
     def waiting(self) -> bool:
         return bool(self._waiters)
+
+    @property
+    def unsynced(self) -> bool:
+        """`always` files hold written records that no fsync has covered yet, though nobody
+        may wait for them (a read's records): the next group commit is owed them."""
+        return bool(self._dirty_always)
 
     def sync_always(self) -> None:
         """fdatasync every `always` file with written records, here; advance synced_seq.

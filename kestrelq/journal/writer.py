@@ -299,7 +299,7 @@ class Journal:
             offset += len(MAGIC)
         self.last_offset = offset
         self._idle_ticks = 0
-        ctx.ledger.appended(self.policy.mode == "always")
+        ctx.ledger.appended(self.policy.waits_for(record))
         if self.size + self.pending_bytes - self.base_size >= ctx.limits.segment_bytes:
             ctx.on_segment_full(self.name)
 

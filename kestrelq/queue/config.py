@@ -28,6 +28,8 @@ class QueueConfig:
     open_timeout_ms: int = 600_000
     max_memory_bytes: int = 16 << 20  # ready items held in memory; the rest read behind
     fsync: FsyncPolicy | None = None  # None: the server's policy
+    # Under `fsync always`, hold the replies of reads for their fsync too. None: the server's.
+    sync_reads: bool | None = None
 
     def dead_letter_queue(self, name: str) -> str:
         return self.dead_letter or f"{name}_dead"

@@ -36,6 +36,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--fsync",
         help="always (reply after fsync; default), never, or a period in milliseconds",
     )
+    serve.add_argument(
+        "--sync-reads",
+        dest="sync_reads",
+        action="store_const",
+        const=True,
+        help="with --fsync always, reads (get, /open, /close, /abort) wait for their fsync "
+        "too; by default their records are fsynced with the next group commit",
+    )
     serve.add_argument("--max-open-reads", dest="max_open_reads", type=int)
     serve.add_argument("--max-connections", dest="max_connections", type=int)
     serve.add_argument(
@@ -133,7 +141,7 @@ def _security_options(serve: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from kestrelq.server.server import run
 
-    keys = ("config_file", "host", "port", "data_dir", "fsync", "max_open_reads",
+    keys = ("config_file", "host", "port", "data_dir", "fsync", "sync_reads", "max_open_reads",
             "max_connections", "max_queues", "max_item_bytes", "max_pending_bytes",
             "read_timeout_s", "idle_timeout_s", "salvage", *_SECURITY_KEYS)  # fmt: skip
     try:

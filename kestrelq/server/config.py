@@ -7,6 +7,7 @@ The config file is TOML:
     port = 22133
     data_dir = "./var/queue"
     fsync = "always"            # "always" | "never" | milliseconds
+    sync_reads = false          # always: reads' replies wait for their fsync too (per queue too)
     max_open_reads = 1
     max_connections = 1024
     max_queues = 10000          # refuse creating more queues (0 = no limit)
@@ -55,6 +56,10 @@ class ServerConfig:
     port: int = 22133
     data_dir: str = "./var/queue"
     fsync: FsyncPolicy = FsyncPolicy("always")
+    # Under `always`, the replies of reads (get, /open, /close, /abort) wait for their fsync
+    # too. Off: their records are written before the reply and fsynced with the next group
+    # commit (README, "What STORED promises").
+    sync_reads: bool = False
     max_open_reads: int = 1
     max_connections: int = 1024
     max_queues: int = 10_000  # queues a client may create (0: no limit); see docs/journal.md
@@ -86,7 +91,10 @@ class ServerConfig:
 
     def queue_fsync(self, name: str) -> FsyncPolicy:
         cfg = self.queues.get(name) or self.queues.get(names.fanout_parent(name) or "")
-        return (cfg or self.queue_defaults).fsync or self.fsync
+        cfg = cfg or self.queue_defaults
+        policy = cfg.fsync or self.fsync
+        sync_reads = self.sync_reads if cfg.sync_reads is None else cfg.sync_reads
+        return replace(policy, sync_reads=sync_reads)
 
 
 # KESTRELQ_TLS_CA/CERT/KEY are our clients' settings (kestrelq.credentials): the CA they trust
@@ -108,6 +116,8 @@ def _convert(key: str, value: Any, kind: Any) -> Any:
     try:
         if key == "fsync":
             return value if isinstance(value, FsyncPolicy) else FsyncPolicy.parse(value)
+        if kind == "bool | None":  # a queue's setting that defaults to the server's
+            kind = bool
         if key == "admin_users" and isinstance(value, list):
             return ",".join(str(v) for v in value)
         if kind in (bool, "bool"):

@@ -185,8 +185,9 @@ class Server:
             for s in srv.sockets
         )
         logger.info(
-            "kestrelq %s listening on %s (pid %d, fsync %s)",
+            "kestrelq %s listening on %s (pid %d, fsync %s%s)",
             __version__, sockets, os.getpid(), self.config.fsync,
+            ", sync_reads" if self.config.sync_reads else "",
         )  # fmt: skip
 
     def _listeners(self) -> list[asyncio.Server]:
@@ -362,6 +363,10 @@ class Server:
             # Records logged outside a connection's reply (expiry, timed-out reads), and a
             # bound on how long any record stays unwritten.
             self.store.write_pending()
+        if self.store.ledger.unsynced:
+            # Reads answered before their fsync, with no write since to take them along in its
+            # group commit: a bound (one tick) on how long an answered read stays unsynced.
+            self._group_sync()
         if self.store.reserve_released:
             self.store.ensure_reserve()
         self.store.tick()  # close idle journal files, give back the room reserved ahead

@@ -47,6 +47,7 @@ def server_lines(server: ServerState, now: float) -> Pairs:
         ("queue_deletes", c.queue_deletes),
         ("queue_expires", c.queue_expires),
         ("fsync_policy", server.config.fsync),
+        ("sync_reads", int(server.config.sync_reads)),
         ("fsyncs", store.fsyncs),
         ("journal_bytes", sum(j.total_size for j in store.journals.values())),
         ("disk_full", int(store.reserve_released)),

@@ -54,7 +54,8 @@ def test_records_reach_the_file_only_at_write_pending(tmp_path: Path) -> None:
     journal.append(fmt.Confirm(1), True)
     assert os.path.getsize(journal.path()) == 0  # created for its room; nothing written yet
     assert store.unwritten == [journal]
-    assert store.ledger.seq == 3 and store.ledger.always_seq == 3
+    # A reply waits for the ADD; the read's records (open, confirm) hold no reply.
+    assert store.ledger.seq == 3 and store.ledger.always_seq == 1
     # An fsync started now covers none of them: they are not in the file.
     fds, covered = store.take_dirty()
     assert fds == [] and covered == 0

@@ -105,6 +105,7 @@ def test_command_line_beats_environment_beats_file(tmp_path: Path, procs: list[P
     proc = serve(procs, tmp_path, KESTRELQ_CONFIG=str(conf))
     proc.wait_ready(file_port)
     assert server_stats(file_port)["fsync_policy"] == "never"
+    assert server_stats(file_port)["sync_reads"] == "0"
     assert set_reply(file_port, 150).startswith(b"SERVER_ERROR ")
     assert proc.stop() == 0
     # The environment over the file.
@@ -128,6 +129,7 @@ def test_command_line_beats_environment_beats_file(tmp_path: Path, procs: list[P
         str(cli_port),
         "--fsync",
         "always",
+        "--sync-reads",
         "--max-item-bytes",
         "300",
         "--config",
@@ -138,6 +140,7 @@ def test_command_line_beats_environment_beats_file(tmp_path: Path, procs: list[P
     )
     proc.wait_ready(cli_port)
     assert server_stats(cli_port)["fsync_policy"] == "always"
+    assert server_stats(cli_port)["sync_reads"] == "1"
     assert set_reply(cli_port, 250) == b"STORED\r\n"
     # Items from all three runs went to the file's data dir (nobody overrode it).
     with Wire(cli_port) as w:
