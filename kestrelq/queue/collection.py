@@ -216,10 +216,15 @@ class QueueCollection:
     def flush_all_expired(self, now_ms: int) -> int:
         return sum(s.discard_expired(now_ms) for s in list(self.queues.values()))
 
-    def time_out_reads(self, now_ms: int) -> None:
+    def time_out_reads(self, now_ms: int) -> int:
+        """Return stale open reads to their queues; how many went back."""
+        total = 0
         for name, state in list(self.queues.items()):
-            if state.time_out_reads(now_ms):
+            count = state.time_out_reads(now_ms)
+            if count:
                 self._notify(name)
+                total += count
+        return total
 
     def unremove(self, name: str, xid: int) -> None:
         state = self.queues.get(name)

@@ -86,7 +86,11 @@ class OpenRead:
 
 @dataclass(slots=True)
 class QueueStats:
+    """A queue's counters since it was created. Replay counts only the adds its journal still
+    holds, so the server keeps these beside the journal (server/counters.py) across restarts."""
+
     total_items: int = 0
+    got_items: int = 0  # handed to a reader: plain gets and opens (a redelivery counts again)
     expired_items: int = 0
     discarded: int = 0
     transactions: int = 0
@@ -94,7 +98,9 @@ class QueueStats:
     timed_out_transactions: int = 0
     dead_lettered: int = 0
     total_flushes: int = 0
-    last_fetched_added_ms: int = 0
+    # How long the last fetched item had waited, fixed when it was fetched: a figure taken
+    # as "now minus its add time" would grow while nobody reads.
+    last_wait_ms: int = 0
 
 
 def _no_move(item: Item) -> None:
@@ -143,11 +149,13 @@ class QueueState:
     def bytes(self) -> int:
         return self.mem_bytes + self.behind_bytes
 
-    def age_ms(self, now_ms: int) -> int:
+    def age_ms(self) -> int:
         """How long the last fetched item had waited; 0 when the queue is empty (Kestrel)."""
-        if not self.ready or not self.stats.last_fetched_added_ms:
-            return 0
-        return max(0, now_ms - self.stats.last_fetched_added_ms)
+        return self.stats.last_wait_ms if self.items else 0
+
+    def oldest_age_ms(self, now_ms: int) -> int:
+        """How long the head item has waited so far; 0 when no item is ready."""
+        return max(0, now_ms - self.ready[0].added_ms) if self.ready else 0
 
     def snapshot(self) -> Iterator[Record]:
         """Records that rebuild this state from nothing: the checkpoint of a new segment."""
@@ -190,7 +198,7 @@ class QueueState:
         if self._head() is None:
             return None
         item = self._remove_head()
-        self.stats.last_fetched_added_ms = item.added_ms
+        self._fetched(item, now_ms)
         return item
 
     def peek(self, now_ms: int) -> Item | None:
@@ -213,7 +221,7 @@ class QueueState:
             self._apply_open(xid, now_ms)
             self.stats.transactions += 1
             read = self.open_reads[xid]
-            self.stats.last_fetched_added_ms = read.item.added_ms
+            self._fetched(read.item, now_ms)
             return xid, read.item
         return None
 
@@ -306,6 +314,10 @@ class QueueState:
         return list(reversed(self.open_reads))
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _fetched(self, item: Item, now_ms: int) -> None:
+        self.stats.got_items += 1
+        self.stats.last_wait_ms = max(0, now_ms - item.added_ms)
 
     def _full(self, incoming_bytes: int) -> bool:
         cfg = self.config

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -99,7 +101,25 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         sub.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
         if name == "peek":
             sub.add_argument("queue")
+        else:
+            sub.add_argument(
+                "--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C"
+            )
+            sub.add_argument(
+                "--interval", type=_positive_seconds, default=2.0, metavar="S",
+                help="seconds between redraws with --watch (default 2)",
+            )  # fmt: skip
         sub.set_defaults(func=func)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return seconds
 
 
 _SECURITY_KEYS = ("plain", "auth_file", "admin_users", "enable_shutdown", "tls_port", "tls_cert",
@@ -199,20 +219,22 @@ def format_stats(server: dict[str, str], queues: dict[str, dict[str, str]]) -> s
     return "\n".join(out + format_queues(queues))
 
 
-# Summed over servers; age_ms is the oldest head's, so the largest.
+# Summed over servers; the ages are each the largest of the servers' (the longest wait).
 _SUMMED = ("items", "bytes", "mem_items", "open_transactions", "waiters", "total_items",
            "dead_lettered")  # fmt: skip
+_LARGEST = ("age", "oldest_age")
 
 
 def sum_queues(per_server: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, str]]:
-    """Each queue's figures added up over servers (age: the largest)."""
+    """Each queue's figures added up over servers (ages: the largest)."""
     total: dict[str, dict[str, int]] = {}
     for queues in per_server:
         for name, stats in queues.items():
-            row = total.setdefault(name, dict.fromkeys((*_SUMMED, "age"), 0))
+            row = total.setdefault(name, dict.fromkeys((*_SUMMED, *_LARGEST), 0))
             for key in _SUMMED:
                 row[key] += _int(stats.get(key, "0"))
-            row["age"] = max(row["age"], _int(stats.get("age", "0")))
+            for key in _LARGEST:
+                row[key] = max(row[key], _int(stats.get(key, "0")))
     return {name: {k: str(v) for k, v in row.items()} for name, row in total.items()}
 
 
@@ -224,10 +246,11 @@ def _int(text: str) -> int:
 
 
 def format_queues(queues: dict[str, dict[str, str]]) -> list[str]:
-    """A table of queues, one line each."""
+    """A table of queues, one line each (the README defines each column)."""
     out: list[str] = []
-    header = ("queue", "items", "bytes", "in_memory", "open", "waiters", "age_ms", "total", "dead")
-    keys = ("items", "bytes", "mem_items", "open_transactions", "waiters", "age",
+    header = ("queue", "items", "bytes", "in_memory", "open", "waiters", "age_ms", "oldest_ms",
+              "total", "dead")  # fmt: skip
+    keys = ("items", "bytes", "mem_items", "open_transactions", "waiters", "age", "oldest_age",
             "total_items", "dead_lettered")  # fmt: skip
     rows: list[tuple[str, ...]] = [header]
     for name in sorted(queues):
@@ -274,6 +297,24 @@ def _each_server(args: argparse.Namespace, command: Callable[[Client], int]) -> 
 
 
 def _stats(args: argparse.Namespace) -> int:
+    if not args.watch:
+        return _stats_once(args)
+    try:
+        while True:
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # home and clear: a redraw, not a scroll
+            print(f"{time.strftime('%H:%M:%S')}  every {args.interval:g} s, Ctrl-C to stop")
+            # A copy: one round fills in --host/--port, which the next must not see as given.
+            code = _stats_once(copy.copy(args))
+            if code == 2:
+                return code  # a bad setting: no round would do better
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _stats_once(args: argparse.Namespace) -> int:
     per_server: list[dict[str, dict[str, str]]] = []
 
     def show(client: Client) -> int:

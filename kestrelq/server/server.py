@@ -20,6 +20,7 @@ import resource
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from kestrelq import __version__
@@ -30,6 +31,7 @@ from kestrelq.journal.store import JournalStore, StoreLimits
 from kestrelq.queue import names
 from kestrelq.queue.collection import QueueCollection
 from kestrelq.server import config as config_mod
+from kestrelq.server import counters
 from kestrelq.server.budget import ByteBudget
 from kestrelq.server.config import ServerConfig
 from kestrelq.server.connection import QueueProtocol
@@ -113,6 +115,11 @@ class Server:
             pending=ByteBudget(config.max_pending_bytes),
         )
         self.failed = False
+        # What the last save of the queue counters saw (see _save_counters).
+        self._counters_mark: tuple[int, ...] = ()
+        self._counters_saved_s = 0.0
+        self._counters_unsaved = False
+        self._timed_out_reads = 0
         self._full_segments: set[str] = set()
         self._sync_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -146,6 +153,7 @@ class Server:
             for xid in state.reopened_xids():
                 state.unremove(xid)
             items += state.items
+        counters.restore(self.collection, counters.load(Path(self.config.data_dir)))
         for name in list(store.needs_rotation):
             self._rotate(name, force=True)
         store.needs_rotation.clear()
@@ -266,6 +274,7 @@ class Server:
                 self._rotate(name)
             except Exception:
                 logger.exception("could not start a new segment for %s at shutdown", name)
+        self._save_counters(force=True)
         items, _ = self.collection.totals()
         self.store.close()
         logger.info("stopped (pid %d): %d items in %d queues journalled", os.getpid(), items,
@@ -356,9 +365,10 @@ class Server:
         now_ms = self.now_ms()
         coll = self.collection
         coll.flush_all_expired(now_ms)
-        coll.time_out_reads(now_ms)
+        self._timed_out_reads += coll.time_out_reads(now_ms)
         for name in list(coll.queues):
             self._rotate(name)
+        self._save_counters()
         if self.store.unwritten:
             # Records logged outside a connection's reply (expiry, timed-out reads), and a
             # bound on how long any record stays unwritten.
@@ -370,6 +380,35 @@ class Server:
         if self.store.reserve_released:
             self.store.ensure_reserve()
         self.store.tick()  # close idle journal files, give back the room reserved ahead
+
+    def _save_counters(self, force: bool = False) -> None:
+        """Write the queue counters (server/counters.py) when something may have changed one
+        and the last save is SAVE_EVERY_S old. Every change comes from a client's command
+        (bytes read) or from the housekeeping (expiry, timed-out reads): no walk over the
+        queues to find out."""
+        mark = (
+            self.state.counters.bytes_read,
+            self.collection.counters.queue_expires,
+            self._timed_out_reads,
+            self.collection.counters.queue_creates,
+            self.collection.counters.queue_deletes,
+        )
+        now = time.monotonic()
+        if not force and (
+            mark == self._counters_mark or now - self._counters_saved_s < counters.SAVE_EVERY_S
+        ):
+            return
+        try:
+            counters.save(Path(self.config.data_dir), counters.snapshot(self.collection))
+        except OSError as exc:
+            if not self._counters_unsaved:
+                logger.warning("cannot save the queue counters (kept in memory): %s", exc)
+            self._counters_unsaved = True
+            return
+        if self._counters_unsaved:
+            logger.info("queue counters saved again")
+        self._counters_unsaved = False
+        self._counters_mark, self._counters_saved_s = mark, now
 
     def time_out_connections(self) -> None:
         """Close connections that tripped read_timeout_s or idle_timeout_s (one pass a tick:

@@ -69,7 +69,7 @@ def queue_lines(server: ServerState, name: str, now_ms: int) -> Pairs:
         ("expired_items", s.expired_items),
         ("mem_items", len(state.ready)),
         ("mem_bytes", state.mem_bytes),
-        ("age", state.age_ms(now_ms)),
+        ("age", state.age_ms()),
         ("discarded", s.discarded),
         ("waiters", server.waiters.count(name)),
         ("open_transactions", len(state.open_reads)),
@@ -79,6 +79,8 @@ def queue_lines(server: ServerState, name: str, now_ms: int) -> Pairs:
         ("journal_rotations", journal.rotations if journal else 0),
         ("dead_lettered", s.dead_lettered),
         ("timed_out_transactions", s.timed_out_transactions),
+        ("got_items", s.got_items),
+        ("oldest_age", state.oldest_age_ms(now_ms)),
     ]
     children = server.collection.children(name)
     if children:

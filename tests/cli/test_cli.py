@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from helpers import ServerProcess, Wire, free_port
+from helpers import ServerProcess, Wire, free_port, wait_until
 
 
 def kestrelq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -29,10 +31,11 @@ def test_stats_table_per_queue(server: ServerProcess) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("kestrelq ") and "fsync always" in lines[0]
     assert lines[1].split() == [
-        "queue", "items", "bytes", "in_memory", "open", "waiters", "age_ms", "total", "dead"
+        "queue", "items", "bytes", "in_memory", "open", "waiters", "age_ms", "oldest_ms",
+        "total", "dead",
     ]  # fmt: skip
-    # items 1 (3 bytes, in memory), 1 open read, 0 waiters, age, 2 ever added, 0 dead
-    name, items, size, mem, open_, waiters, _age, total, dead = lines[2].split()
+    # items 1 (3 bytes, in memory), 1 open read, 0 waiters, ages, 2 ever added, 0 dead
+    name, items, size, mem, open_, waiters, _age, _oldest, total, dead = lines[2].split()
     assert (name, items, size, mem, open_, waiters, total, dead) == (
         "jobs_high", "1", "3", "1", "1", "0", "2", "0"
     )  # fmt: skip
@@ -103,3 +106,40 @@ def test_peek_refuses_a_bad_queue_name(server: ServerProcess) -> None:
     result = kestrelq("peek", "bad.name", "--port", str(server.port))
     assert result.returncode == 1
     assert "bad queue name" in result.stderr
+
+
+def test_stats_watch_redraws_until_ctrl_c(server: ServerProcess) -> None:
+    environ = {k: v for k, v in os.environ.items() if k not in ("KESTRELQ_HOST", "KESTRELQ_PORT")}
+    # A list of servers, one of them down: each round shows it as unreachable and goes on.
+    servers = f"127.0.0.1:{server.port},127.0.0.1:{free_port()}"
+    with subprocess.Popen(
+        [sys.executable, "-m", "kestrelq", "stats", "--watch", "--interval", "0.2",
+         "--servers", servers],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
+    ) as watch:  # fmt: skip
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(watch.stdout or ()), daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: any("(no queues)" in line for line in lines), 60, what="a round")
+            with Wire(server.port) as w:
+                assert w.call(b"set watched 0 0 2\r\nhi\r\n") == b"STORED\r\n"
+            wait_until(
+                lambda: any(line.split()[:3] == ["watched", "1", "2"] for line in lines), 60,
+                what="a round that shows the new queue",
+            )  # fmt: skip
+        finally:
+            watch.send_signal(signal.SIGINT)
+            code = watch.wait(30)
+            reader.join(30)
+        errors = watch.stderr.read() if watch.stderr else ""
+    assert code == 0, errors
+    assert sum("Ctrl-C to stop" in line for line in lines) >= 2
+    assert any(line.startswith("== every server (1 answered)") for line in lines)
+    assert "cannot reach 127.0.0.1:" in errors
+
+
+def test_stats_watch_refuses_a_bad_interval() -> None:
+    result = kestrelq("stats", "--watch", "--interval", "0")
+    assert result.returncode == 2
+    assert "must be a number of seconds above 0" in result.stderr

@@ -282,6 +282,23 @@ def test_dead_letter_after_max_deliveries() -> None:
     same(coll.queue("q"), replayed(storage, "q", QueueConfig(max_deliveries=2)))
 
 
+def test_age_is_the_wait_of_the_last_fetched_item_and_does_not_grow_while_idle() -> None:
+    coll, _, _ = make()
+    for data in (b"a", b"b", b"c"):
+        coll.add("q", item(data, 1000), 1000)
+    state = coll.queue("q")
+    assert (state.age_ms(), state.oldest_age_ms(1000)) == (0, 0)
+    assert present(Session(coll).get("q", PLAIN, 1300)).data == b"a"
+    assert state.age_ms() == 300
+    # Nobody reads for a long while: the last fetched item still waited 300 ms, while the
+    # head's own wait goes on growing.
+    assert (state.age_ms(), state.oldest_age_ms(60_000)) == (300, 59_000)
+    assert present(Session(coll).get("q", OPEN, 2000)).data == b"b"
+    assert (state.age_ms(), state.stats.got_items) == (1000, 2)
+    Session(coll).get("q", PLAIN, 2500)
+    assert (state.age_ms(), state.oldest_age_ms(9999)) == (0, 0)  # empty: 0, as in Kestrel
+
+
 def test_open_timeout_returns_read_and_late_close_is_harmless() -> None:
     coll, _, notified = make(QueueConfig(open_timeout_ms=100))
     coll.add("q", item(b"a"), 0)

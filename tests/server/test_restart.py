@@ -6,13 +6,23 @@ confirms, aborts, flushes, deletes, fanout registrations, flags and expiry, deli
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import ServerProcess, Wire, drain_replies, put, server_stats, value, wait_until
+from helpers import (
+    ServerProcess,
+    Wire,
+    drain_replies,
+    put,
+    server_stats,
+    serving,
+    value,
+    wait_until,
+)
 
 
 def restart(srv: ServerProcess, how: str) -> None:
@@ -213,3 +223,50 @@ def test_many_restarts_keep_a_consistent_queue(server: ServerProcess, how: str) 
             expected = [value("m/peek", model[0])] if model else [b"END\r\n"]
             assert [w.call(b"get m/peek\r\n")] == expected
     assert drain_replies(server.port, "m") == [value("m", d) for d in model]
+
+
+@HOW
+def test_queue_counters_survive_a_restart(tmp_path: Path, how: str) -> None:
+    with serving(tmp_path / "data", config="[queues.work]\nmax_deliveries = 1\n") as srv:
+        with Wire(srv.port) as w:
+            for data in (b"a", b"b", b"c"):
+                put(w, "work", data)
+            # Each open after an abort finds the aborted item over its limit: a and b are
+            # dead-lettered, c is handed out and confirmed.
+            for data in (b"a", b"b"):
+                assert w.call(b"get work/open\r\n") == value("work/open", data)
+                assert w.call(b"get work/abort\r\n") == b"END\r\n"
+            assert w.call(b"get work/open\r\n") == value("work/open", b"c")
+            assert w.call(b"get work/close\r\n") == b"END\r\n"
+        wanted = {"dead_lettered": "2", "total_items": "3", "got_items": "3", "items": "0"}
+
+        def work() -> dict[str, str]:
+            stats = server_stats(srv.port)
+            return {key: stats[f"queue_work_{key}"] for key in wanted}
+
+        assert work() == wanted
+        if how == "kill-9":
+            # What a crash keeps is what was saved: wait for the save, which comes within
+            # a second of the last change.
+            saved = srv.data_dir / "counters.json"
+            wait_until(
+                lambda: (
+                    saved.exists()
+                    and json.loads(saved.read_text())["queues"]["work"]["dead_lettered"] == 2
+                ),
+                60,
+            )
+        restart(srv, how)
+        assert work() == wanted
+        assert server_stats(srv.port)["queue_work_dead_dead_lettered"] == "0"
+
+
+def test_a_damaged_counters_file_is_ignored_and_loses_no_item(tmp_path: Path) -> None:
+    with serving(tmp_path / "data") as srv:
+        with Wire(srv.port) as w:
+            put(w, "work", b"kept")
+        assert srv.stop() == 0
+        (srv.data_dir / "counters.json").write_text("{not json")
+        srv.start()
+        assert "counters.json: ignored" in srv.log()
+        assert drain_replies(srv.port, "work") == [value("work", b"kept")]
