@@ -222,7 +222,7 @@ def format_stats(server: dict[str, str], queues: dict[str, dict[str, str]]) -> s
 # Summed over servers; the ages are each the largest of the servers' (the longest wait).
 _SUMMED = ("items", "bytes", "mem_items", "open_transactions", "waiters", "total_items",
            "dead_lettered")  # fmt: skip
-_LARGEST = ("age", "oldest_age")
+_LARGEST = ("age", "oldest_age_ms")
 
 
 def sum_queues(per_server: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, str]]:
@@ -250,7 +250,7 @@ def format_queues(queues: dict[str, dict[str, str]]) -> list[str]:
     out: list[str] = []
     header = ("queue", "items", "bytes", "in_memory", "open", "waiters", "age_ms", "oldest_ms",
               "total", "dead")  # fmt: skip
-    keys = ("items", "bytes", "mem_items", "open_transactions", "waiters", "age", "oldest_age",
+    keys = ("items", "bytes", "mem_items", "open_transactions", "waiters", "age", "oldest_age_ms",
             "total_items", "dead_lettered")  # fmt: skip
     rows: list[tuple[str, ...]] = [header]
     for name in sorted(queues):

@@ -80,7 +80,7 @@ def queue_lines(server: ServerState, name: str, now_ms: int) -> Pairs:
         ("dead_lettered", s.dead_lettered),
         ("timed_out_transactions", s.timed_out_transactions),
         ("got_items", s.got_items),
-        ("oldest_age", state.oldest_age_ms(now_ms)),
+        ("oldest_age_ms", state.oldest_age_ms(now_ms)),
     ]
     children = server.collection.children(name)
     if children:
