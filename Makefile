@@ -115,11 +115,13 @@ $(HOST_PASSWORD):
 	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(16))' > $@
 
 # supervisord (daemonized, no root) on the committed conf/: the queue on 127.0.0.1:22133 and
-# the workers; journals, logs, socket and pid file under var/host/. .venv/bin goes first on
+# the workers; journals, logs, socket and pid file under var/host/. The workers' metrics files
+# are emptied first: a previous run's counts must not add to this one's (docs/metrics.md). .venv/bin goes first on
 # PATH because the programs run `python3`.
 host-up: install conf-check $(HOST_PASSWORD)  ## the stack under supervisord on this machine (no Docker)
 	@mkdir -p $(HOST_VAR)/run $(HOST_VAR)/log $(HOST_VAR)/queue
 	@if $(SUPERVISORCTL) pid >/dev/null 2>&1; then echo "supervisord is already running"; else \
+		rm -rf $(HOST_VAR)/run/worker-metrics; \
 		PATH="$(abspath $(VENV))/bin:$$PATH" \
 		KESTRELQ_SUPERVISOR_PASSWORD="$$(cat $(HOST_PASSWORD))" \
 		$(VENV)/bin/supervisord -c conf/supervisord.conf; fi

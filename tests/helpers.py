@@ -183,6 +183,36 @@ def request(port: int, payload: bytes, timeout_s: float = 10.0) -> bytes:
         return read_all(sock)
 
 
+# ---- Prometheus metrics ----------------------------------------------------------------------
+
+Samples = dict[tuple[str, str, str], float]
+
+
+def scrape(port: int, prefix: str = "kestrelq_") -> Samples:
+    """{(sample name, queue label, le label): value} of one scrape of 127.0.0.1:port/metrics,
+    read with prometheus_client's own parser, as Prometheus reads it."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (s.name, s.labels.get("queue", ""), s.labels.get("le", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith(prefix)
+    }
+
+
+def scrape_or_none(port: int, prefix: str = "kestrelq_") -> Samples | None:
+    """`scrape`, or None while nothing answers."""
+    try:
+        return scrape(port, prefix)
+    except OSError:
+        return None
+
+
 # ---- supervisord: the rendered stack under a real supervisord ---------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
@@ -407,6 +437,7 @@ def render_test_stack(root: Path, **overrides: Any) -> tuple[Path, Any]:
     fields: dict[str, Any] = {
         "port": free_port(),
         "http_port": free_port(),
+        "worker_metrics_port": free_port(),
         "python": sys.executable,
         "paths": paths,
     }

@@ -72,6 +72,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--port", type=int, help="queue server port")
     p.add_argument("--http-host", help="address of supervisord's status page")
     p.add_argument("--http-port", type=int, help="port of supervisord's status page (0 = none)")
+    p.add_argument(
+        "--worker-metrics-port",
+        type=int,
+        help="port of the workers' /metrics (default: the description's worker_metrics.port; "
+        "env KESTRELQ_WORKER_METRICS_PORT; 0 = none)",
+    )
+    p.add_argument("--worker-metrics-host", help="address of the workers' /metrics")
     p.add_argument("--python", help="interpreter the programs run with (default python3)")
     p.add_argument("--user", help="run programs as this user (supervisord must be root)")
     p.add_argument(
@@ -83,6 +90,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def overrides_from_args(args: argparse.Namespace) -> Overrides:
     workers = args.workers if args.workers is not None else _env_int("KESTRELQ_WORKERS")
     paths = {key: getattr(args, key) for key in PATH_KEYS if getattr(args, key)}
+    metrics_port = args.worker_metrics_port
+    if metrics_port is None:
+        metrics_port = _env_int("KESTRELQ_WORKER_METRICS_PORT")
     return Overrides(
         workers=workers,
         mode=args.mode,
@@ -95,6 +105,8 @@ def overrides_from_args(args: argparse.Namespace) -> Overrides:
         http_port=args.http_port,
         python=args.python,
         user=args.user,
+        worker_metrics_port=metrics_port,
+        worker_metrics_host=args.worker_metrics_host,
     )
 
 

@@ -96,6 +96,15 @@ def worker_program_name(queue: str) -> str:
     return f"{queue.replace('+', '.')}_worker"
 
 
+# The directory the workers record their metrics in and the exporter reads (prometheus_client's
+# multiprocess mode, kestrelq.worker.metrics): under the run directory, a tmpfs in a container.
+WORKER_METRICS_DIR = "worker-metrics"
+
+
+def _worker_metrics_dir(stack: Stack) -> str:
+    return f"{here_path(stack.run_dir, 1)}/{WORKER_METRICS_DIR}"
+
+
 def worker_program(stack: Stack, queue: QueueSpec) -> Program:
     name = worker_program_name(queue.name)
     logfile, maxbytes, backups = _log(stack, "%(program_name)s_%(process_num)02d")
@@ -136,10 +145,47 @@ def worker_program(stack: Stack, queue: QueueSpec) -> Program:
         stdout_logfile=logfile,
         stdout_logfile_maxbytes=maxbytes,
         stdout_logfile_backups=backups,
-        environment=(("PYTHONUNBUFFERED", "1"), *_client_environment(stack)),
+        environment=(
+            ("PYTHONUNBUFFERED", "1"),
+            *_client_environment(stack),
+            *_metrics_environment(stack),
+        ),
         comment=(
             f"{queue.workers} consumers of queue {queue.name!r}. They start after the queue and\n"
             "reconnect with backoff while it is down (supervisord has no readiness wait)."
+        ),
+    )
+
+
+def _metrics_environment(stack: Stack) -> tuple[tuple[str, str], ...]:
+    if not stack.worker_metrics_port:
+        return ()
+    return (("PROMETHEUS_MULTIPROC_DIR", _worker_metrics_dir(stack)),)
+
+
+def worker_metrics_program(stack: Stack) -> Program:
+    logfile, maxbytes, backups = _log(stack, "worker_metrics")
+    return Program(
+        name="worker_metrics",
+        command=(
+            f"{stack.python} -m kestrelq worker-metrics --host {stack.worker_metrics_host}"
+            f" --port {stack.worker_metrics_port}"
+        ),
+        user=stack.user or None,
+        priority=50,
+        autorestart="true",
+        startsecs=1,
+        startretries=10,
+        stopsignal="TERM",
+        redirect_stderr=True,
+        stdout_logfile=logfile,
+        stdout_logfile_maxbytes=maxbytes,
+        stdout_logfile_backups=backups,
+        environment=(("PYTHONUNBUFFERED", "1"), *_metrics_environment(stack)),
+        comment=(
+            "The workers' metrics for Prometheus: each worker records what it handled in\n"
+            "PROMETHEUS_MULTIPROC_DIR, and this serves their sum on /metrics. Empty that\n"
+            "directory before supervisord starts, never while it runs (docs/metrics.md)."
         ),
     )
 
@@ -183,6 +229,9 @@ def programs(stack: Stack) -> list[Program]:
     if stack.only in ("all", "queue"):
         out.append(queue_program(stack))
     if stack.only in ("all", "workers"):
-        out += [worker_program(stack, q) for q in stack.queues if q.workers > 0]
+        workers = [worker_program(stack, q) for q in stack.queues if q.workers > 0]
+        if workers and stack.worker_metrics_port:
+            workers.append(worker_metrics_program(stack))
+        out += workers
     out.append(listener_program(stack))
     return out

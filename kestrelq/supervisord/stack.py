@@ -97,6 +97,9 @@ class Stack:
     client_tls_ca: str = ""
     client_tls_cert: str = ""
     client_tls_key: str = ""
+    # [worker_metrics]: the pool's /metrics (`kestrelq worker-metrics`), beside the workers.
+    worker_metrics_port: int = 9134
+    worker_metrics_host: str = "127.0.0.1"
 
 
 PATH_KEYS = ("app_dir", "run_dir", "log_dir", "data_dir")
@@ -153,6 +156,7 @@ SECTIONS: Mapping[str, Mapping[str, str]] = {
         "stopwaitsecs": "queue_stopwaitsecs",
     },
     "security": {key: key for key in SECURITY_KEYS},
+    "worker_metrics": {"port": "worker_metrics_port", "host": "worker_metrics_host"},
 }
 
 _STACK_DEFAULTS: Mapping[str, Any] = {f.name: f.default for f in fields(Stack)}
@@ -177,6 +181,8 @@ class Overrides:
     http_port: int | None = None
     python: str | None = None
     user: str | None = None
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str | None = None
 
 
 class StackError(ValueError):
@@ -279,6 +285,8 @@ def apply_overrides(stack: Stack, o: Overrides) -> Stack:
         if key not in PATH_KEYS:
             raise StackError(f"unknown path {key!r}")
         changes[key] = value
+    if o.worker_metrics_port is not None and not 0 <= o.worker_metrics_port <= 65535:
+        raise StackError(f"worker metrics port {o.worker_metrics_port} is not 0 to 65535")
     if o.workers is not None:
         if o.workers < 0:
             raise StackError("the number of workers may not be negative")

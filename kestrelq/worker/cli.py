@@ -11,6 +11,7 @@ from typing import Any
 from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
 from kestrelq.errors import ConfigError, CredentialsRefused
 from kestrelq.servers import Entry, parse_servers, single_server
+from kestrelq.worker import metrics
 from kestrelq.worker.registry import HandlerNotFound, resolve
 from kestrelq.worker.runtime import (
     DEFAULT_MAX_TIME_LIMIT_S,
@@ -158,6 +159,43 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     add_worker_args(p)
     p.set_defaults(func=run)
 
+    m = subparsers.add_parser(
+        "worker-metrics",
+        help="serve the /metrics of a pool of workers (prometheus_client multiprocess mode)",
+        description=(
+            "Serve, on every path, the metrics that the workers sharing PROMETHEUS_MULTIPROC_DIR "
+            "wrote: each `kestrelq work` started with that variable set records what it "
+            "handled there, and this sums every process's files at each scrape, so the "
+            "counters survive a worker's restart. Empty the directory before the pool starts."
+        ),
+    )
+    m.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    m.add_argument(
+        "--port",
+        type=int,
+        default=os.environ.get(metrics.PORT_ENV) or str(metrics.DEFAULT_PORT),
+        help=f"port to bind (env {metrics.PORT_ENV}, default {metrics.DEFAULT_PORT})",
+    )
+    m.add_argument(
+        "--dir",
+        default=os.environ.get(metrics.MULTIPROC_ENV) or None,
+        help=f"the pool's directory (default: env {metrics.MULTIPROC_ENV})",
+    )
+    m.set_defaults(func=run_metrics)
+
+
+def run_metrics(args: argparse.Namespace) -> int:
+    if not args.dir:
+        print(
+            f"kestrelq worker-metrics: give --dir or set {metrics.MULTIPROC_ENV}", file=sys.stderr
+        )
+        return 2
+    try:
+        return metrics.serve_pool(args.host, args.port, args.dir)
+    except OSError as exc:
+        print(f"kestrelq worker-metrics: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
 
 def run(args: argparse.Namespace) -> int:
     # A console script does not put the working directory on sys.path (python -m does);
@@ -169,8 +207,9 @@ def run(args: argparse.Namespace) -> int:
     except HandlerNotFound as exc:
         print(f"kestrelq work: {exc}", file=sys.stderr)
         return 2
+    worker_metrics = metrics.metrics_from_env(args.queue)
     try:
-        return worker_from_args(args, handler).run()
+        return worker_from_args(args, handler, worker_metrics).run()
     except ConfigError as exc:
         print(f"kestrelq work: {exc}", file=sys.stderr)
         return 2
@@ -178,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
         # Not retried: a worker waits out a server that is down, not a wrong password.
         print(f"kestrelq work: {exc}", file=sys.stderr)
         return EXIT_CREDENTIALS
+    finally:
+        worker_metrics.close()
 
 
 def servers_from_args(args: argparse.Namespace) -> list[Entry]:
@@ -192,7 +233,9 @@ def servers_from_args(args: argparse.Namespace) -> list[Entry]:
     return [single_server(args.host, args.port)]
 
 
-def worker_from_args(args: argparse.Namespace, handler: Handler) -> Worker:
+def worker_from_args(
+    args: argparse.Namespace, handler: Handler, worker_metrics: metrics.Metrics | None = None
+) -> Worker:
     """A Worker for `handler`, set up from the options `add_worker_args` defined."""
     return Worker(
         args.queue,
@@ -210,4 +253,5 @@ def worker_from_args(args: argparse.Namespace, handler: Handler) -> Worker:
         max_deliveries=args.max_deliveries,
         dead_letter=args.dead_letter,
         credentials=Credentials.from_env(),
+        metrics=worker_metrics,
     )

@@ -115,6 +115,7 @@ from pymemcache.exceptions import MemcacheError
 from kestrelq.credentials import Credentials, memcache_client
 from kestrelq.servers import Address, Entry, ServerList
 from kestrelq.worker.message import ID_MAX_CHARS, MessageInfo, describe, escape
+from kestrelq.worker.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +276,7 @@ class Worker:
         client_factory: builds the pymemcache client for an address (tests point it elsewhere).
         credentials: login and TLS (kestrelq.credentials); a refused login raises
             CredentialsRefused out of run(): it is not retried like a server that is down.
+        metrics: told of every handler call and give-back (kestrelq.worker.metrics).
     """
 
     def __init__(
@@ -303,6 +305,7 @@ class Worker:
         credentials: Credentials | None = None,
         servers: Servers | None = None,
         idle_slice_ms: int = DEFAULT_IDLE_SLICE_MS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.queue = queue
         self.handler = handler
@@ -326,6 +329,7 @@ class Worker:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.counts = WorkerCounts()
+        self.metrics = metrics or Metrics()
         self.log = _Prefixed(logger, self.name)
         self._client_factory = client_factory or self._default_client
         self.credentials = credentials or Credentials()
@@ -544,6 +548,7 @@ class Worker:
             self._task_deadline = None
             self._arm()
         elapsed_s = time.monotonic() - started
+        self.metrics.handled(elapsed_s, ok=error is None)
         if error is not None:
             if isinstance(error, TaskTimeout):
                 why = f"exceeded its time limit of {limit_s:g}s"
@@ -594,6 +599,7 @@ class Worker:
         if server is None:
             return  # nothing is open (the connection that held it broke already)
         self.counts.redelivered += 1
+        self.metrics.redelivered()
         msg = "" if self._current is None else f"msg={escape(self._current.id, ID_MAX_CHARS)} "
         try:
             self._command(server, f"{self.queue}/abort")
@@ -645,6 +651,7 @@ class Worker:
             # Rule 3: the server requeued it when the connection broke; never /close it on
             # a new connection.
             self.counts.redelivered += 1
+            self.metrics.redelivered()
             server.confirm_pending = False
             self.log.warning(
                 "connection to %s lost before a handled message was confirmed; "

@@ -9,7 +9,15 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from helpers import REPO, Supervisord, child_env, render_test_stack, request, wait_until
+from helpers import (
+    REPO,
+    Supervisord,
+    child_env,
+    render_test_stack,
+    request,
+    scrape_or_none,
+    wait_until,
+)
 
 from kestrelq.supervisord.model import Program
 from kestrelq.supervisord.render import render_program
@@ -18,8 +26,8 @@ from kestrelq.supervisord.render import render_program
 def doomed_stack(tmp_path: Path, mode: str) -> tuple[Path, int]:
     """A rendered stack whose only program dies at once, every time (so it ends FATAL)."""
     conf, stack = render_test_stack(tmp_path, mode=mode)
-    for rel in ("supervisord.d/queue.ini", "supervisord.d/work_worker.ini"):
-        (conf / rel).unlink()
+    for rel in ("queue.ini", "work_worker.ini", "worker_metrics.ini"):
+        (conf / "supervisord.d" / rel).unlink()
     doomed = Program(
         name="doomed",
         command=f"{sys.executable} -c 'raise SystemExit(3)'",
@@ -63,6 +71,9 @@ def test_fatal_listener_stops_supervisord_in_container_mode(tmp_path: Path) -> N
         sup.stop()
 
 
+PROCESSED = ("kestrelq_worker_processed_total", "work", "")
+
+
 def queue_answers(port: int) -> bool:
     """The readiness contract: the port answers `version` (RUNNING is only "up 1 s")."""
     try:
@@ -100,12 +111,19 @@ def test_host_stack_runs_and_workers_handle_what_send_py_sends(tmp_path: Path) -
     )
     try:
         sup.wait_ready()
-        for name in ("queue:queue", "work_worker:work_worker_00", "work_worker:work_worker_01"):
+        programs = (
+            "queue:queue",
+            "work_worker:work_worker_00",
+            "work_worker:work_worker_01",
+            "worker_metrics:worker_metrics",
+        )
+        for name in programs:
             wait_until(partial(sup.running, name), 30, what=f"{name} RUNNING")
         wait_until(partial(queue_answers, stack.port), 30, what="the queue to answer version")
         status = supervisorctl(conf / "supervisord.conf", "status")
         assert status.returncode == 0, status.stdout + status.stderr
-        assert status.stdout.count("RUNNING") == 4, status.stdout  # queue, 2 workers, listener
+        # queue, 2 workers, their metrics, listener
+        assert status.stdout.count("RUNNING") == 5, status.stdout
 
         # The demo's own producer, run as a user would: `cd app && python send.py ...`.
         sent = subprocess.run(
@@ -125,6 +143,13 @@ def test_host_stack_runs_and_workers_handle_what_send_py_sends(tmp_path: Path) -
         worker_logs = [tmp_path / f"var/host/log/work_worker_{n:02d}.log" for n in (0, 1)]
         lines = "".join(p.read_text() for p in worker_logs)
         assert lines.count("digest id=") == 20, "one printed line per handled message"
+
+        # The pool's metrics: both workers' counts summed by the worker_metrics program.
+        def processed() -> float | None:
+            samples = scrape_or_none(stack.worker_metrics_port)
+            return None if samples is None else samples.get(PROCESSED)
+
+        wait_until(lambda: processed() == 20, 60, 0.2, what="20 processed in the pool's metrics")
     finally:
         assert sup.stop() == 0
     # supervisord stopped the workers with SIGTERM: each one logged a warm shutdown line.
