@@ -1,9 +1,12 @@
-"""`python -m bench`: kestrelq against memcached, beanstalkd and redis, same client pattern.
+"""`python -m bench`: kestrelq against memcached, beanstalkd, redis and darner, same client pattern.
 
-For every server configuration and client count: start a fresh server on a free port, have C
-client processes enqueue N messages of S bytes, then dequeue them all, check every id came
-back intact, and record rate, latency percentiles, server CPU per message and peak RSS.
-Repeat R times; report medians, each row's ratio to kestrelq, the performance targets, a chart.
+For every server configuration, client library and client count: start a fresh server on a
+free port, have C client processes enqueue N messages of S bytes, then dequeue them all, check
+every id came back intact, and record rate, latency percentiles, server CPU per message and
+peak RSS. Two client libraries: pymemcache (and each peer's own), and the minimal client, one
+request and one reply at a time, the same for every memcache server (darner with --darner BIN).
+Repeat R times; report medians, ratios (to kestrelq; for the minimal client to darner and to
+the Python floor), the performance targets, a chart.
 Scenario flags add the other targets: --fsync-scale, --backlog N, --fairness.
 """
 
@@ -25,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import loadgen, report, scenarios
-from bench.drivers import MIN_SIZE, TARGETS
+from bench.drivers import CLIENTS, DARNER_KINDS, MIN_SIZE, TARGETS, runs_with
 from bench.runner import RunConfig, RunResult, run_once
 from bench.servers import KINDS, REPO_ROOT, ServerSpec, missing_binaries, start
 
@@ -55,13 +58,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--servers",
         type=_csv,
         default=["kestrelq", "memcached", "beanstalkd", "redis", "pyfloor"],
-        help="which servers (kestrelq,memcached,beanstalkd,redis,pyfloor: the Python floor)",
+        help="which servers (kestrelq,memcached,beanstalkd,redis,pyfloor: the Python floor;\n"
+        "darner,darner-sync come with --darner)",
+    )
+    g.add_argument(
+        "--darner",
+        type=Path,
+        metavar="BIN",
+        help="darner's binary: adds darner and darner-sync (`set q/sync`) to the minimal\n"
+        "client's runs",
+    )
+    g.add_argument(
+        "--client",
+        type=_csv,
+        default=list(CLIENTS),
+        help="client libraries (pymemcache,minimal): pymemcache and each peer's own client,\n"
+        "and the minimal one-request-one-reply client for every memcache server",
     )
     g.add_argument(
         "--fsync", type=_csv, default=["always", "never", "100"], help="kestrelq fsync policies"
     )
     g.add_argument(
-        "--modes", type=_csv, default=["plain", "reliable"], help="kestrelq/redis dequeue modes"
+        "--modes",
+        type=_csv,
+        default=["plain", "reliable"],
+        help="kestrelq/redis/darner dequeue modes",
     )
     g.add_argument(
         "--ref-fsync",
@@ -120,11 +141,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.profile.mkdir(parents=True, exist_ok=True)
     if args.scenarios_only:
         args.no_matrix = args.no_loadgen = True
-    unknown = [k for k in args.servers if k not in KINDS] + [
-        m for m in args.modes if m not in ("plain", "reliable")
-    ]
+    unknown = (
+        [k for k in args.servers if k not in KINDS]
+        + [m for m in args.modes if m not in ("plain", "reliable")]
+        + [c for c in args.client if c not in CLIENTS]
+    )
     if unknown:
-        p.error(f"unknown server or mode: {', '.join(unknown)}")
+        p.error(f"unknown server, mode or client: {', '.join(unknown)}")
+    if args.darner is not None:
+        args.darner = args.darner.resolve()
+        if not (args.darner.is_file() and os.access(args.darner, os.X_OK)):
+            p.error(f"--darner {args.darner}: not an executable file")
+        if not any(k in args.servers for k in DARNER_KINDS):
+            args.servers = [*args.servers, *DARNER_KINDS]
+    elif any(k in args.servers for k in DARNER_KINDS):
+        p.error("darner needs its binary: --darner BIN")
     if args.size < MIN_SIZE:
         p.error(f"--size must be at least {MIN_SIZE} (the message id is in the body)")
     return args
@@ -170,18 +201,23 @@ def plan(args: argparse.Namespace) -> list[tuple[RunConfig, ServerSpec]]:
     max_item = max(args.size, 65535)
     # memcached's cache must hold every message, or it evicts and the run reports losses.
     mem_mb = max(64, args.messages * (args.size + 200) * 2 // (1 << 20) + 16)
-    for kind, mode in TARGETS:
-        # memcached and beanstalkd have one mode each; --modes picks kestrelq's and redis'.
-        if kind not in args.servers or (kind in ("kestrelq", "redis") and mode not in args.modes):
-            continue
-        specs = (
-            [replace(kestrelq_template(args), fsync=f) for f in args.fsync]
-            if kind == "kestrelq"
-            else [ServerSpec(kind, memory_mb=mem_mb, max_item_bytes=max_item)]
-        )
-        for spec in specs:
-            for c in args.clients:
-                runs.append((RunConfig(kind, mode, c, args.messages, args.size), spec))
+    for client in args.client:
+        for kind, mode in TARGETS:
+            # memcached, beanstalkd and the floor have one mode each; --modes picks the others'.
+            if kind not in args.servers or not runs_with(kind, client):
+                continue
+            if kind not in ("memcached", "beanstalkd", "pyfloor") and mode not in args.modes:
+                continue
+            if kind == "kestrelq":
+                specs = [replace(kestrelq_template(args), fsync=f) for f in args.fsync]
+            elif kind in DARNER_KINDS:
+                specs = [ServerSpec(kind, binary=str(args.darner))]
+            else:
+                specs = [ServerSpec(kind, memory_mb=mem_mb, max_item_bytes=max_item)]
+            for spec in specs:
+                for c in args.clients:
+                    cfg = RunConfig(kind, mode, c, args.messages, args.size, client)
+                    runs.append((cfg, spec))
     return runs
 
 
@@ -198,7 +234,10 @@ def run_matrix(args: argparse.Namespace, work_dir: Path) -> tuple[list[RunResult
         for cfg, spec in todo:
             done += 1
             t0 = time.monotonic()
-            tag = f"[{done}/{total}] {spec.label} {cfg.mode} C={cfg.clients} run {rep + 1}"
+            tag = (
+                f"[{done}/{total}] {spec.label} {cfg.mode} C={cfg.clients} {cfg.client} "
+                f"run {rep + 1}"
+            )
             try:
                 r = run_once(cfg, spec, work_dir)
             except Exception as exc:
@@ -388,17 +427,33 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kestrelq-bench-") as tmp:
         work_dir = Path(tmp)
         rows: list[report.Row] = []
+        mini_rows: list[report.Row] = []
         if not args.no_matrix:
             results, errs = run_matrix(args, work_dir)
             errors += errs
-            rows = report.aggregate(results, ref_label)
-            checks += report.target_checks(rows, ref_label)
-            sections.append(
-                f"## Client matrix\n\n{args.messages} messages of {args.size} B per run, "
-                f"median of {args.repeat} run(s), pymemcache / redis-py / a raw beanstalkd "
-                f"client, one client per process.\n\n" + report.table(rows, ref_label)
+            mini = [r for r in results if r.config.client == "minimal"]
+            if mini:
+                mini_rows = report.aggregate(mini, ref_label)
+                report.peer_ratios(mini_rows)
+                checks += report.peer_checks(mini_rows)
+                sections.append(
+                    f"## Minimal client\n\n{args.messages} messages of {args.size} B per run, "
+                    f"median of {args.repeat} run(s), C client processes, each with the minimal "
+                    "client (bench/miniclient.py: one request, one reply, no pipelining), the "
+                    "same for every server.\n\n" + report.minimal_table(mini_rows)
+                )
+                raw["minimal"] = [asdict(r) for r in mini_rows]
+            rows = report.aggregate(
+                [r for r in results if r.config.client == "pymemcache"], ref_label
             )
-            raw["matrix"] = [asdict(r) for r in rows]
+            if rows:
+                checks += report.target_checks(rows, ref_label)
+                sections.append(
+                    f"## Client matrix\n\n{args.messages} messages of {args.size} B per run, "
+                    f"median of {args.repeat} run(s), pymemcache / redis-py / a raw beanstalkd "
+                    f"client, one client per process.\n\n" + report.table(rows, ref_label)
+                )
+                raw["matrix"] = [asdict(r) for r in rows]
         if not args.no_loadgen:
             lrows, errs = run_loadgen(args, work_dir)
             errors += errs
@@ -461,8 +516,12 @@ def main(argv: list[str] | None = None) -> int:
             raw[title] = sec.numbers
             log.info("[scenario] %s done", title)
         png = args.out / f"{stem}.png"
-        if rows:
-            report.chart(rows, png, f"kestrelq bench {stamp}: N={args.messages}, S={args.size} B")
+        # pymemcache's matrix when there is one: it has every peer.
+        chart_rows = rows or mini_rows
+        if chart_rows:
+            report.chart(
+                chart_rows, png, f"kestrelq bench {stamp}: N={args.messages}, S={args.size} B"
+            )
     elapsed = time.monotonic() - started
     load_end = os.getloadavg()[0]
     head = (
@@ -481,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     raw["errors"] = errors
     (args.out / f"{stem}.json").write_text(json.dumps(raw, indent=2, default=str))
     print(body)
-    log.info("wrote %s%s", md, f" and {png}" if rows else "")
+    log.info("wrote %s%s", md, f" and {png}" if chart_rows else "")
     if errors:
         return 1
     if args.strict and not all(c.passed for c in checks):

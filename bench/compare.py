@@ -30,6 +30,7 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
     ]
     fields = ("enq_rate", "deq_rate", "enq_cpu", "deq_cpu")
     for section, keys, title in (
+        ("minimal", ("label", "mode", "clients"), "Minimal client"),
         ("matrix", ("label", "mode", "clients"), "Client matrix"),
         ("loadgen", ("label", "mode"), "Pipelined load generator"),
     ):

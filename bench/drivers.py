@@ -2,12 +2,15 @@
 
 A driver puts a message and takes one back. Queue servers hand out whatever is at the head;
 memcached, a cache, is read back by key, which is its ceiling for the same client library.
+Two clients speak memcache: pymemcache (what users run) and the minimal client
+(bench/miniclient.py, the least a Python client costs), the same for every memcache server.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from bench import miniclient
 from bench.beanstalk import Beanstalk
 from bench.servers import HOST
 
@@ -25,7 +28,17 @@ TARGETS: tuple[tuple[str, str], ...] = (
     ("redis", "plain"),
     ("redis", "reliable"),
     ("pyfloor", "plain"),
+    ("darner", "plain"),
+    ("darner", "reliable"),
+    ("darner-sync", "plain"),
+    ("darner-sync", "reliable"),
 )
+
+# The client libraries a run can use. The minimal client speaks only memcache, and darner
+# only runs with it: pymemcache cannot read darner's replies.
+CLIENTS = ("pymemcache", "minimal")
+MEMCACHE_KINDS = ("kestrelq", "memcached", "pyfloor", "darner", "darner-sync")
+DARNER_KINDS = ("darner", "darner-sync")
 
 OP_NAMES: dict[tuple[str, str], tuple[str, str]] = {
     ("kestrelq", "plain"): ("set", "get q"),
@@ -35,7 +48,18 @@ OP_NAMES: dict[tuple[str, str], tuple[str, str]] = {
     ("redis", "plain"): ("LPUSH", "RPOP"),
     ("redis", "reliable"): ("LPUSH", "LMOVE+LREM"),
     ("pyfloor", "plain"): ("set", "get q"),
+    ("darner", "plain"): ("set", "get q"),
+    ("darner", "reliable"): ("set", "get q/close/open"),
+    ("darner-sync", "plain"): ("set q/sync", "get q"),
+    ("darner-sync", "reliable"): ("set q/sync", "get q/close/open"),
 }
+
+
+def runs_with(kind: str, client: str) -> bool:
+    """Whether the harness runs server `kind` with `client` (pymemcache or minimal)."""
+    if client == "minimal":
+        return kind in MEMCACHE_KINDS
+    return kind not in DARNER_KINDS
 
 
 def make_payload(msg_id: int, size: int) -> bytes:
@@ -155,7 +179,34 @@ class RedisDriver:
         self._client.close()
 
 
-def connect(kind: str, mode: str, port: int) -> Driver:
+class MiniDriver:
+    """Any memcache server through the minimal client: the same bytes on the wire for all.
+
+    memcached is read back by key; darner-sync sets `q/sync`, which darner fsyncs before
+    STORED; the queues take `q/close/open` (reliable) or `q` (plain).
+    """
+
+    def __init__(self, kind: str, port: int, reliable: bool, queue: str = QUEUE) -> None:
+        self._client = miniclient.connect(HOST, port)
+        self._keyed = kind == "memcached"
+        self._set_key = (queue + "/sync" if kind == "darner-sync" else queue).encode()
+        self._get_key = (queue + "/close/open" if reliable else queue).encode()
+
+    def put(self, msg_id: int, payload: bytes) -> None:
+        self._client.set(b"k%d" % msg_id if self._keyed else self._set_key, payload)
+
+    def take(self, msg_id: int) -> bytes | None:
+        return self._client.get(b"k%d" % msg_id if self._keyed else self._get_key)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def connect(kind: str, mode: str, port: int, client: str = "pymemcache") -> Driver:
+    if not runs_with(kind, client):
+        raise ValueError(f"{kind} does not run with the {client} client")
+    if client == "minimal":
+        return MiniDriver(kind, port, reliable=mode == "reliable")
     if kind in ("kestrelq", "pyfloor"):
         return MemcacheQueueDriver(port, reliable=mode == "reliable")
     if kind == "memcached":

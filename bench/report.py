@@ -1,4 +1,9 @@
-"""Turn repeated runs into medians, ratios to kestrelq, a Markdown table and a PNG chart."""
+"""Turn repeated runs into medians, ratios to kestrelq, a Markdown table and a PNG chart.
+
+The minimal client's table holds every row against its two rulers instead: darner, the C++
+Kestrel clone (a peer to beat), and the Python floor (bench/pyfloor.py, the least a Python
+server can do per message).
+"""
 
 from __future__ import annotations
 
@@ -39,6 +44,12 @@ class Row:
     # Half the range of the repeats' rates over their median: how far to trust a row.
     enq_spread: float = 0.0
     deq_spread: float = 0.0
+    # The minimal client's rulers (peer_ratios): darner's rate in the matching mode (darner-sync
+    # for kestrelq fsync=always) and the Python floor's, at the same client count.
+    enq_vs_darner: float | None = None
+    deq_vs_darner: float | None = None
+    enq_vs_floor: float | None = None
+    deq_vs_floor: float | None = None
 
     @property
     def ops(self) -> tuple[str, str]:
@@ -134,6 +145,111 @@ def table(rows: list[Row], ref_label: str) -> str:
         "relative to the median."
     )
     return "\n".join(lines) + "\n" + note + "\n"
+
+
+FLOOR = "python floor"
+ALWAYS = "kestrelq fsync=always"
+NEVER = "kestrelq fsync=never"
+# The minimal table's order: the ceiling, the peer, the floor, kestrelq without a sync per
+# set, then what fsyncs every set. Anything else (another fsync policy) follows kestrelq's.
+_ORDER = ("memcached", "darner", FLOOR, NEVER, "darner-sync", ALWAYS)
+_MODE_ORDER = {"kv": 0, "plain": 0, "reliable": 1}
+
+
+def darner_peer(label: str) -> str:
+    """The darner a row is held against: darner-sync when the row fsyncs every set too."""
+    return "darner-sync" if label == ALWAYS else "darner"
+
+
+def _ratio(row: Row, ref: Row | None) -> tuple[float | None, float | None]:
+    if ref is None or ref.enq_rate <= 0 or ref.deq_rate <= 0:
+        return None, None
+    return row.enq_rate / ref.enq_rate, row.deq_rate / ref.deq_rate
+
+
+def peer_ratios(rows: list[Row]) -> None:
+    """Fill each row's ratios to darner and to the floor (None where the run had no such row).
+
+    A get is held against darner's get of the same kind (reliable against `get q/close/open`,
+    plain and memcached's keyed get against plain `get q`); every get against the floor's,
+    which has only the plain one.
+    """
+    by_key = {(r.label, r.mode, r.clients): r for r in rows}
+    for row in rows:
+        peer = by_key.get((darner_peer(row.label), REFERENCE_MODE[row.mode], row.clients))
+        row.enq_vs_darner, row.deq_vs_darner = _ratio(row, peer)
+        row.enq_vs_floor, row.deq_vs_floor = _ratio(row, by_key.get((FLOOR, "plain", row.clients)))
+
+
+def _rank(row: Row) -> tuple[int, str, int, int]:
+    label = row.label
+    if label in _ORDER:
+        rank = _ORDER.index(label)
+    else:
+        rank = _ORDER.index(NEVER) if label.startswith("kestrelq") else len(_ORDER)
+    return rank, label, _MODE_ORDER.get(row.mode, 2), row.clients
+
+
+def minimal_table(rows: list[Row]) -> str:
+    """The minimal client's table: rates, and their ratios to darner and to the floor."""
+    lines = [
+        "| server | C | set op | set msg/s | vs darner | vs floor | get op | get msg/s "
+        "| vs darner | vs floor | set p99 µs | get p99 µs | server CPU µs/msg set / get "
+        "| verified |",
+        "|" + "---|" * 14,
+    ]
+    for r in sorted(rows, key=_rank):
+        put_op, take_op = r.ops
+        lines.append(
+            f"| {r.label} | {r.clients} | {put_op} | {r.enq_rate:,.0f}{_pm(r.enq_spread)} "
+            f"| {_fmt_ratio(r.enq_vs_darner)} | {_fmt_ratio(r.enq_vs_floor)} | {take_op} "
+            f"| {r.deq_rate:,.0f}{_pm(r.deq_spread)} | {_fmt_ratio(r.deq_vs_darner)} "
+            f"| {_fmt_ratio(r.deq_vs_floor)} | {r.enq_p99:.0f} | {r.deq_p99:.0f} "
+            f"| {r.enq_cpu:.1f} / {r.deq_cpu:.1f} | {r.verified}/{r.runs} |"
+        )
+    note = (
+        "\n'vs darner' is the row's median rate divided by darner's at the same C, get against "
+        "the same kind of get (plain `get q` for memcached's keyed get and the floor's); "
+        f"{ALWAYS} is held against darner-sync, which fsyncs every set as it does. "
+        "'vs floor' divides by the Python floor's plain `set q` / `get q`. '-': the run had no "
+        "such row (darner runs only with --darner BIN). ±: half the range of the repeats' "
+        "rates, relative to the median."
+    )
+    return "\n".join(lines) + "\n" + note + "\n"
+
+
+def peer_checks(rows: list[Row]) -> list[Check]:
+    """The targets against darner: fsync=never against darner, fsync=always against darner-sync.
+
+    Sets: at least darner's rate, and with fsync=always 1.5x darner-sync's once clients are
+    concurrent (group commit against one sync per set). Reliable gets: at least darner's.
+    """
+    by_key = {(r.label, r.mode, r.clients): r for r in rows}
+    checks: list[Check] = []
+    for c in sorted({r.clients for r in rows}):
+        for label in (NEVER, ALWAYS):
+            peer = darner_peer(label)
+            # Both modes set alike: judge the set on the reliable pair, else on the plain one.
+            pairs = [
+                (by_key.get((label, m, c)), by_key.get((peer, m, c))) for m in ("reliable", "plain")
+            ]
+            kq_set, peer_set = next(((k, d) for k, d in pairs if k and d), (None, None))
+            if kq_set and peer_set and peer_set.enq_rate:
+                need = 1.0 if label == NEVER or c == 1 else 1.5
+                checks.append(
+                    Check(f"C={c}: {label} set / {peer} set (minimal client)",
+                          kq_set.enq_rate / peer_set.enq_rate, need)
+                )  # fmt: skip
+            kq_rel, peer_rel = pairs[0]
+            if kq_rel and peer_rel and peer_rel.deq_rate:
+                checks.append(
+                    Check(
+                        f"C={c}: {label} get q/close/open / {peer}'s (minimal client)",
+                        kq_rel.deq_rate / peer_rel.deq_rate,
+                        1.0,
+                    )
+                )
+    return checks
 
 
 @dataclass

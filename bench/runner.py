@@ -43,6 +43,8 @@ class RunConfig:
     clients: int
     messages: int
     size: int
+    # pymemcache, or the minimal client (bench/miniclient.py) for every memcache server.
+    client: str = "pymemcache"
 
 
 @dataclass
@@ -109,7 +111,7 @@ def _client_main(
         take_lat = array("q")
         got = array("q")
         corrupt = 0
-        driver = connect(cfg.kind, cfg.mode, port)
+        driver = connect(cfg.kind, cfg.mode, port, cfg.client)
         ids = share(cfg.messages, cfg.clients, index)
         payloads = [make_payload(i, cfg.size) for i in ids]
         clock = time.perf_counter_ns

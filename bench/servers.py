@@ -1,8 +1,9 @@
 """Start and stop the servers under test on 127.0.0.1, each on a free port and in a temp dir.
 
 Every server is a real process from its own package (kestrelq from this checkout, the peers
-from Debian's packages), started fresh for each run so that peak RSS and CPU belong to that
-run alone. Readiness is a real request answered on the port, never a sleep.
+from Debian's packages, darner from a binary the caller built), started fresh for each run so
+that peak RSS and CPU belong to that run alone. Readiness is a real request answered on the
+port, never a sleep.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-KINDS = ("kestrelq", "memcached", "beanstalkd", "redis", "pyfloor")
+KINDS = ("kestrelq", "memcached", "beanstalkd", "redis", "pyfloor", "darner", "darner-sync")
 
 # What each protocol answers to a harmless request: the readiness probe.
 _PROBES: dict[str, tuple[bytes, bytes]] = {
@@ -31,6 +32,8 @@ _PROBES: dict[str, tuple[bytes, bytes]] = {
     "beanstalkd": (b"list-tubes\r\n", b"OK "),
     "redis": (b"PING\r\n", b"+PONG"),
     "pyfloor": (b"version\r\n", b"VERSION "),
+    "darner": (b"version\r\n", b"VERSION "),
+    "darner-sync": (b"version\r\n", b"VERSION "),
 }
 
 
@@ -81,6 +84,9 @@ class ServerSpec:
     max_item_bytes: int = 65535
     # kestrelq only: run the server under cProfile, one .prof file per server process.
     profile_dir: Path | None = None
+    # darner only: its binary (--darner BIN). darner-sync is the same server; its clients
+    # set `q/sync`, which darner fsyncs before STORED.
+    binary: str = ""
 
     @property
     def stop_signal(self) -> int:
@@ -160,6 +166,12 @@ def command(spec: ServerSpec, port: int, data_dir: Path) -> list[str]:
         # bench/pyfloor.py: the least a Python server can do per message (see its docstring).
         cmd = [sys.executable, "-m", "bench.pyfloor", "--host", HOST, "--port", str(port)]
         return [*cmd, "--data-dir", str(data_dir), *spec.extra_args]
+    if spec.kind in ("darner", "darner-sync"):
+        # darner listens on every interface (it has no flag for one); the bench sends to
+        # 127.0.0.1 only.
+        if not spec.binary:
+            raise ValueError("darner needs its binary (--darner BIN)")
+        return [spec.binary, "-p", str(port), "-d", str(data_dir), *spec.extra_args]
     raise ValueError(f"unknown server kind {spec.kind!r}")
 
 

@@ -1,5 +1,7 @@
-"""The whole harness end to end with tiny numbers: every server, the load generator, every
-scenario. It proves the harness runs and checks what it measures, not how fast anything is."""
+"""The whole harness end to end with tiny numbers: every server, both clients (pymemcache and
+the minimal one), the load generator, every scenario. It proves the harness runs and checks
+what it measures, not how fast anything is. darner is not on CI machines: its rows are left
+out here (tests/bench/test_bench_units.py checks how they are planned and compared)."""
 
 from __future__ import annotations
 
@@ -32,19 +34,26 @@ def test_bench_runs_every_server_and_verifies_every_message(tmp_path: Path) -> N
         "--fairness", "--fairness-seconds", "0.3", "--fairness-big-mib", "1",
         "--out", str(out), "--name", "smoke",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     md = (out / "smoke.md").read_text()
     for label in SERVERS:
         assert f"| {label} |" in md, label
-    for section in ("## Targets", "## Client matrix", "## Pipelined load generator"):
+    for section in (
+        "## Targets",
+        "## Minimal client",
+        "## Client matrix",
+        "## Pipelined load generator",
+    ):
         assert section in md
     for section in ("## fsync scaling", "## backlog", "## fairness"):
         assert section in md
     assert "## Errors" not in md
     # Progress lines went to stderr while it ran, one per run.
-    assert proc.stderr.count("[") >= 16 and "kestrelq fsync=always reliable C=2" in proc.stderr
+    assert proc.stderr.count("[") >= 16
+    assert "kestrelq fsync=always reliable C=2 pymemcache" in proc.stderr
+    assert "kestrelq fsync=always reliable C=2 minimal" in proc.stderr
 
     png = (out / "smoke.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
@@ -58,6 +67,19 @@ def test_bench_runs_every_server_and_verifies_every_message(tmp_path: Path) -> N
         assert row["verified"] == row["runs"] == 1, row
         assert row["enq_rate"] > 0 and row["deq_rate"] > 0 and row["peak_rss_mb"] > 0, row
         assert row["enq_p99"] >= row["enq_p50"] > 0, row
+    # The minimal client: kestrelq 2 fsync x 2 modes, memcached, the floor; x 2 counts, each
+    # row held against the floor (there is no darner here, so no ratio to it).
+    minimal = raw["minimal"]
+    assert len(minimal) == (4 + 1 + 1) * 2
+    assert {r["label"] for r in minimal} == {
+        "kestrelq fsync=never", "kestrelq fsync=always", "memcached", "python floor"
+    }  # fmt: skip
+    for row in minimal:
+        assert row["verified"] == row["runs"] == 1, row
+        assert row["enq_rate"] > 0 and row["deq_rate"] > 0 and row["enq_p99"] > 0, row
+        assert row["enq_vs_floor"] > 0 and row["deq_vs_floor"] > 0, row
+        assert row["enq_vs_darner"] is None, row
+    assert "| kestrelq fsync=always | 2 | set |" in md and "| get q/close/open |" in md
     assert all(r["verified"] == 1 for r in raw["loadgen"])
     assert {r["label"] for r in raw["loadgen"]} == {
         "memcached", "python floor", "kestrelq fsync=never", "kestrelq fsync=always"

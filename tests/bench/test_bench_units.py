@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 from bench import procstat, report
 from bench.beanstalk import Beanstalk
 from bench.drivers import make_payload, parse_id
+from bench.miniclient import MiniClient, MiniClientError
 from bench.runner import RunConfig, RunResult, _summarise, percentile, share
 from bench.servers import ServerSpec, start
 
@@ -216,4 +219,199 @@ def test_compare_shows_new_over_old_per_row() -> None:
         "0.50",
         "1.00 |",
     ]
-    assert "Pipelined" not in text
+    assert "Pipelined" not in text and "Minimal client" not in text
+
+    # The minimal client's table compares the same way, in its own section.
+    mini = {"label": "darner", "mode": "reliable", "clients": 4}
+    old["minimal"] = [mini | {"enq_rate": 100.0, "deq_rate": 100.0, "enq_cpu": 1.0, "deq_cpu": 1.0}]
+    new["minimal"] = [mini | {"enq_rate": 300.0, "deq_rate": 100.0, "enq_cpu": 1.0, "deq_cpu": 2.0}]
+    text = compare(old, new)
+    assert "## Minimal client" in text
+    line = next(x for x in text.splitlines() if x.startswith("| darner"))
+    assert line.split(" | ")[3:] == ["100 → 300", "3.00", "100 → 100", "1.00", "1.00", "2.00 |"]
+
+
+def _scripted_server(sock: socket.socket, script: list[tuple[bytes, bytes]], chunk: int) -> None:
+    """Read each expected request whole, then answer it `chunk` bytes per send."""
+    for request, reply in script:
+        got = b""
+        while len(got) < len(request):
+            data = sock.recv(len(request) - len(got))
+            if not data:
+                return
+            got += data
+        assert got == request
+        for i in range(0, len(reply), chunk):
+            sock.sendall(reply[i : i + chunk])
+    sock.close()
+
+
+def _mini_pair(
+    script: list[tuple[bytes, bytes]], chunk: int = 1 << 16
+) -> tuple[MiniClient, threading.Thread]:
+    ours, theirs = socket.socketpair()
+    ours.settimeout(60)
+    thread = threading.Thread(target=_scripted_server, args=(theirs, script, chunk), daemon=True)
+    thread.start()
+    return MiniClient(ours), thread
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 16], ids=["byte-at-a-time", "3-bytes", "whole"])
+def test_miniclient_reads_kestrelq_and_darner_replies_however_they_arrive(chunk: int) -> None:
+    value = make_payload(7, 40)
+    script = [
+        (b"set q 0 0 40\r\n" + value + b"\r\n", b"STORED\r\n"),
+        # kestrelq echoes the key it was asked for, darner the bare queue name: both accepted.
+        (b"get q/close/open\r\n", b"VALUE q/close/open 0 40\r\n" + value + b"\r\nEND\r\n"),
+        (b"get q/close/open\r\n", b"VALUE q 0 40\r\n" + value + b"\r\nEND\r\n"),
+        (b"get q\r\n", b"END\r\n"),
+        # A value holding CRLF and "END" is read by its length, not by its content.
+        (b"get k\r\n", b"VALUE k 5 7\r\nA\r\nEND\r\r\nEND\r\n"),
+    ]
+    client, thread = _mini_pair(script, chunk)
+    client.set(b"q", value)
+    assert client.get(b"q/close/open") == value
+    assert client.get(b"q/close/open") == value
+    assert client.get(b"q") is None
+    assert client.get(b"k") == b"A\r\nEND\r"
+    client.close()
+    thread.join(60)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("reply", "call"),
+    [
+        pytest.param(b"NOT_STORED\r\n", "set", id="set-not-stored"),
+        pytest.param(b"SERVER_ERROR out of memory\r\n", "set", id="set-server-error"),
+        pytest.param(b"ERROR\r\n", "get", id="get-error"),
+        pytest.param(b"VALUE q 0 3\r\nabcd\r\nEND\r\n", "get", id="value-longer-than-announced"),
+        pytest.param(b"VALUE q 0\r\n", "get", id="value-line-short"),
+        pytest.param(b"VAL", "get", id="closed-mid-line"),
+        pytest.param(b"VALUE q 0 3\r\nab", "get", id="closed-mid-value"),
+    ],
+)
+def test_miniclient_raises_on_anything_but_the_expected_reply(reply: bytes, call: str) -> None:
+    request = b"set q 0 0 1\r\nx\r\n" if call == "set" else b"get q\r\n"
+    client, thread = _mini_pair([(request, reply)])
+    with pytest.raises(MiniClientError):
+        if call == "set":
+            client.set(b"q", b"x")
+        else:
+            client.get(b"q")
+    client.close()
+    thread.join(60)
+
+
+def test_peer_ratios_hold_kestrelq_against_darner_darner_sync_and_the_floor() -> None:
+    never, always = "kestrelq fsync=never", "kestrelq fsync=always"
+    results = [
+        _fake_result(never, "kestrelq", "reliable", 1, 5000, 4000),
+        _fake_result(never, "kestrelq", "plain", 1, 5000, 6000),
+        _fake_result(always, "kestrelq", "reliable", 1, 1000, 3000),
+        _fake_result(always, "kestrelq", "reliable", 4, 3000, 9000),
+        _fake_result("darner", "darner", "reliable", 1, 10000, 8000),
+        _fake_result("darner", "darner", "plain", 1, 10000, 12000),
+        _fake_result("darner-sync", "darner-sync", "reliable", 1, 500, 6000),
+        _fake_result("darner-sync", "darner-sync", "reliable", 4, 2500, 9000),
+        _fake_result("python floor", "pyfloor", "plain", 1, 20000, 16000),
+        _fake_result("memcached", "memcached", "kv", 1, 40000, 24000),
+    ]
+    rows = report.aggregate(results, never)
+    report.peer_ratios(rows)
+    by = {(r.label, r.mode, r.clients): r for r in rows}
+    # fsync=never against darner, get against the same kind of get.
+    assert by[(never, "reliable", 1)].enq_vs_darner == pytest.approx(0.5)
+    assert by[(never, "reliable", 1)].deq_vs_darner == pytest.approx(0.5)
+    assert by[(never, "plain", 1)].deq_vs_darner == pytest.approx(0.5)
+    # fsync=always against darner-sync, which fsyncs every set too.
+    assert by[(always, "reliable", 1)].enq_vs_darner == pytest.approx(2.0)
+    assert by[(always, "reliable", 1)].deq_vs_darner == pytest.approx(0.5)
+    # memcached's keyed get against darner's plain get; everything against the floor's.
+    assert by[("memcached", "kv", 1)].deq_vs_darner == pytest.approx(2.0)
+    assert by[(never, "reliable", 1)].deq_vs_floor == pytest.approx(0.25)
+    assert by[("python floor", "plain", 1)].enq_vs_floor == pytest.approx(1.0)
+    # No darner and no floor at C=4: no ratio to them, and the table says "-".
+    assert by[(always, "reliable", 4)].enq_vs_floor is None
+    assert by[("darner-sync", "reliable", 4)].enq_vs_darner is None
+
+    table = report.minimal_table(rows)
+    lines = [x for x in table.splitlines() if x.startswith("| ") and "---" not in x][1:]
+    # The issue's order: the ceiling, the peer, the floor, kestrelq, then the fsyncing ones.
+    assert [x.split(" | ")[0][2:] for x in lines] == [
+        "memcached", "darner", "darner", "python floor", never, never,
+        "darner-sync", "darner-sync", always, always,
+    ]  # fmt: skip
+    row = next(x for x in lines if x.startswith(f"| {always} | 1 |"))
+    assert " | 1,000 | 2.00x | 0.05x | get q/close/open | 3,000 | 0.50x | 0.19x |" in row
+    assert "| darner-sync | 1 | set q/sync |" in table
+
+    checks = {c.name: c for c in report.peer_checks(rows)}
+    assert set(checks) == {
+        f"C=1: {never} set / darner set (minimal client)",
+        f"C=1: {never} get q/close/open / darner's (minimal client)",
+        f"C=1: {always} set / darner-sync set (minimal client)",
+        f"C=1: {always} get q/close/open / darner-sync's (minimal client)",
+        f"C=4: {always} set / darner-sync set (minimal client)",
+        f"C=4: {always} get q/close/open / darner-sync's (minimal client)",
+    }
+    assert not checks[f"C=1: {never} set / darner set (minimal client)"].passed
+    assert checks[f"C=1: {always} set / darner-sync set (minimal client)"].passed
+    # At C=4 group commit must beat one sync per set by half again: 1.2x is not enough.
+    c4 = checks[f"C=4: {always} set / darner-sync set (minimal client)"]
+    assert c4.value == pytest.approx(1.2) and c4.target == 1.5 and not c4.passed
+    assert checks[f"C=4: {always} get q/close/open / darner-sync's (minimal client)"].passed
+
+
+def test_darner_runs_only_with_its_binary_and_only_with_the_minimal_client(
+    tmp_path: Path,
+) -> None:
+    from bench.cli import parse_args, plan
+    from bench.servers import command
+
+    fake = tmp_path / "darner"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    args = parse_args(["--darner", str(fake), "-c", "1,4", "--fsync", "never"])
+    runs = plan(args)
+    darner = [(cfg, spec) for cfg, spec in runs if spec.kind.startswith("darner")]
+    assert {(cfg.client, spec.kind, cfg.mode, cfg.clients) for cfg, spec in darner} == {
+        ("minimal", kind, mode, c)
+        for kind in ("darner", "darner-sync")
+        for mode in ("plain", "reliable")
+        for c in (1, 4)
+    }
+    spec = darner[0][1]
+    assert command(spec, 4242, tmp_path / "d") == [
+        str(fake),
+        "-p",
+        "4242",
+        "-d",
+        str(tmp_path / "d"),
+    ]
+    # The minimal client runs every memcache server, never beanstalkd's or redis' protocol.
+    minimal = {spec.kind for cfg, spec in runs if cfg.client == "minimal"}
+    assert minimal == {"kestrelq", "memcached", "pyfloor", "darner", "darner-sync"}
+    pymemcache = {spec.kind for cfg, spec in runs if cfg.client == "pymemcache"}
+    assert pymemcache == {"kestrelq", "memcached", "beanstalkd", "redis", "pyfloor"}
+    # Without --darner there is none, and asking for it by name says what is missing.
+    assert not any(s.kind.startswith("darner") for _, s in plan(parse_args([])))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["--servers", "kestrelq,darner"], "--darner BIN", id="darner-without-binary"),
+        pytest.param(["--darner", "/nonexistent/darner"], "not an executable", id="no-such-file"),
+        pytest.param(["--client", "pymemcache,libmc"], "libmc", id="unknown-client"),
+    ],
+)
+def test_bad_darner_and_client_flags_are_refused_clearly(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.cli import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
