@@ -48,9 +48,12 @@ the files really hold, makes the journal trustworthy again.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import heapq
 import itertools
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -62,6 +65,38 @@ class Syncable(Protocol):
 
     @property
     def fd(self) -> int: ...
+
+
+# Upper bounds of the fsync duration buckets, in seconds: from a fast SSD's ~100 us to a
+# stalled disk's seconds.
+FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0)  # fmt: skip
+
+
+class Durations:
+    """How long something took, as counts per bucket and a sum: a histogram kept in plain
+    numbers, which the server's metrics port exports (the journal imports no metrics library).
+
+    Fsyncs run in the loop thread and, for periodic queues, in a worker thread, so an update
+    takes a lock; it is nothing beside the fsync it times.
+    """
+
+    def __init__(self, bounds: tuple[float, ...] = FSYNC_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)  # the last: above every bound
+        self._sum_s = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        index = bisect.bisect_left(self.bounds, seconds)  # the first bound >= seconds
+        with self._lock:
+            self._counts[index] += 1
+            self._sum_s += seconds
+
+    def snapshot(self) -> tuple[list[int], float]:
+        """(count per bucket, the last one above every bound; the sum of seconds)."""
+        with self._lock:
+            return list(self._counts), self._sum_s
 
 
 class Ledger:
@@ -90,6 +125,8 @@ class Ledger:
         self._order = itertools.count()
         # The first fsync that failed; from then on nothing becomes durable (see the module).
         self.failed: OSError | None = None
+        # Every fsync and fdatasync of the store, file or directory, in either thread.
+        self.fsync_durations = Durations()
 
     @property
     def fsyncs(self) -> int:
@@ -218,18 +255,24 @@ class Ledger:
     # -- every fsync of the store goes through these, so that a failure is never forgotten --
 
     def fsync(self, fd: int) -> None:
+        started = time.perf_counter()
         try:
             self._files.fsync(fd)
         except OSError as exc:
             self.fsync_failed(exc)
             raise
+        finally:
+            self.fsync_durations.observe(time.perf_counter() - started)
 
     def fdatasync(self, fd: int) -> None:
+        started = time.perf_counter()
         try:
             self._files.fdatasync(fd)
         except OSError as exc:
             self.fsync_failed(exc)
             raise
+        finally:
+            self.fsync_durations.observe(time.perf_counter() - started)
 
     def fsync_failed(self, exc: OSError) -> None:
         """An fsync failed: what it should have made durable may be gone, whatever a retry

@@ -82,6 +82,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="start even if a journal is damaged mid-file, skipping the damaged bytes",
     )
     _security_options(serve)
+    metrics = serve.add_argument_group("metrics", "Prometheus metrics (docs/metrics.md)")
+    metrics.add_argument(
+        "--metrics-port", dest="metrics_port", type=int, metavar="N",
+        help="serve /metrics on this port (0, the default: off)",
+    )  # fmt: skip
+    metrics.add_argument(
+        "--metrics-host", dest="metrics_host", metavar="ADDR",
+        help="the metrics port's address (default 127.0.0.1)",
+    )  # fmt: skip
+    metrics.add_argument(
+        "--metrics-token-file", dest="metrics_token_file", metavar="FILE",
+        help="scrapers must send 'Authorization: Bearer <the file's text>'",
+    )  # fmt: skip
     serve.set_defaults(func=_serve)
 
     for name, helptext, func in (
@@ -122,6 +135,7 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+_METRICS_KEYS = ("metrics_port", "metrics_host", "metrics_token_file")
 _SECURITY_KEYS = ("plain", "auth_file", "admin_users", "enable_shutdown", "tls_port", "tls_cert",
                   "tls_key", "tls_ca", "tls_verify", "tls_handshake_timeout_s")  # fmt: skip
 
@@ -163,7 +177,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     keys = ("config_file", "host", "port", "data_dir", "fsync", "sync_reads", "max_open_reads",
             "max_connections", "max_queues", "max_item_bytes", "max_pending_bytes",
-            "read_timeout_s", "idle_timeout_s", "salvage", *_SECURITY_KEYS)  # fmt: skip
+            "read_timeout_s", "idle_timeout_s", "salvage", *_SECURITY_KEYS,
+            *_METRICS_KEYS)  # fmt: skip
     try:
         cfg = config_mod.load({k: getattr(args, k) for k in keys})
         return run(cfg)

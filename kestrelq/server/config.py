@@ -26,6 +26,9 @@ The config file is TOML:
     tls_cert = ""               # the server's certificate (PEM), tls_key its key
     tls_ca = ""                 # CA that client certificates must chain to
     tls_verify = "none"         # none | optional | required (mutual TLS)
+    metrics_port = 0            # Prometheus /metrics on this port; 0: off (docs/metrics.md)
+    metrics_host = "127.0.0.1"  # the metrics port's address
+    metrics_token_file = ""     # set: scrapers must send "Authorization: Bearer <its text>"
 
     [queue_defaults]            # every queue
     max_items = 0               # 0 = unlimited
@@ -86,6 +89,10 @@ class ServerConfig:
     tls_ca: str = ""
     tls_verify: str = "none"
     tls_handshake_timeout_s: float = 10.0
+    # Prometheus metrics (kestrelq.server.metrics): off unless a port is given.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    metrics_token_file: str = ""
     queue_defaults: QueueConfig = QueueConfig()
     queues: Mapping[str, QueueConfig] = field(default_factory=dict)
 
@@ -211,7 +218,7 @@ def load(
             queues[name].check_targets(name)
         except Exception as exc:
             raise ConfigError(f"[queues.{name}]: {exc}") from None
-    for key in ("port", "tls_port"):
+    for key in ("port", "tls_port", "metrics_port"):
         if key in converted and not 0 <= converted[key] <= 65535:
             raise ConfigError(f"{key} out of range: {converted[key]}")
     return ServerConfig(

@@ -35,6 +35,7 @@ from kestrelq.server import counters
 from kestrelq.server.budget import ByteBudget
 from kestrelq.server.config import ServerConfig
 from kestrelq.server.connection import QueueProtocol
+from kestrelq.server.metrics import MetricsEndpoint
 from kestrelq.server.security import Security
 from kestrelq.server.state import ServerState, Waiters
 
@@ -114,6 +115,10 @@ class Server:
             started_s=clock(),
             pending=ByteBudget(config.max_pending_bytes),
         )
+        # Read here, as the auth file is: a bad token file stops the start early.
+        self.metrics = (
+            MetricsEndpoint(self.state, config.metrics_token_file) if config.metrics_port else None
+        )
         self.failed = False
         # What the last save of the queue counters saw (see _save_counters).
         self._counters_mark: tuple[int, ...] = ()
@@ -184,6 +189,10 @@ class Server:
                 backlog=1024, ssl=self.security.ssl_context,
                 ssl_handshake_timeout=cfg.tls_handshake_timeout_s,
             )  # fmt: skip
+        if self.metrics is not None:
+            await self.metrics.start(cfg.metrics_host, cfg.metrics_port)
+            urls = [f"http://{host}:{port}/metrics" for host, port in self.metrics.sockets]
+            logger.info("metrics on %s", ", ".join(urls))
         self._spawn(self._tick())
         if any(p.mode == "periodic" for p in self._policies()):
             self._spawn(self._periodic_sync())
@@ -253,6 +262,8 @@ class Server:
         state.shutting_down = True
         for listener in self._listeners():
             listener.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
         for conn in list(state.connections):
             conn.shutdown()
         if state.connections:
@@ -467,7 +478,11 @@ class Server:
         try:
             self._reload_queues()
         finally:
-            self.security.reload()
+            try:
+                self.security.reload()
+            finally:
+                if self.metrics is not None:
+                    self.metrics.reload()
 
     def _reload_queues(self) -> None:
         if not self.config.config_file:
