@@ -76,6 +76,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "a blocked get is not idle)",
     )
     serve.add_argument(
+        "--tcp-keepalive-s",
+        dest="tcp_keepalive_s",
+        type=float,
+        help="probe a client silent this long; 3 unanswered probes close its connection and "
+        "give its open reads back (60; 0 = the kernel's default, usually off)",
+    )
+    serve.add_argument(
         "--salvage",
         action="store_const",
         const=True,
@@ -177,7 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     keys = ("config_file", "host", "port", "data_dir", "fsync", "sync_reads", "max_open_reads",
             "max_connections", "max_queues", "max_item_bytes", "max_pending_bytes",
-            "read_timeout_s", "idle_timeout_s", "salvage", *_SECURITY_KEYS,
+            "read_timeout_s", "idle_timeout_s", "tcp_keepalive_s", "salvage", *_SECURITY_KEYS,
             *_METRICS_KEYS)  # fmt: skip
     try:
         cfg = config_mod.load({k: getattr(args, k) for k in keys})

@@ -16,6 +16,7 @@ The config file is TOML:
     max_pending_bytes = 268435456   # data blocks still arriving, all connections together
     read_timeout_s = 60.0       # a command must arrive whole this long after its first byte
     idle_timeout_s = 0.0        # close connections idle between commands; 0 = never
+    tcp_keepalive_s = 60.0      # probe a silent peer after this long; 0 = the kernel's default
     disk_reserve_bytes = 8388608
     batch_writes = true         # one journal write per queue per batch of commands
     plain = true                # the plain listener on `port` (false: TLS only)
@@ -72,6 +73,9 @@ class ServerConfig:
     max_pending_bytes: int = 256 << 20
     read_timeout_s: float = 60.0
     idle_timeout_s: float = 0.0
+    # A client whose machine died sends no FIN or RST: without probes its connection, and the
+    # reads it holds open, would stay until open_timeout_ms (README, "Limits and timeouts").
+    tcp_keepalive_s: float = 60.0
     disk_reserve_bytes: int = 8 << 20
     segment_bytes: int = 64 << 20
     batch_writes: bool = True

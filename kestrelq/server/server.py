@@ -18,6 +18,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -189,6 +190,8 @@ class Server:
                 backlog=1024, ssl=self.security.ssl_context,
                 ssl_handshake_timeout=cfg.tls_handshake_timeout_s,
             )  # fmt: skip
+        for listener in self._listeners():
+            _keepalive(listener, cfg.tcp_keepalive_s)
         if self.metrics is not None:
             await self.metrics.start(cfg.metrics_host, cfg.metrics_port)
             urls = [f"http://{host}:{port}/metrics" for host, port in self.metrics.sockets]
@@ -518,3 +521,26 @@ def run(config: ServerConfig) -> int:
         # with every uvloop release (Debian bookworm has 0.17, without uvloop.run).
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return asyncio.run(server.serve())
+
+
+# Unanswered probes before the kernel drops a silent peer's connection.
+_KEEPALIVE_PROBES = 3
+
+
+def _keepalive(listener: asyncio.Server, keepalive_s: float) -> None:
+    """TCP keepalive on a listener's sockets, which every accepted connection inherits (Linux).
+
+    A client whose machine died (power, a killed swarm node) sends nothing more, not even a
+    RST, so the server would hold its connection, and the reads it had open, until
+    open_timeout_ms. Probed after `keepalive_s` of silence, then every keepalive_s / 3, the
+    connection is closed after about twice `keepalive_s` and its open reads go back.
+    """
+    if keepalive_s <= 0:
+        return
+    idle_s = max(1, round(keepalive_s))
+    for sock in listener.sockets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's timing applies
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle_s // 3))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_PROBES)
