@@ -28,8 +28,16 @@ from kestrelq.errors import ConfigError
 STACK_USERS = ("worker", "app", "admin")
 STACK_ADMINS = ("admin",)
 # The names the queue server's certificate is good for: the compose service name the workers
-# and the app connect to, and the container's own loopback (its healthcheck, the host port).
-QUEUE_NAMES = ("DNS:queue", "DNS:localhost", "IP:127.0.0.1")
+# and the app connect to, the swarm stack's three servers (swarm.yaml), and the container's
+# own loopback (its healthcheck, the host port).
+QUEUE_NAMES = (
+    "DNS:queue",
+    "DNS:queue1",
+    "DNS:queue2",
+    "DNS:queue3",
+    "DNS:localhost",
+    "IP:127.0.0.1",
+)
 # Keys and secrets: owner only. Certificates and the CA certificate are public.
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -82,6 +90,21 @@ def _openssl(d: Path, *args: str) -> None:
         raise ConfigError(f"openssl {args[0]} in {d} failed: {result.stderr.strip()[-500:]}")
 
 
+def _cert_names(cert: Path) -> set[str]:
+    """The subject alternative names of a certificate, written as in QUEUE_NAMES."""
+    if shutil.which("openssl") is None:
+        raise ConfigError("the openssl command is needed to read certificates")
+    result = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+    )
+    # "X509v3 Subject Alternative Name: \n    DNS:queue, IP Address:127.0.0.1"
+    lines = result.stdout.splitlines()[1:] if result.returncode == 0 else []
+    names = ",".join(lines).replace("IP Address:", "IP:")
+    return {name.strip() for name in names.split(",") if name.strip()}
+
+
 def _write_secret(path: Path, text: str) -> None:
     """Created 0600 from the start (O_EXCL: an existing file is never overwritten)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
@@ -100,6 +123,10 @@ def stack_secrets(d: Path, days: int = 825) -> list[str]:
         for stale in ("queue", "client"):
             for suffix in (".pem", ".key"):
                 (d / f"{stale}{suffix}").unlink(missing_ok=True)
+    # A queue certificate made before a name was added to QUEUE_NAMES (the swarm's servers)
+    # would fail TLS for that name: it is made again, signed by the same CA.
+    if (d / "queue.pem").exists() and not set(QUEUE_NAMES) <= _cert_names(d / "queue.pem"):
+        (d / "queue.pem").unlink()
     for name, cn, usage, names in (
         ("queue", "queue", "serverAuth", QUEUE_NAMES),
         ("client", "kestrelq-client", "clientAuth", ()),

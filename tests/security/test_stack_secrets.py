@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-from kestrelq.certs import STACK_USERS, stack_secrets
+from kestrelq.certs import STACK_USERS, openssl_cert, stack_secrets
 from kestrelq.cli import main
 from kestrelq.server.auth import load_users
 
@@ -54,10 +54,32 @@ def test_certificates_verify_for_the_names_the_stack_uses(tmp_path: Path) -> Non
     ctx.load_cert_chain(str(d / "client.pem"), str(d / "client.key"))
     info = ssl._ssl._test_decode_cert(str(d / "queue.pem"))  # type: ignore[attr-defined]
     assert set(info["subjectAltName"]) == {
-        ("DNS", "queue"),
+        ("DNS", "queue"),  # compose.yaml's service
+        ("DNS", "queue1"),  # swarm.yaml's three servers
+        ("DNS", "queue2"),
+        ("DNS", "queue3"),
         ("DNS", "localhost"),
         ("IP Address", "127.0.0.1"),
     }
+
+
+def test_a_queue_certificate_missing_a_name_is_made_again(tmp_path: Path) -> None:
+    """One made before the swarm's names existed would fail TLS for queue1..3: replaced."""
+    d = tmp_path / "secrets"
+    stack_secrets(d, days=2)
+    (d / "queue.pem").unlink()
+    openssl_cert(d, "queue", "queue", "ca", "serverAuth", names=("DNS:queue", "DNS:localhost"))
+    (d / "ca.srl").unlink()  # the serial file openssl leaves; stack_secrets removes its own
+    before = contents(d)
+    assert stack_secrets(d, days=2) == ["queue.pem"]
+    after = contents(d)
+    assert after["queue.pem"] != before["queue.pem"]
+    assert {k: v for k, v in after.items() if k not in ("queue.pem", "queue.key")} == {
+        k: v for k, v in before.items() if k not in ("queue.pem", "queue.key")
+    }
+    info = ssl._ssl._test_decode_cert(str(d / "queue.pem"))  # type: ignore[attr-defined]
+    assert ("DNS", "queue3") in info["subjectAltName"]
+    assert stack_secrets(d, days=2) == []
 
 
 def test_auth_file_holds_each_user_with_its_password_file(tmp_path: Path) -> None:
