@@ -153,7 +153,7 @@ host-down: install  ## stop host mode (workers finish their message first)
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 STACK_ENV := var/stack.env
 
-.PHONY: docker-engine base-image images up down logs ps chaos-test screenshot
+.PHONY: docker-engine base-image images up up-metrics down logs ps chaos-test screenshot
 docker-engine:  ## install and start a Docker engine and Compose v2 (root)
 	scripts/docker-engine.sh
 
@@ -201,7 +201,7 @@ up: base-image $(STACK_ENV) secrets  ## build and start the stack in containers,
 		sed -i '/^KESTRELQ_WORKERS=/d' $(STACK_ENV); \
 		echo "KESTRELQ_WORKERS=$$KESTRELQ_WORKERS" >> $(STACK_ENV); fi
 	KESTRELQ_WORKERS="$${KESTRELQ_WORKERS:-$$(sed -n 's/^KESTRELQ_WORKERS=//p' $(STACK_ENV))}" \
-		$(COMPOSE) up --detach --wait
+		$(COMPOSE) $(PROFILES) up --detach --wait
 	@$(COMPOSE) ps
 	@echo
 	@echo "The stack is up. Upload photos and watch their thumbnails appear:"
@@ -215,8 +215,16 @@ up: base-image $(STACK_ENV) secrets  ## build and start the stack in containers,
 	@echo "The queue speaks TLS and wants a login: CA, certificates and passwords in $(SECRETS)/."
 	@echo "More workers: KESTRELQ_WORKERS=8 make up.  Stop: make down (the journal volume stays)."
 
-down:  ## stop the stack (the journal volume stays)
-	$(COMPOSE) down
+# With the `metrics` profile: Prometheus too (docs/metrics.md). PROFILES reaches `up`'s recipe
+# as a target-specific variable.
+up-metrics: PROFILES := --profile metrics
+up-metrics: up  ## `make up` plus Prometheus (profile metrics) on 127.0.0.1:9090
+	@echo "Prometheus, its alerts and the kestrelq series (no login; 127.0.0.1 only):"
+	@echo "  http://127.0.0.1:$${KESTRELQ_PROMETHEUS_PORT:-9090}/alerts"
+
+# The profile named, so a Prometheus started by up-metrics goes down with the rest.
+down:  ## stop the stack (the journal and Prometheus volumes stay)
+	$(COMPOSE) --profile metrics down
 
 logs:  ## follow the stack's logs
 	$(COMPOSE) logs --follow --tail=100

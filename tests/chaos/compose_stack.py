@@ -142,6 +142,8 @@ class Stack:
     password: str
     settings: dict[str, str]
     secrets_dir: Path
+    # Where Prometheus answers (the `metrics` profile; 0 when the stack runs without it).
+    prometheus_port: int = 0
     producers: list[Producer] = field(default_factory=list)
 
     @property
@@ -327,8 +329,10 @@ def _bind(fn: Callable[[str], bool], arg: str) -> Callable[[], bool]:
     return lambda: fn(arg)
 
 
-def make_stack(root: Path, tmp: Path, label: str) -> Stack:
+def make_stack(root: Path, tmp: Path, label: str, profiles: tuple[str, ...] = ()) -> Stack:
     """One compose project of its own: name, image tag, ports, password, in an env and an override.
+
+    `profiles`: compose profiles to enable too (`metrics`: Prometheus, on its own free port).
 
     The settings go into the environment of every compose command (`compose_env`) and into
     the env file too, so `docker compose --env-file <it>` reproduces the stack by hand.
@@ -356,6 +360,12 @@ def make_stack(root: Path, tmp: Path, label: str) -> Stack:
         "KESTRELQ_IMAGE_TAG": project,
         "KESTRELQ_SECRETS": str(secrets_dir),
     }
+    prometheus_port = 0
+    if profiles:
+        settings["COMPOSE_PROFILES"] = ",".join(profiles)
+    if "metrics" in profiles:
+        prometheus_port = free_port()
+        settings["KESTRELQ_PROMETHEUS_PORT"] = str(prometheus_port)
     env_file = tmp / "stack.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     override = tmp / "compose.override.yaml"
@@ -380,6 +390,7 @@ def make_stack(root: Path, tmp: Path, label: str) -> Stack:
         password=password,
         settings=settings,
         secrets_dir=secrets_dir,
+        prometheus_port=prometheus_port,
     )
 
 

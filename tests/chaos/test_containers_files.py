@@ -20,6 +20,7 @@ from compose_stack import make_stack
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "images" / "Dockerfile"
 SERVICES = ("queue", "worker", "app")
+COMPOSE_CONFIG = ("docker", "compose", "-f", "compose.yaml", "config", "--format", "json")
 STAGE_RE = re.compile(r"^FROM (\S+) AS (\S+)$", re.MULTILINE)
 
 
@@ -47,7 +48,7 @@ def test_one_dockerfile_a_target_per_service_on_one_base() -> None:
     """
     assert stages() == {
         "base": "debian:bookworm-slim",
-        **dict.fromkeys(SERVICES, "base"),
+        **dict.fromkeys((*SERVICES, "prometheus"), "base"),
     }
     assert sorted(p.name for p in (REPO / "images").glob("*/Dockerfile")) == []
 
@@ -55,9 +56,12 @@ def test_one_dockerfile_a_target_per_service_on_one_base() -> None:
 def test_images_run_unprivileged_under_an_init() -> None:
     text = DOCKERFILE.read_text()
     base = text[: text.index("\nFROM base AS ")]
-    # Set once in the shared stage; a target that changed USER would run as someone else.
+    # Set once in the shared stage; a target that must install a package as root (Prometheus)
+    # goes back to it before its stage ends, or the image would run as someone else.
     assert re.search(r"^USER kestrelq$", base, re.MULTILINE)
-    assert re.findall(r"^USER .*$", text, re.MULTILINE) == ["USER kestrelq"]
+    for stage in text.split("\nFROM ")[1:]:
+        users = re.findall(r"^USER (.*)$", stage, re.MULTILINE)
+        assert users in ([], ["kestrelq"], ["root", "kestrelq"]), (stage.split()[2], users)
     for entrypoint in re.findall(r"^ENTRYPOINT .*$", text, re.MULTILINE):
         assert entrypoint.startswith('ENTRYPOINT ["tini", "--"'), entrypoint
     # pip cannot reach PyPI from a container build here: Debian packages only.
@@ -119,6 +123,35 @@ def test_compose_builds_restarts_and_orders(compose_config: dict[str, Any]) -> N
         assert services[name]["depends_on"]["queue"]["condition"] == "service_healthy"
     journal = [v for v in services["queue"]["volumes"] if v["type"] == "volume"]
     assert [(v["source"], v["target"]) for v in journal] == [("journal", "/var/lib/kestrelq/queue")]
+
+
+@pytest.mark.docker
+def test_the_metrics_profile_adds_prometheus_hardened_on_loopback() -> None:
+    out = subprocess.run(
+        [*COMPOSE_CONFIG[:4], "--profile", "metrics", *COMPOSE_CONFIG[4:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("KESTRELQ_", "COMPOSE_"))},
+    )
+    assert out.returncode == 0, out.stderr
+    services = json.loads(out.stdout)["services"]
+    assert set(services) == {*SERVICES, "prometheus"}
+    prometheus = services["prometheus"]
+    assert (prometheus["build"]["target"], prometheus["pull_policy"]) == ("prometheus", "build")
+    assert [(str(p["published"]), p["host_ip"], p["target"]) for p in prometheus["ports"]] == [
+        ("9090", "127.0.0.1", 9090)
+    ]
+    # Hardened like the other services (compose.yaml's x-hardened).
+    assert prometheus["user"] == "10001:10001"
+    assert prometheus["cap_drop"] == ["ALL"]
+    assert prometheus["read_only"] is True
+    assert prometheus["security_opt"] == ["no-new-privileges:true"]
+    for name in ("queue", "worker"):
+        assert prometheus["depends_on"][name]["condition"] == "service_healthy"
+    data = [(v["source"], v["target"]) for v in prometheus["volumes"] if v["type"] == "volume"]
+    assert data == [("prometheus", "/var/lib/kestrelq/prometheus")]
 
 
 @pytest.mark.docker
