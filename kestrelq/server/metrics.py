@@ -38,6 +38,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Sample
 
 from kestrelq.errors import ConfigError
 from kestrelq.server.state import ServerState
@@ -92,13 +93,17 @@ class Families:
     """The metric families of one scrape, filled a part at a time."""
 
     def __init__(self) -> None:
-        self.gauges = [GaugeMetricFamily(n, h, labels=["queue"]) for n, h in _QUEUE_GAUGES]
-        self.counters = [CounterMetricFamily(n, h, labels=["queue"]) for n, h in _QUEUE_COUNTERS]
+        gauges = [GaugeMetricFamily(n, h, labels=["queue"]) for n, h in _QUEUE_GAUGES]
+        counters = [CounterMetricFamily(n, h, labels=["queue"]) for n, h in _QUEUE_COUNTERS]
+        # Each family with the name its samples carry (a counter's ends in _total).
+        self.per_queue: list[tuple[Metric, str]] = [
+            *((g, g.name) for g in gauges),
+            *((c, f"{c.name}_total") for c in counters),
+        ]
         self.server: list[Metric] = []
 
     def collect(self) -> Iterator[Metric]:
-        yield from self.gauges
-        yield from self.counters
+        yield from (family for family, _ in self.per_queue)
         yield from self.server
 
 
@@ -128,13 +133,14 @@ class ServerCollector:
                 s = queue.stats
                 waiting = state.waiters.count(name)
                 age_s = queue.oldest_age_ms(now_ms) / 1000
-                gauges = (queue.items, queue.bytes, len(queue.open_reads), waiting, age_s)
-                for gauge, value in zip(families.gauges, gauges, strict=True):
-                    gauge.add_metric([name], value)
-                counts = (s.total_items, s.got_items, s.expired_items, s.dead_lettered,
+                values = (queue.items, queue.bytes, len(queue.open_reads), waiting, age_s,
+                          s.total_items, s.got_items, s.expired_items, s.dead_lettered,
                           s.discarded)  # fmt: skip
-                for counter, count in zip(families.counters, counts, strict=True):
-                    counter.add_metric([name], count)
+                # Samples appended as add_metric would make them, without its checks per call:
+                # half the event loop's share of a scrape.
+                labels = {"queue": name}
+                for (family, sample_name), value in zip(families.per_queue, values, strict=True):
+                    family.samples.append(Sample(sample_name, labels, value))
             yield
         families.server = list(self._server_families())
 

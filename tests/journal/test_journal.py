@@ -16,6 +16,7 @@ from kestrelq.errors import JournalCorrupt, JournalFull
 from kestrelq.journal import format as fmt
 from kestrelq.journal import writer
 from kestrelq.journal.item import Item
+from kestrelq.journal.ledger import Durations
 from kestrelq.journal.policy import FsyncPolicy
 from kestrelq.journal.store import JournalStore, StoreLimits
 
@@ -322,3 +323,27 @@ def test_a_new_segment_that_fails_on_a_full_disk_is_retried_slowly_and_logged_on
             break
     assert journal.segments == [2]
     store.close()
+
+
+def test_fsync_durations_land_in_the_first_bucket_at_or_above_them() -> None:
+    # Prometheus' buckets are "less than or equal": 1 ms exactly belongs to le="0.001".
+    durations = Durations((0.001, 0.01))
+    for seconds in (0.0005, 0.001, 0.002, 0.5):
+        durations.observe(seconds)
+    counts, total_s = durations.snapshot()
+    assert counts == [2, 1, 1]
+    assert total_s == pytest.approx(0.5035)
+
+
+def test_every_fsync_of_the_store_is_timed(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "data", lambda name: FsyncPolicy("always"), StoreLimits())
+    store.open()
+    try:
+        log = store.log_for("q")
+        log(fmt.Add(Item(b"x", added_ms=1)), True)
+        store.write_pending()
+        store.sync_always()
+        counts, total_s = store.ledger.fsync_durations.snapshot()
+        assert sum(counts) >= 1 and total_s > 0
+    finally:
+        store.close()
