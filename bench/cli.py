@@ -440,7 +440,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"## Minimal client\n\n{args.messages} messages of {args.size} B per run, "
                     f"median of {args.repeat} run(s), C client processes, each with the minimal "
                     "client (bench/miniclient.py: one request, one reply, no pipelining), the "
-                    "same for every server.\n\n" + report.minimal_table(mini_rows)
+                    "same for every server.\n\n"
+                    + report.summary_table(mini_rows)
+                    + "\nEvery row, with latency and the server's CPU:\n\n"
+                    + report.minimal_table(mini_rows)
                 )
                 raw["minimal"] = [asdict(r) for r in mini_rows]
             rows = report.aggregate(

@@ -190,6 +190,42 @@ def _rank(row: Row) -> tuple[int, str, int, int]:
     return rank, label, _MODE_ORDER.get(row.mode, 2), row.clients
 
 
+def _k(rate: float) -> str:
+    return f"{rate / 1000:.1f}k"
+
+
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def summary_table(rows: list[Row]) -> str:
+    """One line per server and get: every client count in one cell ("1 / 4"), rates and ratios."""
+    counts = sorted({r.clients for r in rows})
+    by_key = {(r.label, r.mode, r.clients): r for r in rows}
+    lines = [
+        "| server | get op | C | set msg/s | get msg/s | set vs darner | get vs darner "
+        "| set vs floor | get vs floor |",
+        "|" + "---|" * 9,
+    ]
+    seen: list[tuple[str, str]] = []
+    for r in sorted(rows, key=_rank):
+        if (r.label, r.mode) not in seen:
+            seen.append((r.label, r.mode))
+    for label, mode in seen:
+        line = [by_key[(label, mode, c)] for c in counts if (label, mode, c) in by_key]
+
+        def cell(get: Callable[[Row], str], line: list[Row] = line) -> str:
+            return " / ".join(get(r) for r in line)
+
+        lines.append(
+            f"| {label} | {line[0].ops[1]} | {cell(lambda r: str(r.clients))} "
+            f"| {cell(lambda r: _k(r.enq_rate))} | {cell(lambda r: _k(r.deq_rate))} "
+            f"| {cell(lambda r: _x(r.enq_vs_darner))} | {cell(lambda r: _x(r.deq_vs_darner))} "
+            f"| {cell(lambda r: _x(r.enq_vs_floor))} | {cell(lambda r: _x(r.deq_vs_floor))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def minimal_table(rows: list[Row]) -> str:
     """The minimal client's table: rates, and their ratios to darner and to the floor."""
     lines = [

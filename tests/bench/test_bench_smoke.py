@@ -80,6 +80,7 @@ def test_bench_runs_every_server_and_verifies_every_message(tmp_path: Path) -> N
         assert row["enq_vs_floor"] > 0 and row["deq_vs_floor"] > 0, row
         assert row["enq_vs_darner"] is None, row
     assert "| kestrelq fsync=always | 2 | set |" in md and "| get q/close/open |" in md
+    assert "| kestrelq fsync=always | get q/close/open | 1 / 2 |" in md  # the summary
     assert all(r["verified"] == 1 for r in raw["loadgen"])
     assert {r["label"] for r in raw["loadgen"]} == {
         "memcached", "python floor", "kestrelq fsync=never", "kestrelq fsync=always"

@@ -346,6 +346,15 @@ def test_peer_ratios_hold_kestrelq_against_darner_darner_sync_and_the_floor() ->
     assert " | 1,000 | 2.00x | 0.05x | get q/close/open | 3,000 | 0.50x | 0.19x |" in row
     assert "| darner-sync | 1 | set q/sync |" in table
 
+    # The summary: one line per server and get, the client counts side by side ("1 / 4").
+    summary = report.summary_table(rows)
+    assert (
+        f"| {always} | get q/close/open | 1 / 4 | 1.0k / 3.0k | 3.0k / 9.0k | 2.00 / 1.20 "
+        "| 0.50 / 1.00 | 0.05 / - | 0.19 / - |" in summary
+    )
+    assert "| memcached | get key | 1 | 40.0k | 24.0k | 4.00 | 2.00 | 2.00 | 1.50 |" in summary
+    assert summary.count("\n| ") == 8
+
     checks = {c.name: c for c in report.peer_checks(rows)}
     assert set(checks) == {
         f"C=1: {never} set / darner set (minimal client)",
