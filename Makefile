@@ -133,6 +133,12 @@ host-up: install conf-check $(HOST_PASSWORD)  ## the stack under supervisord on 
 	@echo "Worker output:   tail -f $(HOST_VAR)/log/work_worker_00.log"
 	@echo "Status page:     http://127.0.0.1:9001/ (user kestrelq, password in $(HOST_PASSWORD))"
 
+# The dashboard over host mode: its queue and its supervisord, with the status page's password.
+.PHONY: dashboard
+dashboard: install  ## the dashboard of host mode on http://127.0.0.1:8081/ (docs/dashboard.md)
+	KESTRELQ_SUPERVISOR_PASSWORD="$$(cat $(HOST_PASSWORD))" \
+		$(VENV)/bin/kestrelq dashboard --supervisor 127.0.0.1:9001
+
 host-status: install  ## supervisorctl status of host mode
 	$(SUPERVISORCTL) status
 
@@ -153,7 +159,8 @@ host-down: install  ## stop host mode (workers finish their message first)
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 STACK_ENV := var/stack.env
 
-.PHONY: docker-engine base-image images up up-metrics down logs ps chaos-test screenshot
+.PHONY: docker-engine base-image images up up-metrics down logs ps chaos-test screenshot \
+	screenshot-dashboard
 docker-engine:  ## install and start a Docker engine and Compose v2 (root)
 	scripts/docker-engine.sh
 
@@ -209,6 +216,8 @@ up: base-image $(STACK_ENV) secrets  ## build and start the stack in containers,
 	@echo "Or send a message and watch a worker handle it:"
 	@echo "  docker compose exec app python send.py 'hello'"
 	@echo "  docker compose logs --follow worker        (or: make logs)"
+	@echo "The dashboard: queues, workers, dead letters (user kestrelq, password in $(STACK_ENV)):"
+	@echo "  http://127.0.0.1:$${KESTRELQ_DASHBOARD_PORT:-8081}/"
 	@echo "supervisord status pages (user kestrelq, password in $(STACK_ENV)):"
 	@echo "  queue   http://127.0.0.1:$${KESTRELQ_QUEUE_STATUS_PORT:-9001}/"
 	@echo "  workers http://127.0.0.1:$${KESTRELQ_WORKER_STATUS_PORT:-9002}/"
@@ -232,9 +241,14 @@ logs:  ## follow the stack's logs
 ps:  ## docker compose ps
 	$(COMPOSE) ps
 
-# The browser test (its own test stack, headless Chromium) writes its last screenshot here.
-screenshot: install base-image  ## regenerate docs/img/web-page.png (the README's screenshot)
+# The browser tests (headless Chromium) write their screenshots here: the web front end's on
+# its own test stack, the dashboard's on processes on this machine (no Docker).
+screenshot: install base-image screenshot-dashboard  ## regenerate docs/img/web-page.png and dashboard.png (the README's screenshots)
 	KESTRELQ_SCREENSHOT=docs/img/web-page.png $(PY) -m pytest -q tests/chaos/test_web_stack.py
+
+screenshot-dashboard: install  ## regenerate docs/img/dashboard.png (no Docker)
+	KESTRELQ_DASHBOARD_SCREENSHOT=docs/img/dashboard.png $(PY) -m pytest -q \
+		tests/dashboard/test_dashboard_browser.py
 
 # The container chaos suite alone (it is also part of `make test`).
 chaos-test: install base-image  ## the container chaos suite alone (chaos and docker)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import secrets
+import signal
 import sys
 from typing import Any
 
@@ -159,6 +160,8 @@ def _dashboard(args: argparse.Namespace) -> int:
         timeout_s=min(args.timeout, 2.0),
     )
     collector.start()
+    # docker stop's SIGTERM: waitress ends its loop on SystemExit, and the sampler is stopped.
+    signal.signal(signal.SIGTERM, _exit)
     logger.info("dashboard on http://%s/ for %s; supervisord: %s", args.listen, servers,
                 ",".join(map(str, supervisors)) or "none")  # fmt: skip
     try:
@@ -173,3 +176,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     finally:
         collector.stop()
     return 0
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(0)

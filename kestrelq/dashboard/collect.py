@@ -419,8 +419,9 @@ class Collector:
 
 
 def _oldest_age_ms(stats: Mapping[str, str]) -> int:
-    # The age of the oldest waiting item where the server says it; else Kestrel's `age`.
-    for key in ("oldest_item_age_ms", "oldest_age_ms", "age"):
+    # `oldest_age_ms`: how long the head item has waited; a server without it has only
+    # Kestrel's `age` (how long the last fetched item had waited), the nearest there is.
+    for key in ("oldest_age_ms", "age"):
         if key in stats:
             return _int(stats[key])
     return 0

@@ -139,6 +139,7 @@ class Stack:
     queue_port: int
     worker_status_port: int
     web_port: int
+    dashboard_port: int
     password: str
     settings: dict[str, str]
     secrets_dir: Path
@@ -339,7 +340,7 @@ def make_stack(root: Path, tmp: Path, label: str, profiles: tuple[str, ...] = ()
     """
     project = new_project(label)
     queue_port, queue_status, worker_status = free_port(), free_port(), free_port()
-    web_port = free_port()
+    web_port, dashboard_port = free_port(), free_port()
     password = secrets.token_urlsafe(12)
     # The stack's CA, certificates, passwords and auth file, made as `make up` makes them, and
     # given to the images' user as its bind mounts need (the tests run as root in CI).
@@ -354,6 +355,7 @@ def make_stack(root: Path, tmp: Path, label: str, profiles: tuple[str, ...] = ()
         "KESTRELQ_QUEUE_STATUS_PORT": str(queue_status),
         "KESTRELQ_WORKER_STATUS_PORT": str(worker_status),
         "KESTRELQ_WEB_PORT": str(web_port),
+        "KESTRELQ_DASHBOARD_PORT": str(dashboard_port),
         "KESTRELQ_WORKERS": str(WORKERS),
         # Its own tag: a shared one moved from project to project and left the images it
         # moved away from dangling (compose labels each image with its project).
@@ -377,6 +379,9 @@ def make_stack(root: Path, tmp: Path, label: str, profiles: tuple[str, ...] = ()
         "  worker:\n"
         "    environment:\n"
         f"      KESTRELQ_SUPERVISOR_PASSWORD: {password}\n"
+        "  dashboard:\n"
+        "    environment:\n"
+        f"      KESTRELQ_SUPERVISOR_PASSWORD: {password}\n"
     )
     return Stack(
         root=root,
@@ -387,6 +392,7 @@ def make_stack(root: Path, tmp: Path, label: str, profiles: tuple[str, ...] = ()
         queue_port=queue_port,
         worker_status_port=worker_status,
         web_port=web_port,
+        dashboard_port=dashboard_port,
         password=password,
         settings=settings,
         secrets_dir=secrets_dir,

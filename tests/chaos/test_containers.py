@@ -205,7 +205,7 @@ def test_restart_whole_stack(stack: Stack) -> None:
     stack.run("stop")
     record_timing(scenario, "graceful stop of every container", time.monotonic() - stopping)
     flowing.wait(60)
-    for service in ("queue", "worker", "app"):
+    for service in ("queue", "worker", "app", "dashboard"):
         assert stack.inspect(service, "{{.State.Status}}") == "exited", service
     # A clean stop: supervisord and the server exit 0, not a SIGKILL at the grace period's end.
     assert stack.inspect("queue", "{{.State.ExitCode}}") == "0"

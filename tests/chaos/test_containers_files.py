@@ -19,7 +19,7 @@ from compose_stack import make_stack
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "images" / "Dockerfile"
-SERVICES = ("queue", "worker", "app")
+SERVICES = ("queue", "worker", "app", "dashboard")
 COMPOSE_CONFIG = ("docker", "compose", "-f", "compose.yaml", "config", "--format", "json")
 STAGE_RE = re.compile(r"^FROM (\S+) AS (\S+)$", re.MULTILINE)
 
@@ -107,19 +107,20 @@ def test_compose_publishes_on_loopback_only(compose_config: dict[str, Any]) -> N
         ("queue", "9001", "127.0.0.1"),
         ("worker", "9002", "127.0.0.1"),
         ("app", "8080", "127.0.0.1"),
+        ("dashboard", "8081", "127.0.0.1"),
     }
 
 
 @pytest.mark.docker
 def test_compose_builds_restarts_and_orders(compose_config: dict[str, Any]) -> None:
     services = compose_config["services"]
-    assert set(services) == {"queue", "worker", "app"}
+    assert set(services) == set(SERVICES)
     for name, service in services.items():
         assert service["pull_policy"] == "build", name
         assert service["build"]["dockerfile"] == "images/Dockerfile"
         assert service["build"]["target"] == name
         assert service["restart"] == "unless-stopped", name
-    for name in ("worker", "app"):
+    for name in ("worker", "app", "dashboard"):
         assert services[name]["depends_on"]["queue"]["condition"] == "service_healthy"
     journal = [v for v in services["queue"]["volumes"] if v["type"] == "volume"]
     assert [(v["source"], v["target"]) for v in journal] == [("journal", "/var/lib/kestrelq/queue")]

@@ -21,7 +21,7 @@ from kestrelq.credentials import EXIT_CREDENTIALS
 
 pytestmark = [pytest.mark.chaos, pytest.mark.docker, pytest.mark.timeout(900)]
 
-SERVICES = ("queue", "worker", "app")
+SERVICES = ("queue", "worker", "app", "dashboard")
 
 # Run in a stranger's container on the stack's network: each way of asking, what came back.
 STRANGER = r"""

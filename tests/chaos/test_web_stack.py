@@ -1,4 +1,5 @@
-"""The web front end against the running compose stack: in a real browser, and under chaos.
+"""The web front end against the running compose stack: in a real browser, and under chaos;
+and the dashboard service of the same stack.
 
 Headless Chromium (Debian's chromium and chromium-driver) driven by selenium opens the page,
 uploads two photos, a text file and a photo cut short in one go, and without reloading sees:
@@ -16,13 +17,19 @@ of it stayed behind.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from browser import screenshot
@@ -32,6 +39,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 from web_client import queued_ids, statuses, thumbnail_size, upload
+
+from kestrelq.client import Client
 
 sys.path.insert(0, str(REPO / "tests" / "app"))
 from images import photo
@@ -227,6 +236,57 @@ def upload_files(stack: Stack) -> dict[str, list[str]]:
         upload_id, name = line.split("/")[-2:]
         found.setdefault(upload_id, []).append(name)
     return {k: sorted(v) for k, v in found.items()}
+
+
+def dashboard(stack: Stack, path: str, body: object = None, **headers: str) -> tuple[int, str]:
+    """(status, body) of a dashboard request from the host, with the stack's login."""
+    login = base64.b64encode(f"kestrelq:{stack.password}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.dashboard_port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Basic {login}", "Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return int(reply.status), reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def test_the_dashboard_service(stack: Stack) -> None:
+    """The compose service: its login, the queue over TLS with the worker's login, both
+    supervisords' programs, and a dead letter requeued to `work` and handled by a worker."""
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{stack.dashboard_port}/", timeout=30)
+        raise AssertionError("the dashboard answered without a login")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+
+    def ready() -> dict[str, Any] | None:
+        state: dict[str, Any] = json.loads(dashboard(stack, "/api/state")[1])
+        running = {p["name"] for p in state["processes"] if p["state"] == "RUNNING"}
+        up = [s["up"] for s in state["servers"]] == [True]
+        return state if up and {"queue", "work_worker:work_worker_00"} <= running else None
+
+    state = wait_until(
+        ready, 120, interval_s=0.5, what="the queue and the workers on the dashboard"
+    )
+    assert state is not None
+    assert [s["name"] for s in state["servers"]] == ["queue:22133"]
+    assert all(s["up"] for s in state["supervisors"]), state["supervisors"]
+    envelope = {"task": "echo", "id": "dashboard-revived", "args": {"text": "requeued"}}
+    with Client("127.0.0.1", stack.queue_port, 10, stack.credentials("app")) as client:
+        assert client.set("work_dead", json.dumps(envelope).encode())
+    page = dashboard(stack, "/")[1]
+    token = re.search(r'data-token="([^"]+)"', page)
+    assert token is not None
+    code, answer = dashboard(
+        stack, "/api/requeue", {"server": "queue:22133", "queue": "work_dead"},
+        **{"X-Kestrelq-Dashboard": token.group(1)},
+    )  # fmt: skip
+    assert code == 200 and "moved 1 from work_dead to work" in answer, answer
+    wait_until(lambda: "dashboard-revived" in stack.handled(), 120, what="the requeued message")
 
 
 def test_scaled_worker_containers_share_the_work(stack: Stack) -> None:

@@ -22,7 +22,7 @@
         shown[part] = html;
       }
     }
-    updated.textContent = "updated " + new Date(state.at * 1000).toLocaleTimeString();
+    updated.textContent = "updated " + new Date(state.at * 1000).toISOString().slice(11, 19) + " UTC";
     body.classList.remove("stale");
   }
 
