@@ -25,6 +25,7 @@ from kestrelq.protocol.client import (
     Count,
     DumpStats,
     ErrorReply,
+    Message,
     Reply,
     Stats,
     Status,
@@ -148,6 +149,16 @@ class Client:
         reply = self._checked(c.Version())
         assert isinstance(reply, Version)
         return reply.text
+
+    def status(self) -> c.ServerStatus:
+        """The server's status (STATUS): UP, READONLY or QUIESCENT."""
+        reply = self._checked(c.GetStatus())
+        assert isinstance(reply, Message)
+        return c.ServerStatus(reply.text)
+
+    def set_status(self, status: c.ServerStatus) -> None:
+        """Switch the server to `status` (an admin command when logins are on)."""
+        self._checked(c.SetStatus(status))
 
     def flush_expired(self, queue: str) -> int:
         reply = self._checked(c.FlushExpired(queue))

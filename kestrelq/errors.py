@@ -99,6 +99,34 @@ class ShutdownDisabled(AccessDenied):
     reason = "shutdown not enabled"
 
 
+# -- server status --------------------------------------------------------------------------
+
+
+class ServerUnavailable(KestrelqError):
+    """The server's status (STATUS) refuses the command: it is being drained or stopped.
+
+    Answered with SERVER_ERROR and a close, as Kestrel does, so that a client takes the
+    server out of its rotation and tries another one; nothing was changed.
+    """
+
+    reason = "server unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(self.reason)
+
+
+class ServerReadOnly(ServerUnavailable):
+    """A write (set, delete, the flush family) on a READONLY or QUIESCENT server."""
+
+    reason = "server is read-only"
+
+
+class ServerQuiescent(ServerUnavailable):
+    """A read that takes an item (get, monitor) on a QUIESCENT server."""
+
+    reason = "server is quiescent"
+
+
 # -- queues ---------------------------------------------------------------------------------
 
 

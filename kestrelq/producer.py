@@ -9,7 +9,9 @@ Each message goes to one server, round robin from a random start, so N servers g
 shares. A server that refuses the connection, times out, hangs up or answers SERVER_ERROR is
 skipped and the same message goes to the next one; the failed server is left out for a backoff
 (0.5 s doubling up to 30 s) and tried again after it. SERVER_ERROR "object too large" is not a
-failure of the server but a refusal of the message, like NOT_STORED: no backoff. STORED from
+failure of the server but a refusal of the message, like NOT_STORED: no backoff. A server
+being drained (its STATUS is READONLY or QUIESCENT: SERVER_ERROR "server is read-only") is
+left out like a failed one, and the log says it is draining, not failing. STORED from
 one server is the acknowledgement: `send` returns only then (pymemcache's `set` with
 `noreply=False`; its default would not wait).
 
@@ -112,6 +114,10 @@ class Producer:
             except MemcacheClientError:
                 raise  # CLIENT_ERROR: this message is bad for every server; retrying cannot help
             except MemcacheServerError as exc:
+                if _draining(exc):
+                    self._draining(address, exc)
+                    errors.append(f"{_where(address)} ({_reason(exc)})")
+                    continue
                 if not _too_large(exc):
                     self._failed(address, exc)
                     errors.append(f"{_where(address)} ({_reason(exc)})")
@@ -161,6 +167,14 @@ class Producer:
         logger.warning("queue server %s failed (%s); leaving it out for %.1fs",
                        _where(address), _reason(exc), delay_s)  # fmt: skip
 
+    def _draining(self, address: Address, exc: MemcacheServerError) -> None:
+        # The server closed the connection after its refusal (as it does for every status
+        # refusal); the backoff brings it back once an operator puts it UP again.
+        self._drop_client(address)
+        delay_s = self.rotation.failed(address)
+        logger.info("queue server %s is draining (%s); leaving it out for %.1fs",
+                    _where(address), _reason(exc), delay_s)  # fmt: skip
+
     def _default_client(self, address: Address) -> Any:
         return memcache_client(
             address,
@@ -178,10 +192,19 @@ def _where(address: Address) -> str:
 
 def _too_large(exc: MemcacheServerError) -> bool:
     """Whether a SERVER_ERROR is the refusal of an item over the server's size limit."""
+    return _text(exc).startswith("object too large")
+
+
+def _draining(exc: MemcacheServerError) -> bool:
+    """Whether a SERVER_ERROR is a drained server's refusal (STATUS READONLY or QUIESCENT)."""
+    return _text(exc).startswith(("server is read-only", "server is quiescent"))
+
+
+def _text(exc: MemcacheServerError) -> str:
     reason = exc.args[0] if exc.args else b""
     if isinstance(reason, bytes):
         reason = reason.decode("utf-8", "replace")
-    return str(reason).startswith("object too large")
+    return str(reason).strip()
 
 
 def _reason(exc: BaseException) -> str:

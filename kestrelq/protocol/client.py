@@ -157,6 +157,8 @@ _EXPECT: dict[type, Expect | None] = {
     c.Version: Expect.VERSION,
     c.Quit: None,
     c.Shutdown: None,
+    c.GetStatus: Expect.MESSAGE,
+    c.SetStatus: Expect.END,
 }
 
 _ERROR_WORDS = {b"ERROR": "ERROR", b"CLIENT_ERROR": "CLIENT_ERROR", b"SERVER_ERROR": "SERVER_ERROR"}
@@ -222,6 +224,8 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     c.Reload: _constant(b"reload\r\n"),
     c.Shutdown: _constant(b"shutdown\r\n"),
     c.Quit: _constant(b"quit\r\n"),
+    c.GetStatus: _constant(b"status\r\n"),
+    c.SetStatus: lambda cmd: b"status %s\r\n" % cmd.status.value.encode(),
 }
 
 

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 from kestrelq.queue.collection import GetOptions
 from kestrelq.value import value
+
+
+class ServerStatus(Enum):
+    """What a server takes (Kestrel 2.4's statuses, named as its STATUS command names them).
+
+    UP takes everything; READONLY refuses writes (a server being drained: producers go
+    elsewhere, workers empty it); QUIESCENT refuses reads as well (it can be stopped).
+    """
+
+    UP = "UP"
+    READONLY = "READONLY"
+    QUIESCENT = "QUIESCENT"
 
 
 @value
@@ -86,6 +100,16 @@ class Monitor:
 
 
 @value
+class GetStatus:
+    pass
+
+
+@value
+class SetStatus:
+    status: ServerStatus
+
+
+@value
 class Confirm:
     queue: str
     count: int
@@ -107,4 +131,6 @@ Command = (
     | Quit
     | Monitor
     | Confirm
+    | GetStatus
+    | SetStatus
 )

@@ -306,6 +306,21 @@ def _confirm(args: list[bytes]) -> c.Command:
     return c.Confirm(_queue(args[0], close=False), _int(args[1], "count", 0, MAX_U32))
 
 
+def _status(args: list[bytes]) -> c.Command:
+    if not args:
+        return c.GetStatus()
+    if len(args) == 1:
+        word = args[0].decode("ascii", "replace")
+        try:
+            return c.SetStatus(c.ServerStatus(word.upper()))
+        except ValueError:
+            pass
+    shown = b" ".join(args)[:32].decode("ascii", "replace")
+    raise RemoteProtocolError(
+        f"unknown status {shown!r}: status [UP|READONLY|QUIESCENT]", close=False
+    )
+
+
 _SIMPLE: dict[bytes, Callable[[], c.Command]] = {
     b"flush_all_expired": c.FlushAllExpired,
     b"stats": c.Stats,
@@ -323,4 +338,5 @@ _WITH_ARGS = {
     b"dump_stats": _dump_stats,
     b"monitor": _monitor,
     b"confirm": _confirm,
+    b"status": _status,
 }

@@ -27,6 +27,11 @@ def version(text: str) -> bytes:
     return b"VERSION %s\r\n" % text.encode()
 
 
+def status(word: str) -> bytes:
+    """The answer to a bare `status`: the status word alone (`UP`)."""
+    return b"%s\r\n" % word.encode()
+
+
 def error(word: str, reason: str) -> bytes:
     # A reason never contains CR or LF: it comes from our own messages, but be strict.
     clean = reason.replace("\r", " ").replace("\n", " ")

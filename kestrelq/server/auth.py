@@ -35,7 +35,16 @@ from kestrelq.protocol import commands as c
 
 logger = logging.getLogger(__name__)
 
-ADMIN_COMMANDS = (c.FlushAll, c.Flush, c.Delete, c.Reload, c.FlushAllExpired, c.Shutdown)
+ADMIN_COMMANDS = (
+    c.FlushAll,
+    c.Flush,
+    c.Delete,
+    c.Reload,
+    c.FlushAllExpired,
+    c.Shutdown,
+    c.GetStatus,
+    c.SetStatus,
+)
 
 # Compared against when the user is unknown, so that a wrong name costs the same time as a
 # wrong password and the reply's timing does not tell which users exist.

@@ -1,4 +1,4 @@
-"""`kestrelq serve`, `kestrelq stats`, `kestrelq peek`."""
+"""`kestrelq serve`, `kestrelq stats`, `kestrelq peek`, `kestrelq drain`, `kestrelq undrain`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from typing import Any
 from kestrelq.client import DEFAULT_HOST, DEFAULT_PORT, Client, address_from_env
 from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
 from kestrelq.errors import ConfigError, CredentialsRefused, JournalError, KestrelqError
+from kestrelq.protocol.commands import ServerStatus
 from kestrelq.server import config as config_mod
-from kestrelq.servers import Address, ServerList, parse_servers, servers_from_env
+from kestrelq.servers import Address, ServerList, parse_entry, parse_servers, servers_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,38 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                 help="seconds between redraws with --watch (default 2)",
             )  # fmt: skip
         sub.set_defaults(func=func)
+
+    drain = subparsers.add_parser(
+        "drain",
+        help="take a server out: READONLY, then wait until its queues are empty",
+        description=(
+            "Switch the server to READONLY (producers send to the other servers, workers keep "
+            "reading it), then wait until every queue on it is empty and no read is open, and "
+            "say so: the server can then be stopped. Logs in and speaks TLS as KESTRELQ_USER, "
+            "KESTRELQ_PASSWORD and KESTRELQ_TLS_* say (an admin user when logins are on). "
+            "The status stays READONLY, across restarts too, until `kestrelq undrain`."
+        ),
+    )
+    drain.add_argument("server", metavar="HOST:PORT")
+    drain.add_argument("--timeout", type=float, default=5.0, help="seconds per request (5)")
+    drain.add_argument(
+        "--wait-s",
+        type=float,
+        default=0.0,
+        help="give up (exit 1, the server stays READONLY) after this long (0: wait for ever)",
+    )
+    drain.add_argument(
+        "--poll-s", type=float, default=1.0, help="seconds between looks at its queues (1)"
+    )
+    drain.set_defaults(func=_drain)
+    undrain = subparsers.add_parser(
+        "undrain",
+        help="put a drained server back: UP",
+        description="Switch the server back to UP: producers send to it again.",
+    )
+    undrain.add_argument("server", metavar="HOST:PORT")
+    undrain.add_argument("--timeout", type=float, default=5.0, help="seconds per request (5)")
+    undrain.set_defaults(func=_undrain)
 
 
 def _positive_seconds(text: str) -> float:
@@ -364,3 +397,79 @@ def _peek(args: argparse.Namespace) -> int:
         return 0
 
     return _each_server(args, show)
+
+
+def _one_server(args: argparse.Namespace) -> int | None:
+    """Set args.host and args.port from HOST:PORT; 2 (after saying why) if it is bad."""
+    try:
+        entry = parse_entry(args.server)
+    except ConfigError as exc:
+        print(f"kestrelq: {exc}", file=sys.stderr)
+        return 2
+    args.host, args.port = entry.host, entry.port
+    return None
+
+
+def _undrain(args: argparse.Namespace) -> int:
+    def up(client: Client) -> int:
+        client.set_status(ServerStatus.UP)
+        print(f"{args.host}:{args.port}: UP: taking messages again", flush=True)
+        return 0
+
+    return _one_server(args) or _with_client(args, up)
+
+
+def _not_empty(queues: dict[str, dict[str, str]]) -> dict[str, tuple[int, int]]:
+    """The queues still holding items or open reads: {name: (items, open reads)}."""
+    left = {}
+    for name, stats in queues.items():
+        pair = (_int(stats.get("items", "0")), _int(stats.get("open_transactions", "0")))
+        if pair != (0, 0):
+            left[name] = pair
+    return left
+
+
+def _drain(args: argparse.Namespace) -> int:
+    code = _one_server(args)
+    if code is not None:
+        return code
+    where = f"{args.host}:{args.port}"
+    started = time.monotonic()
+
+    def readonly(client: Client) -> int:
+        client.set_status(ServerStatus.READONLY)
+        print(f"{where}: READONLY: producers send elsewhere, workers empty it", flush=True)
+        return 0
+
+    code = _with_client(args, readonly)
+    if code:
+        return code
+    shown = None
+    left: dict[str, tuple[int, int]] = {}
+
+    def look(client: Client) -> int:
+        left.update(_not_empty(client.dump_stats()))
+        return 0
+
+    while True:
+        left.clear()
+
+        # A failed look (the server restarting, a timeout) is said and tried again: the
+        # drain is the server's status, which the restart keeps.
+        if _with_client(args, look) == 0 and not left:
+            took = time.monotonic() - started
+            print(f"{where}: drained in {took:.1f} s: every queue empty, no read open; it can "
+                  "be stopped (`kestrelq undrain` puts it back)", flush=True)  # fmt: skip
+            return 0
+        if left and left != shown:
+            shown = dict(left)
+            items = sum(n for n, _ in left.values())
+            reads = sum(o for _, o in left.values())
+            names = ", ".join(sorted(left)[:5]) + (", ..." if len(left) > 5 else "")
+            print(f"{where}: {items} items and {reads} open reads left in {len(left)} queues "
+                  f"({names})", flush=True)  # fmt: skip
+        if args.wait_s and time.monotonic() - started > args.wait_s:
+            print(f"kestrelq: {where} not drained after {args.wait_s:g} s; it stays READONLY",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        time.sleep(args.poll_s)

@@ -47,16 +47,18 @@ from kestrelq.errors import (
     QueueError,
     QueueFull,
     ReadWhileOpen,
+    ServerUnavailable,
     ShuttingDown,
     TooManyOpenReads,
     TooManyQueues,
 )
 from kestrelq.protocol import commands as c
 from kestrelq.protocol import replies
+from kestrelq.protocol.commands import ServerStatus
 from kestrelq.protocol.parser import ServerConnection
-from kestrelq.queue.collection import Session, expiry_ms
+from kestrelq.queue.collection import GetOptions, Session, expiry_ms
 from kestrelq.queue.item import Item
-from kestrelq.server import stats
+from kestrelq.server import stats, status
 from kestrelq.server.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,9 @@ _LINGER_BYTES = 1 << 20
 # stranger's `set x 0 0 <max_item_bytes>` took that much of the pending-bytes budget (or waited
 # in its line) before ever logging in.
 _MAX_LOGIN_BYTES = 1 << 10
+_UP = ServerStatus.UP
+# What is left of a `get q/close/open` refused by a QUIESCENT server: the confirm.
+_CLOSE_ONLY = GetOptions(close=True)
 
 
 def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
@@ -86,6 +91,10 @@ def error_reply(exc: KestrelqError) -> tuple[bytes, bool]:
         return replies.error("CLIENT_ERROR", exc.reason), exc.close
     if isinstance(exc, ProtocolError):
         return replies.error(exc.word, exc.reason), exc.close
+    if isinstance(exc, ServerUnavailable):
+        # Closed, as Kestrel does: a client that sees its connection go takes the server out
+        # of its rotation and sends to (or reads from) another one.
+        return replies.error("SERVER_ERROR", exc.reason), True
     if isinstance(exc, TooManyOpenReads | ReadWhileOpen):
         return replies.error("ERROR", str(exc)), True
     if isinstance(exc, QueueFull | ItemRejected | ShuttingDown):
@@ -347,6 +356,8 @@ class QueueProtocol(asyncio.Protocol):
         if self.must_login:
             self._login(cmd)
             return
+        if server.status is not _UP:
+            self._check_status(cmd, now_ms)
         match cmd:
             case c.Get():
                 self._get(cmd, now_ms)
@@ -366,6 +377,16 @@ class QueueProtocol(asyncio.Protocol):
                 self._reply(replies.END if ok else replies.ERROR)
             case _:
                 self._admin(cmd, now_ms)
+
+    def _check_status(self, cmd: c.Command, now_ms: int) -> None:
+        """Refuse what the server's status refuses (server/status.py)."""
+        try:
+            status.check(self.server.status, cmd)
+        except ServerUnavailable:
+            if isinstance(cmd, c.Get) and cmd.options.close:
+                # The worker handled the message it confirms: confirm it, refuse the next.
+                self.session.get(cmd.queue, _CLOSE_ONLY, now_ms)
+            raise
 
     def _admin(self, cmd: c.Command, now_ms: int) -> None:
         """Queue maintenance and server information commands."""
@@ -398,6 +419,11 @@ class QueueProtocol(asyncio.Protocol):
             case c.Reload():
                 server.reload()
                 self._reply(replies.RELOADED)
+            case c.GetStatus():
+                self._reply(replies.status(server.status.value))
+            case c.SetStatus(new):
+                server.set_status(new)
+                self._reply(replies.END)
 
     def _login(self, cmd: c.Command) -> None:
         try:
@@ -505,6 +531,8 @@ class QueueProtocol(asyncio.Protocol):
         parked = self.parked
         if parked is None or self.transport is None:
             return False
+        if self.server.status is ServerStatus.QUIESCENT:
+            return False  # it waits on (its timeout ends it) but takes nothing
         now_ms = self.server.now_ms()
         try:
             if isinstance(parked.command, c.Get):

@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from kestrelq import __version__
-from kestrelq.errors import InvalidQueueName, JournalError, KestrelqError
+from kestrelq.errors import InvalidQueueName, JournalError, JournalWriteFailed, KestrelqError
 from kestrelq.journal.item import Item
 from kestrelq.journal.policy import FsyncPolicy
 from kestrelq.journal.store import JournalStore, StoreLimits
+from kestrelq.protocol.commands import ServerStatus
 from kestrelq.queue import names
 from kestrelq.queue.collection import QueueCollection
 from kestrelq.server import config as config_mod
-from kestrelq.server import counters
+from kestrelq.server import counters, status
 from kestrelq.server.budget import ByteBudget
 from kestrelq.server.config import ServerConfig
 from kestrelq.server.connection import QueueProtocol
@@ -50,6 +51,14 @@ EXIT_JOURNAL_LOST = 74
 # Descriptors kept for what is neither a connection nor a journal: listeners, the event loop,
 # the lock and directory files, logs, TLS reloads.
 _SPARE_DESCRIPTORS = 64
+
+
+# The log line's word on each status: an operator reading the log sees what the server takes.
+_STATUS_MEANS = {
+    ServerStatus.UP: "taking reads and writes",
+    ServerStatus.READONLY: "refusing writes, serving reads (draining)",
+    ServerStatus.QUIESCENT: "refusing reads and writes",
+}
 
 
 # How much of a poison message the log shows, escaped: enough to recognise it (a task's id).
@@ -113,6 +122,7 @@ class Server:
             reload=self.reload,
             sync_soon=self._sync_soon,
             sync_now=self._group_sync,
+            set_status=self.set_status,
             started_s=clock(),
             pending=ByteBudget(config.max_pending_bytes),
         )
@@ -160,6 +170,10 @@ class Server:
                 state.unremove(xid)
             items += state.items
         counters.restore(self.collection, counters.load(Path(self.config.data_dir)))
+        saved = self.state.status = status.load(store.data_dir)
+        if saved is not ServerStatus.UP:
+            logger.warning("server status %s (saved in %s): %s", saved.value,
+                           store.data_dir / status.FILE_NAME, _STATUS_MEANS[saved])  # fmt: skip
         for name in list(store.needs_rotation):
             self._rotate(name, force=True)
         store.needs_rotation.clear()
@@ -486,6 +500,19 @@ class Server:
             finally:
                 if self.metrics is not None:
                     self.metrics.reload()
+
+    def set_status(self, new: ServerStatus) -> None:
+        """`status <new>`: saved first, so a restart keeps it; OSError if it cannot be."""
+        old = self.state.status
+        try:
+            status.save(self.store.data_dir, new)
+        except OSError as exc:
+            raise JournalWriteFailed(f"status {new.value} not saved (still {old.value}): "
+                                     f"{exc}") from None  # fmt: skip
+        self.state.status = new
+        if new is not old:
+            logger.warning("server status %s (was %s): %s", new.value, old.value,
+                           _STATUS_MEANS[new])  # fmt: skip
 
     def _reload_queues(self) -> None:
         if not self.config.config_file:

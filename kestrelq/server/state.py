@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kestrelq.journal.store import JournalStore
+from kestrelq.protocol.commands import ServerStatus
 from kestrelq.queue.collection import QueueCollection
 from kestrelq.server.budget import ByteBudget
 from kestrelq.server.config import ServerConfig
@@ -129,6 +130,10 @@ class ServerState:
     reload: Callable[[], None]
     sync_soon: Callable[[], None]
     sync_now: Callable[[], None]
+    # STATUS: what this server takes now (server/status.py), and how a `status <new>` is
+    # saved and applied (by the server: the file first, then this field).
+    set_status: Callable[[ServerStatus], None]
+    status: ServerStatus = ServerStatus.UP
     started_s: float = 0.0
     shutting_down: bool = False
     connections: set[Connection] = field(default_factory=set)

@@ -75,6 +75,11 @@ CASES: list[tuple[str, c.Command, bytes, Reply | None]] = [
     ("monitor-default-limit", c.Monitor("jobs", 1, 0), replies.END, Values(())),
     ("confirm", c.Confirm("jobs", 2), replies.END, Status.END),
     ("confirm-refused", c.Confirm("jobs", 9), replies.ERROR, ErrorReply("ERROR", "")),
+    ("status", c.GetStatus(), replies.status("READONLY"), Message("READONLY")),
+    ("status-set", c.SetStatus(c.ServerStatus.QUIESCENT), replies.END, Status.END),
+    ("set-read-only", c.Set("jobs", 0, 0, b"x"),
+     replies.error("SERVER_ERROR", "server is read-only"),
+     ErrorReply("SERVER_ERROR", "server is read-only")),
     # No reply: the server closes the connection (last, as nothing follows them for real).
     ("quit", c.Quit(), b"", None),
     ("shutdown", c.Shutdown(), b"", None),

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from kestrelq.errors import ItemTooLarge, ProtocolError, RemoteProtocolError
 from kestrelq.protocol import commands as c
+from kestrelq.protocol.commands import ServerStatus
 from kestrelq.protocol.parser import ServerConnection, State
 from kestrelq.queue.collection import GetOptions
 
@@ -69,6 +70,11 @@ def parse_all(data: bytes, **limits: int) -> list[c.Command | ProtocolError]:
         pytest.param(b"monitor q 5\r\n", c.Monitor("q", 5, 0), id="monitor"),
         pytest.param(b"monitor q 5 3\r\n", c.Monitor("q", 5, 3), id="monitor-max"),
         pytest.param(b"confirm q 2\r\n", c.Confirm("q", 2), id="confirm"),
+        pytest.param(b"status\r\n", c.GetStatus(), id="status"),
+        pytest.param(b"STATUS\r\n", c.GetStatus(), id="status-upper"),
+        pytest.param(b"status readonly\r\n", c.SetStatus(ServerStatus.READONLY), id="readonly"),
+        pytest.param(b"status Quiescent\r\n", c.SetStatus(ServerStatus.QUIESCENT), id="quiet"),
+        pytest.param(b"status UP\r\n", c.SetStatus(ServerStatus.UP), id="up"),
     ],
 )
 def test_commands(line: bytes, expected: c.Command) -> None:
@@ -127,6 +133,8 @@ def test_binary_data_with_crlf_inside() -> None:
         pytest.param(b"delete\r\n", "delete needs a queue name", False, id="delete-no-name"),
         pytest.param(b"get " + b"q" * 129 + b"\r\n", "queue name longer", True, id="long-name"),
         pytest.param(b"get q\xc3\xa9\r\n", "bad queue name", True, id="non-ascii"),
+        pytest.param(b"status down\r\n", "unknown status 'down'", False, id="status-down"),
+        pytest.param(b"status up now\r\n", "unknown status 'up now'", False, id="status-2"),
     ],
 )
 def test_errors(data: bytes, reason: str, close: bool) -> None:

@@ -19,7 +19,16 @@ from kestrelq.server.connection import error_reply
 from kestrelq.server.tls import TlsFiles, build_context
 
 ON = Access({"alice": b"pw one", "root": b"r"}, frozenset({"root"}))
-ADMIN = [c.FlushAll(), c.Flush("q"), c.Delete("q"), c.Reload(), c.FlushAllExpired(), c.Shutdown()]
+ADMIN = [
+    c.FlushAll(),
+    c.Flush("q"),
+    c.Delete("q"),
+    c.Reload(),
+    c.FlushAllExpired(),
+    c.Shutdown(),
+    c.GetStatus(),
+    c.SetStatus(c.ServerStatus.READONLY),
+]
 
 
 def test_the_login_set_names_the_user() -> None:

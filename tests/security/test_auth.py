@@ -137,6 +137,8 @@ def test_pymemcache_without_login_is_refused(srv: SecureServer) -> None:
         (b"delete jobs\r\n", b"DELETED\r\n"),
         (b"reload\r\n", b"Reloaded config.\r\n"),
         (b"flush_all_expired\r\n", b"0\r\n"),
+        (b"status\r\n", b"UP\r\n"),
+        (b"status up\r\n", b"END\r\n"),
     ],
 )
 def test_admin_commands_need_the_admin_role(
