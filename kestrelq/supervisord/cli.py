@@ -69,6 +69,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=os.environ.get("KESTRELQ_CONNECT_HOST") or None,
         help="address the workers reach the queue at (env KESTRELQ_CONNECT_HOST)",
     )
+    p.add_argument(
+        "--connect-servers",
+        default=os.environ.get("KESTRELQ_CONNECT_SERVERS") or None,
+        metavar="HOST:PORT,...",
+        help="every queue server the workers read from, instead of --connect-host and --port "
+        "(env KESTRELQ_CONNECT_SERVERS)",
+    )
     p.add_argument("--port", type=int, help="queue server port")
     p.add_argument("--http-host", help="address of supervisord's status page")
     p.add_argument("--http-port", type=int, help="port of supervisord's status page (0 = none)")
@@ -100,6 +107,7 @@ def overrides_from_args(args: argparse.Namespace) -> Overrides:
         paths=paths,
         listen_host=args.listen_host,
         connect_host=args.connect_host,
+        connect_servers=args.connect_servers,
         port=args.port,
         http_host=args.http_host,
         http_port=args.http_port,

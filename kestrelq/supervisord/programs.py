@@ -7,7 +7,7 @@ stack's `only` asks for. The keys that are supervisor's defaults are left to `Pr
 from __future__ import annotations
 
 from kestrelq.supervisord.model import Program
-from kestrelq.supervisord.stack import QueueSpec, Stack, here_path
+from kestrelq.supervisord.stack import QueueSpec, Stack, here_path, server_list
 
 
 def _log(stack: Stack, name: str, stream: str = "/dev/stdout") -> tuple[str, str, int]:
@@ -105,6 +105,13 @@ def _worker_metrics_dir(stack: Stack) -> str:
     return f"{here_path(stack.run_dir, 1)}/{WORKER_METRICS_DIR}"
 
 
+def _connect(stack: Stack) -> str:
+    """Where the workers read: every server of connect_servers, else the one server."""
+    if stack.connect_servers:
+        return f"--servers {server_list(stack.connect_servers)}"
+    return f"--host {stack.connect_host} --port {stack.port}"
+
+
 def worker_program(stack: Stack, queue: QueueSpec) -> Program:
     name = worker_program_name(queue.name)
     logfile, maxbytes, backups = _log(stack, "%(program_name)s_%(process_num)02d")
@@ -120,7 +127,7 @@ def worker_program(stack: Stack, queue: QueueSpec) -> Program:
     )
     command = queue.command or (
         f"{stack.python} -m kestrelq work {queue.name} --handler tasks:handle"
-        f" --host {stack.connect_host} --port {stack.port} --wait-ms {queue.wait_ms}"
+        f" {_connect(stack)} --wait-ms {queue.wait_ms}"
         f" --stop-timeout-s {stop_timeout_s:g}{dead_letter}"
     )
     return Program(

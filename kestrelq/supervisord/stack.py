@@ -31,9 +31,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from kestrelq.errors import InvalidQueueName
+from kestrelq.errors import ConfigError, InvalidQueueName
 from kestrelq.queue import names
 from kestrelq.queue.config import QUEUE_KEYS as SERVER_QUEUE_KEYS
+from kestrelq.servers import parse_servers
 
 Mode = Literal["host", "container"]
 Only = Literal["all", "queue", "workers"]
@@ -68,6 +69,9 @@ class Stack:
     data_dir: str = "../var/host/queue"
     listen_host: str = "127.0.0.1"
     connect_host: str = "127.0.0.1"
+    # Several queue servers for the workers ("q1:22133,q2:22133"); when set, the workers get
+    # `--servers` with it instead of --host connect_host --port port.
+    connect_servers: str = ""
     port: int = 22133
     fsync: str | int = "always"
     max_open_reads: int = 1
@@ -149,6 +153,7 @@ SECTIONS: Mapping[str, Mapping[str, str]] = {
     "server": {
         "listen_host": "listen_host",
         "connect_host": "connect_host",
+        "connect_servers": "connect_servers",
         "port": "port",
         "fsync": "fsync",
         "max_open_reads": "max_open_reads",
@@ -176,6 +181,7 @@ class Overrides:
     paths: Mapping[str, str] = field(default_factory=dict)
     listen_host: str | None = None
     connect_host: str | None = None
+    connect_servers: str | None = None
     port: int | None = None
     http_host: str | None = None
     http_port: int | None = None
@@ -245,6 +251,8 @@ def parse_stack(data: Mapping[str, Any], source: str) -> Stack:
     if values["tls_verify"] not in ("none", "optional", "required"):
         raise StackError(f"security.tls_verify must be none, optional or required, not "
                          f"{values['tls_verify']!r}")  # fmt: skip
+    if values["connect_servers"]:
+        server_list(values["connect_servers"])
     if not values["plain"] and not values["tls_port"]:
         raise StackError("security.plain = false needs a security.tls_port")
     fsync = _table(data, "server").get("fsync", _STACK_DEFAULTS["fsync"])
@@ -295,7 +303,17 @@ def apply_overrides(stack: Stack, o: Overrides) -> Stack:
         changes["queues"] = tuple(
             replace(q, workers=o.workers) if q.workers > 0 else q for q in stack.queues
         )
+    if changes.get("connect_servers"):
+        server_list(changes["connect_servers"])
     return replace(stack, **changes)
+
+
+def server_list(text: str) -> str:
+    """The workers' server list, checked by the clients' own rule; StackError if bad."""
+    try:
+        return ",".join(str(entry) for entry in parse_servers(text))
+    except ConfigError as exc:
+        raise StackError(f"server.connect_servers: {exc}") from None
 
 
 def here_path(path: str, depth: int) -> str:

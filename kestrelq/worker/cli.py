@@ -10,7 +10,7 @@ from typing import Any
 
 from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
 from kestrelq.errors import ConfigError, CredentialsRefused
-from kestrelq.servers import Entry, parse_servers, single_server
+from kestrelq.servers import Entry, parse_servers, servers_from_env, single_server
 from kestrelq.worker import metrics
 from kestrelq.worker.registry import HandlerNotFound, resolve
 from kestrelq.worker.runtime import (
@@ -28,23 +28,15 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     """--servers, or --host/--port, with the KESTRELQ_* defaults every client shares."""
     parser.add_argument(
         "--servers",
-        default=os.environ.get("KESTRELQ_SERVERS") or None,
         metavar="HOST:PORT,...",
         help="every queue server to read from (env KESTRELQ_SERVERS; a DNS name may stand for "
         "several); instead of --host/--port",
     )
     parser.add_argument(
-        "--host",
-        default=os.environ.get("KESTRELQ_HOST") or None,
-        help="the queue server's host (env KESTRELQ_HOST, default 127.0.0.1)",
+        "--host", help="the queue server's host (env KESTRELQ_HOST, default 127.0.0.1)"
     )
     parser.add_argument(
-        "--port",
-        type=int,
-        # A string default: argparse converts it with type=int, only for the command that
-        # uses it, and a bad value is a usage error, not a traceback for every command.
-        default=os.environ.get("KESTRELQ_PORT") or None,
-        help="queue server port (env KESTRELQ_PORT, default 22133)",
+        "--port", type=int, help="queue server port (env KESTRELQ_PORT, default 22133)"
     )
 
 
@@ -222,15 +214,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def servers_from_args(args: argparse.Namespace) -> list[Entry]:
-    """The server list that --servers or --host/--port (or their variables) name."""
+    """The server list that --servers or --host/--port name, else their variables.
+
+    The command line wins over the environment: a rendered `--servers` list is not undone by
+    an image's KESTRELQ_HOST. Both kinds on one level (two options, or two variables) is an
+    error: which one was meant cannot be guessed.
+    """
     if args.servers:
         if args.host or args.port:
-            raise ConfigError(
-                "--servers (KESTRELQ_SERVERS) or --host/--port (KESTRELQ_HOST/KESTRELQ_PORT), "
-                "not both"
-            )
+            raise ConfigError("--servers or --host/--port, not both")
         return parse_servers(args.servers)
-    return [single_server(args.host, args.port)]
+    if args.host or args.port:
+        env = os.environ
+        return [single_server(args.host or env.get("KESTRELQ_HOST"),
+                              args.port or env.get("KESTRELQ_PORT"))]  # fmt: skip
+    return servers_from_env()
 
 
 def worker_from_args(

@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
         "servers",
     },
     "worker": {"errors", "credentials", "client", "servers", "producer"},
-    "supervisord": {"errors", "queue"},
+    "supervisord": {"errors", "queue", "servers"},
     "dashboard": {"errors", "credentials", "client", "servers", "requeue"},
     "cli": {"server", "worker", "supervisord", "certs", "dashboard"},
     "__main__": {"cli"},

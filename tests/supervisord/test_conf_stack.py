@@ -411,3 +411,46 @@ def test_security_left_empty_adds_nothing() -> None:
 def test_bad_security_settings_are_refused(body: str, error: str) -> None:
     with pytest.raises(StackError, match=error):
         parse_stack(tomllib.loads(f"[security]\n{body}\n"), "test")
+
+
+# -- several queue servers for the workers ------------------------------------------------------
+
+
+def _worker_command(stack: Stack) -> str:
+    files = render_stack(stack)
+    return str(ini(files["supervisord.d/work_worker.ini"]).get("program:work_worker", "command"))
+
+
+def test_connect_servers_gives_the_workers_every_server_and_no_host() -> None:
+    data = tomllib.loads((CONF / "stack.toml").read_text())
+    data["server"]["connect_servers"] = "q1:22133, q2, [::1]:7"
+    command = _worker_command(parse_stack(data, "stack.toml"))
+    assert " --servers q1:22133,q2:22133,[::1]:7 " in command
+    assert "--host" not in command and "--port" not in command
+    # Without it, the one server, as before.
+    assert " --host 127.0.0.1 --port 22133 " in _worker_command(committed_stack())
+
+
+def test_connect_servers_from_the_command_line_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kestrelq.cli import build_parser
+    from kestrelq.supervisord.cli import overrides_from_args
+
+    stack = apply_overrides(committed_stack(), Overrides(connect_servers="a:1,b:2"))
+    assert " --servers a:1,b:2 " in _worker_command(stack)
+    # What the worker image's entrypoint passes on from KESTRELQ_SERVERS.
+    monkeypatch.setenv("KESTRELQ_CONNECT_SERVERS", "tasks.queue")
+    args = build_parser().parse_args(["conf"])
+    stack = apply_overrides(committed_stack(), overrides_from_args(args))
+    assert " --servers tasks.queue:22133 " in _worker_command(stack)
+
+
+@pytest.mark.parametrize("bad", ["a:1,b:x", " , ", "a:99999"])
+def test_a_bad_server_list_is_refused_naming_the_key(bad: str) -> None:
+    data = tomllib.loads((CONF / "stack.toml").read_text())
+    data["server"]["connect_servers"] = bad
+    with pytest.raises(StackError, match=r"server\.connect_servers"):
+        parse_stack(data, "stack.toml")
+    with pytest.raises(StackError, match=r"server\.connect_servers"):
+        apply_overrides(committed_stack(), Overrides(connect_servers=bad))
