@@ -257,12 +257,14 @@ chaos-test: install base-image  ## the container chaos suite alone (chaos and do
 
 # ---- Benchmarks ------------------------------------------------------------------------------
 # kestrelq against memcached, beanstalkd (binlog) and redis (appendonly) on 127.0.0.1, each on a
-# free port: table, chart and JSON in bench/results/. Extra flags: make bench BENCH_ARGS="-n 50000".
+# free port, through pymemcache and through the minimal client (one request, one reply), with
+# the Python floor in both and darner given its binary: BENCH_ARGS="--darner BIN". Table, chart
+# and JSON in bench/results/. Extra flags: make bench BENCH_ARGS="-n 50000".
 # `python -m bench --help` lists the scenarios (--fsync-scale, --backlog N, --fairness).
 BENCH_ARGS ?=
 
 .PHONY: bench bench-quick bench-targets
-bench: install  ## kestrelq against memcached, beanstalkd and redis; results in bench/results/
+bench: install  ## kestrelq against its peers (darner: BENCH_ARGS="--darner BIN"); bench/results/
 	$(PY) -m bench $(BENCH_ARGS)
 
 bench-quick: install  ## a tiny benchmark run (about 20 s)
