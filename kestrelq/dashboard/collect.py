@@ -8,9 +8,10 @@ Rules:
    read the last `Snapshot`. A server or supervisord that does not answer in time is shown as
    down with the reason, and the others are unaffected.
 2. Rates come from the history kept here (the last `window_s`): the put rate is the growth of
-   `total_items`, the taken rate is what was put minus what the depth grew by (gets, expiry
-   and dead letters all take items out). A counter that went back (a restart) starts over
-   rather than giving a negative rate.
+   `total_items`, the got rate the growth of `got_items` (items handed to readers, a
+   redelivery again). A server without `got_items` gets what was put minus what the depth
+   grew by (gets, expiry and dead letters all take items out). A counter that went back (a
+   restart) starts over rather than giving a negative rate.
 3. supervisord keeps no restart count, so the dashboard counts the restarts it sees: a
    process whose start time changed between two samples was started again. The count starts
    when the dashboard does, and says so.
@@ -91,6 +92,7 @@ class Point:
     at: float
     items: int
     total: int
+    got: int | None = None  # None: the server does not say
 
 
 class History:
@@ -100,25 +102,28 @@ class History:
         self.window_s = window_s
         self.points: deque[Point] = deque()
 
-    def add(self, at: float, items: int, total: int) -> None:
-        self.points.append(Point(at, items, total))
+    def add(self, at: float, items: int, total: int, got: int | None = None) -> None:
+        self.points.append(Point(at, items, total, got))
         while self.points and self.points[0].at < at - self.window_s:
             self.points.popleft()
 
     def rates(self) -> list[tuple[float, float, float]]:
-        """(time, put per second, taken per second) between each two samples."""
+        """(time, put per second, got per second) between each two samples."""
         out: list[tuple[float, float, float]] = []
         for a, b in zip(self.points, list(self.points)[1:], strict=False):
             dt = b.at - a.at
             if dt <= 0:
                 continue
-            put = b.total - a.total if b.total >= a.total else b.total
-            taken = max(0, put - (b.items - a.items))
-            out.append((b.at, put / dt, taken / dt))
+            put = _growth(a.total, b.total)
+            if a.got is not None and b.got is not None:
+                got = _growth(a.got, b.got)
+            else:
+                got = max(0, put - (b.items - a.items))
+            out.append((b.at, put / dt, got / dt))
         return out
 
     def recent_rates(self, span_s: float) -> tuple[float, float]:
-        """Put and taken per second averaged over the last `span_s` (0, 0 without samples)."""
+        """Put and got per second averaged over the last `span_s` (0, 0 without samples)."""
         if not self.points:
             return 0.0, 0.0
         end = self.points[-1].at
@@ -126,6 +131,11 @@ class History:
         if not rates:
             return 0.0, 0.0
         return sum(r[1] for r in rates) / len(rates), sum(r[2] for r in rates) / len(rates)
+
+
+def _growth(before: int, after: int) -> int:
+    # A counter that went back was reset (a restart): what it holds now is what came since.
+    return after - before if after >= before else after
 
 
 class Restarts:
@@ -160,7 +170,7 @@ class QueueRow:
     total_items: int
     dead_lettered: int
     put_rate: float = 0.0
-    taken_rate: float = 0.0
+    got_rate: float = 0.0
     depth_line: list[tuple[float, float]] = field(default_factory=list)
     rate_lines: list[tuple[float, float, float]] = field(default_factory=list)
 
@@ -362,9 +372,10 @@ class Collector:
         for queue, stats in sorted(answer.queues.items()):
             items = _int(stats.get("items", "0"))
             total = _int(stats.get("total_items", "0"))
+            got = _int(stats["got_items"]) if "got_items" in stats else None
             history = self._history.setdefault((server, queue), History(self.window_s))
-            history.add(now, items, total)
-            put, taken = history.recent_rates(60.0)
+            history.add(now, items, total, got)
+            put, got_rate = history.recent_rates(60.0)
             snap.queues.append(
                 QueueRow(
                     server=server,
@@ -377,7 +388,7 @@ class Collector:
                     total_items=total,
                     dead_lettered=_int(stats.get("dead_lettered", "0")),
                     put_rate=put,
-                    taken_rate=taken,
+                    got_rate=got_rate,
                     depth_line=[(p.at, float(p.items)) for p in history.points],
                     rate_lines=history.rates(),
                 )

@@ -26,7 +26,7 @@ from kestrelq.errors import ConfigError
 from kestrelq.servers import Entry, ServerList
 
 
-def test_rates_come_from_the_history_and_a_reset_counter_starts_over() -> None:
+def test_without_got_items_the_rates_come_from_depth_and_a_reset_counter_starts_over() -> None:
     h = History(window_s=60)
     h.add(0, items=0, total=0)
     h.add(10, items=20, total=50)  # 50 put, depth +20: 30 taken
@@ -37,6 +37,14 @@ def test_rates_come_from_the_history_and_a_reset_counter_starts_over() -> None:
     h.add(100, items=5, total=5)  # the first points fall out of the window
     assert [p.at for p in h.points] == [100]
     assert h.recent_rates(60) == (0.0, 0.0)
+
+
+def test_the_got_rate_is_the_servers_own_count_when_it_has_one() -> None:
+    h = History(window_s=60)
+    h.add(0, items=0, total=0, got=0)
+    h.add(10, items=0, total=10, got=30)  # 20 redeliveries: got counts each hand-out
+    h.add(20, items=0, total=10, got=5)  # restarted: counted from 0 again
+    assert h.rates() == [(10, 1.0, 3.0), (20, 0.0, 0.5)]
 
 
 def test_restarts_are_start_times_that_changed() -> None:
