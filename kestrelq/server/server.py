@@ -412,10 +412,12 @@ class Server:
     def _save_counters(self, force: bool = False) -> None:
         """Write the queue counters (server/counters.py) when something may have changed one
         and the last save is SAVE_EVERY_S old. Every change comes from a client's command
-        (bytes read) or from the housekeeping (expiry, timed-out reads): no walk over the
-        queues to find out."""
+        (bytes read), its disconnect (open reads returned) or the housekeeping (expiry,
+        timed-out reads): no walk over the queues to find out."""
         mark = (
             self.state.counters.bytes_read,
+            self.state.counters.total_connections,
+            len(self.state.connections),
             self.collection.counters.queue_expires,
             self._timed_out_reads,
             self.collection.counters.queue_creates,

@@ -270,3 +270,19 @@ def test_a_damaged_counters_file_is_ignored_and_loses_no_item(tmp_path: Path) ->
         srv.start()
         assert "counters.json: ignored" in srv.log()
         assert drain_replies(srv.port, "work") == [value("work", b"kept")]
+
+
+def test_a_read_returned_by_a_disconnect_is_saved_too(server: ServerProcess) -> None:
+    saved = server.data_dir / "counters.json"
+
+    def counted(key: str, want: int) -> bool:
+        return saved.exists() and json.loads(saved.read_text())["queues"]["q"][key] == want
+
+    with Wire(server.port) as w:
+        put(w, "q", b"held")
+        assert w.call(b"get q/open\r\n") == value("q/open", b"held")
+        wait_until(lambda: counted("transactions", 1), 60, what="the open read saved")
+    # No command comes after the disconnect: the save must notice it all the same.
+    wait_until(lambda: counted("canceled_transactions", 1), 60, what="the return saved")
+    restart(server, "kill-9")
+    assert server_stats(server.port)["queue_q_canceled_transactions"] == "1"
