@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -126,11 +127,29 @@ def test_dashboard_page(tmp_path: Path, browser: WebDriver, silent_server: int) 
         )  # fmt: skip
         wait_until(dashboard.healthy, WAIT_S, what="the dashboard's /healthz")
         check_the_page(browser, dashboard, stack.port, silent_server, handled_log, tmp_path)
+        check_a_restart_is_counted(browser, sup)
     finally:
         if dashboard is not None:
             dashboard.stop()
         assert sup.stop() == 0
     assert dashboard is not None and "Traceback" not in dashboard.log_path.read_text()
+
+
+def check_a_restart_is_counted(browser: WebDriver, sup: Supervisord) -> None:
+    """The worker killed with kill -9: supervisord starts it again, the page counts one."""
+    name = "work_worker:work_worker_00"
+    pid = sup.info(name)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(partial(sup.running, name, pid), WAIT_S, what=f"{name} started again")
+    row = f'tr.process[data-name="{name}"]'
+
+    def restarts(driver: WebDriver) -> str:
+        return str(driver.find_element(By.CSS_SELECTOR, f"{row} td.restarts").text)
+
+    WebDriverWait(
+        browser, WAIT_S, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]
+    ).until(lambda d: restarts(d) == "1")
+    assert browser.execute_script("return window.kestrelqMark;") == 42, "the page was reloaded"
 
 
 def check_the_page(
