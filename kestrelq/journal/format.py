@@ -127,7 +127,17 @@ def _frame(op: Opcode, payload: bytes) -> bytes:
 
 
 _ADD_PREFIX = struct.Struct("<BIqqi")  # op + ADD_FIELDS, the part of an ADD before its data
+_XID_BODY = struct.Struct("<BQ")  # op + XID, the whole body of OPEN, CONFIRM and UNREMOVE
 _REMOVE_PARTS = (_frame(Opcode.REMOVE, b""),)
+# Every command appends a record or two: the dispatch below is by exact type and the opcodes
+# are plain ints, since an isinstance against a union and an IntEnum member lookup each cost
+# more than the packing itself.
+_ADD_OPS: dict[type[Record], int] = {Add: int(Opcode.ADD), SnapAdd: int(Opcode.SNAP_ADD)}
+_XID_OPCODES: dict[type[Record], int] = {
+    Open: int(Opcode.OPEN),
+    Confirm: int(Opcode.CONFIRM),
+    Unremove: int(Opcode.UNREMOVE),
+}
 
 
 def encode(record: Record) -> bytes:
@@ -138,15 +148,20 @@ def encode(record: Record) -> bytes:
 def encode_parts(record: Record) -> tuple[bytes, ...]:
     """The bytes of one framed record in pieces, so that an item's data is never copied
     (written with writev). Its checksum is chained onto the prefix's."""
-    if isinstance(record, Add | SnapAdd):
-        item = record.item
-        op = Opcode.ADD if isinstance(record, Add) else Opcode.SNAP_ADD
+    kind = type(record)
+    op = _ADD_OPS.get(kind)
+    if op is not None:
+        item: Item = record.item  # type: ignore[union-attr]  # an Add or SnapAdd (typing.cast is a call)
         prefix = _ADD_PREFIX.pack(op, item.flags, item.added_ms, item.expires_ms, item.deliveries)
         data = item.data
         crc = zlib.crc32(data, zlib.crc32(prefix))
         return HEADER.pack(len(prefix) + len(data), crc) + prefix, data
-    if isinstance(record, Remove):  # every plain get: its bytes never change
+    if kind is Remove:  # every plain get: its bytes never change
         return _REMOVE_PARTS
+    op = _XID_OPCODES.get(kind)
+    if op is not None:  # every reliable read: an open, and a confirm when it is closed
+        body = _XID_BODY.pack(op, record.xid)  # type: ignore[union-attr]  # Open, Confirm, Unremove
+        return (HEADER.pack(_XID_BODY.size, zlib.crc32(body)) + body,)
     return (_encode_small(record),)
 
 

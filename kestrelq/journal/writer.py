@@ -102,18 +102,17 @@ class StoreLimits:
 class Batching:
     """Whether appends are batched; switched off for good where fallocate is not supported."""
 
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled
+    __slots__ = ("enabled",)
 
-    @property
-    def enabled(self) -> bool:
-        return self._enabled
+    def __init__(self, enabled: bool) -> None:
+        # Read on every append: a plain attribute, not a property. Only `unsupported` sets it.
+        self.enabled = enabled
 
     def unsupported(self, data_dir: Path, why: str) -> None:
-        if self._enabled:
+        if self.enabled:
             logger.warning("fallocate not supported in %s (%s): writing each record at once",
                            data_dir, why)  # fmt: skip
-        self._enabled = False
+        self.enabled = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +152,7 @@ class Journal:
         self._ctx = ctx
         self.name = name
         self.policy = policy
+        self._always = policy.mode == "always"  # asked on every append
         self.segments = sorted(segments) or [1]
         self.sizes: dict[int, int] = {}
         self.current = self.segments[-1]
@@ -207,6 +207,7 @@ class Journal:
 
     def set_policy(self, policy: FsyncPolicy) -> None:
         self.policy = policy
+        self._always = policy.mode == "always"
 
     def _ensure_open(self, essential: bool) -> None:
         """Open the current segment for appending, creating it if it is not there yet."""
@@ -273,7 +274,8 @@ class Journal:
         if ctx.reserve.released and not essential:
             raise JournalFull("disk full: new items refused until space is freed")
         data = encode_parts(record)
-        self._ensure_open(essential)
+        if self.fd < 0:
+            self._ensure_open(essential)
         if self._header_due:
             data = (MAGIC, *data)
         try:
@@ -299,7 +301,8 @@ class Journal:
             offset += len(MAGIC)
         self.last_offset = offset
         self._idle_ticks = 0
-        ctx.ledger.appended(self.policy.waits_for(record))
+        # Only an `always` journal's appends can make a reply wait (its policy says which).
+        ctx.ledger.appended(self._always and self.policy.waits_for(record))
         if self.size + self.pending_bytes - self.base_size >= ctx.limits.segment_bytes:
             ctx.on_segment_full(self.name)
 
