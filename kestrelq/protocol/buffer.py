@@ -13,25 +13,28 @@ class ReceiveBuffer:
     buffer for every command of a pipelined batch); a start offset moves forward and the
     storage is compacted only when the consumed part dominates. A line search remembers how
     far it already looked, so a line arriving a byte at a time stays O(n).
+
+    Consumed to its end, the storage is emptied at once: so `data` is empty exactly when
+    nothing is buffered, which a caller checks without a call (the end of every batch).
     """
 
-    __slots__ = ("_data", "_searched", "_start")
+    __slots__ = ("_searched", "_start", "data")
 
     def __init__(self) -> None:
-        self._data = bytearray()
+        self.data = bytearray()
         self._start = 0
         self._searched = 0
 
     def __len__(self) -> int:
-        return len(self._data) - self._start
+        return len(self.data) - self._start
 
     def __iadd__(self, chunk: bytes) -> ReceiveBuffer:
-        self._data += chunk
+        self.data += chunk
         return self
 
     def maybe_extract_line(self) -> bytes | None:
         """The next line without its LF (and CR), or None if no full line is buffered."""
-        data = self._data
+        data = self.data
         idx = data.find(b"\n", self._searched)  # _searched >= _start, always
         if idx < 0:
             self._searched = len(data)
@@ -53,7 +56,7 @@ class ReceiveBuffer:
         bytearray slice would copy it a second time, which costs milliseconds for 8 MiB); a
         small one through a slice, which is faster than setting up the view.
         """
-        data = self._data
+        data = self.data
         start = self._start
         end = start + size
         stop = end + len(terminator)
@@ -82,10 +85,10 @@ class ReceiveBuffer:
     def _consume_to(self, offset: int) -> None:
         self._start = offset
         self._searched = offset
-        if self._start == len(self._data):
-            self._data.clear()
+        if self._start == len(self.data):
+            self.data.clear()
             self._start = self._searched = 0
-        elif self._start > 65536 and self._start * 2 > len(self._data):
-            del self._data[: self._start]
+        elif self._start > 65536 and self._start * 2 > len(self.data):
+            del self.data[: self._start]
             self._searched -= self._start
             self._start = 0

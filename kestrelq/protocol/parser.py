@@ -148,43 +148,46 @@ class ServerConnection:
     @property
     def in_command(self) -> bool:
         """Part of a command has arrived: a partial line, or a data block not yet complete."""
-        return self.state in (_BLOCK, _SKIP) or (self.state is _IDLE and len(self._buffer) > 0)
+        return self.state in (_BLOCK, _SKIP) or (self.state is _IDLE and bool(self._buffer.data))
 
     def receive_data(self, data: bytes) -> None:
-        if self.state is not State.CLOSED:
-            self._buffer += data
+        if self.state is not _CLOSED:
+            self._buffer.data += data
 
     def next_command(self) -> c.Command | None:
         """The next complete command, None if more bytes are needed; raises on bad input."""
         try:
-            return self._next()
+            state = self.state
+            if state is not _IDLE:
+                return self._not_idle(state)
+            buffer = self._buffer
+            if not buffer.data:
+                return None  # the end of every batch: nothing to search
+            line = buffer.maybe_extract_line()
+            if line is None:
+                if len(buffer) > self.max_line_bytes:
+                    raise RemoteProtocolError("line too long")
+                return None
+            if len(line) > self.max_line_bytes:
+                raise RemoteProtocolError("line too long")
+            return self._command(line)
         except ProtocolError as exc:
             if exc.close:
                 self.state = State.CLOSED
             raise
 
-    def _next(self) -> c.Command | None:
-        state = self.state
-        if state is not _IDLE:
-            if state is _BLOCK:
-                return self._finish_set()
-            if state is _CLOSED:
-                return None
-            self._skip_left -= self._buffer.skip(self._skip_left)
-            if self._skip_left:
-                return None
-            self.state = _IDLE
-            assert self._skip_error is not None
-            error, self._skip_error = self._skip_error, None
-            raise error
-        line = self._buffer.maybe_extract_line()
-        if line is None:
-            if len(self._buffer) > self.max_line_bytes:
-                raise RemoteProtocolError("line too long")
+    def _not_idle(self, state: State) -> c.Command | None:
+        if state is _BLOCK:
+            return self._finish_set()
+        if state is _CLOSED:
             return None
-        if len(line) > self.max_line_bytes:
-            raise RemoteProtocolError("line too long")
-        return self._command(line)
+        self._skip_left -= self._buffer.skip(self._skip_left)
+        if self._skip_left:
+            return None
+        self.state = _IDLE
+        assert self._skip_error is not None
+        error, self._skip_error = self._skip_error, None
+        raise error
 
     def _command(self, line: bytes) -> c.Command | None:
         tokens = line.split()
@@ -234,11 +237,13 @@ class ServerConnection:
                 raise
         if size > self.max_item_bytes:
             raise ItemTooLarge(size, self.max_item_bytes, noreply=noreply)
-        try:
-            queue = _queue(args[0], close=False)
-        except RemoteProtocolError as exc:
-            exc.noreply = noreply
-            return self._skip(size, exc)
+        queue = _name_cache.get(args[0])  # the usual case, without a call
+        if queue is None:
+            try:
+                queue = _queue(args[0], close=False)
+            except RemoteProtocolError as exc:
+                exc.noreply = noreply
+                return self._skip(size, exc)
         try:
             block = self._buffer.maybe_extract_block(size, b"\r\n")
         except ValueError:
@@ -256,7 +261,7 @@ class ServerConnection:
         self.state = _SKIP
         self._skip_left = size + 2
         self._skip_error = error
-        return self._next()
+        return self._not_idle(_SKIP)
 
     def _finish_set(self) -> c.Command | None:
         assert self._pending_set is not None

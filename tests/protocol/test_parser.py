@@ -242,7 +242,7 @@ class _CountingBytes(bytearray):
 
 def _feed_bytewise(data: bytes) -> tuple[list[c.Command], int]:
     conn = ServerConnection()
-    storage = conn._buffer._data = _CountingBytes()
+    storage = conn._buffer.data = _CountingBytes()
     got: list[c.Command] = []
     for i in range(len(data)):
         conn.receive_data(data[i : i + 1])
