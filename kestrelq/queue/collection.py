@@ -175,12 +175,16 @@ class QueueCollection:
 
     def add(self, name: str, item: Item, now_ms: int) -> None:
         """Enqueue on `name` and copy to its fanout children known now."""
-        self.counters.cmd_set += 1
+        counters = self.counters
+        counters.cmd_set += 1
         # The parent first: if it refuses the item (full, too large, its journal failed), no
         # child has a copy yet, so an error means "nowhere" and the client's retry cannot leave
         # a second copy in a child.
-        self.queue(name).add(item, now_ms)
-        self.counters.total_items += 1
+        state = self.queues.get(name)  # the usual case, without a call
+        if state is None:
+            state = self.queue(name)
+        state.add(item, now_ms)
+        counters.total_items += 1
         for child in self._children.get(name, ()):
             try:
                 self.queue(child).add(item, now_ms)
@@ -270,8 +274,12 @@ class Session:
 
     def get(self, name: str, options: GetOptions, now_ms: int) -> Item | None:
         coll = self.collection
-        state = coll.queue(name)
-        held = self.open_xids.setdefault(name, deque())
+        state = coll.queues.get(name)  # the usual case, without a call
+        if state is None:
+            state = coll.queue(name)
+        held = self.open_xids.get(name)
+        if held is None:
+            held = self.open_xids[name] = deque()
         if options.close and held:
             state.confirm(held.popleft())
         if options.abort:

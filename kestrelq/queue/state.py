@@ -182,8 +182,9 @@ class QueueState:
             cap = item.added_ms + cfg.max_age_ms
             if item.expires_ms == 0 or item.expires_ms > cap:
                 item = replace(item, expires_ms=cap)
-        self.discard_expired(now_ms)
-        while self._full(size):
+        if self._head_may_expire():
+            self.discard_expired(now_ms)
+        while (cfg.max_items or cfg.max_bytes) and self._full(size):
             if not cfg.discard_old_when_full or not self.ready:
                 raise QueueFull(f"queue {self.name} is full")
             self._remove_head()
@@ -194,7 +195,8 @@ class QueueState:
 
     def remove(self, now_ms: int) -> Item | None:
         """Take the head item for good (plain get)."""
-        self.discard_expired(now_ms)
+        if self._head_may_expire():
+            self.discard_expired(now_ms)
         if self._head() is None:
             return None
         item = self._remove_head()
@@ -207,7 +209,8 @@ class QueueState:
 
     def open(self, now_ms: int) -> tuple[int, Item] | None:
         """Start a reliable read of the head item; returns (xid, item)."""
-        self.discard_expired(now_ms)
+        if self._head_may_expire():
+            self.discard_expired(now_ms)
         limit = self.config.max_deliveries
         while (head := self._head()) is not None:
             if limit and head.deliveries >= limit:
@@ -218,11 +221,10 @@ class QueueState:
                 continue
             xid = self._take_xid()
             self._log(Open(xid), True)
-            self._apply_open(xid, now_ms)
+            item = self._apply_open(xid, now_ms)
             self.stats.transactions += 1
-            read = self.open_reads[xid]
-            self._fetched(read.item, now_ms)
-            return xid, read.item
+            self._fetched(item, now_ms)
+            return xid, item
         return None
 
     def confirm(self, xid: int) -> bool:
@@ -319,6 +321,13 @@ class QueueState:
         self.stats.got_items += 1
         self.stats.last_wait_ms = max(0, now_ms - item.added_ms)
 
+    def _head_may_expire(self) -> bool:
+        """Whether discard_expired could remove anything: the head item has an expiry time,
+        or the head is on disk only. Most queues hold items that never expire, and this is
+        asked on every add and read, so it costs one look at the head."""
+        ready = self.ready
+        return bool(ready[0].expires_ms if ready else self.behind_items)
+
     def _full(self, incoming_bytes: int) -> bool:
         cfg = self.config
         return bool(
@@ -338,7 +347,8 @@ class QueueState:
             self.behind_items += 1
             self.behind_bytes += size
         else:
-            self._append_memory(item)
+            self.ready.append(item)  # _append_memory, inline: every set comes here
+            self.mem_bytes += size
 
     def _append_memory(self, item: Item) -> None:
         self.ready.append(item)
@@ -372,9 +382,10 @@ class QueueState:
         self._log(REMOVE, True)
         return self._pop_head()
 
-    def _apply_open(self, xid: int, now_ms: int) -> None:
-        item = self._pop_head()
-        self.open_reads[xid] = OpenRead(item.delivered(), now_ms)
+    def _apply_open(self, xid: int, now_ms: int) -> Item:
+        item = self._pop_head().delivered()
+        self.open_reads[xid] = OpenRead(item, now_ms)
+        return item
 
     def _apply_unremove(self, xid: int) -> None:
         read = self.open_reads.pop(xid)
