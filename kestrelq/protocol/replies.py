@@ -19,6 +19,11 @@ def value(key: bytes, flags: int, data: bytes) -> list[bytes]:
     return [b"VALUE %s %d %d\r\n" % (key, flags, len(data)), data, _TRAILER]
 
 
+def value_joined(key: bytes, flags: int, data: bytes) -> bytes:
+    """The same reply as `value`, in one piece (for a small item: one copy beats three parts)."""
+    return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, flags, len(data), data)
+
+
 def count(n: int) -> bytes:
     return b"%d\r\n" % n
 

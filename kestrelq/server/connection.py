@@ -71,6 +71,8 @@ _PAUSE_BUFFER_BYTES = 1 << 20
 _MAX_HELD_BYTES = 256 << 10
 # Replies up to this size go out joined: one copy is cheaper than an iovec per reply part.
 _JOIN_REPLY_BYTES = 64 << 10
+# A get hit's data up to this size is joined with its VALUE line and END at once.
+_JOIN_VALUE_BYTES = 4 << 10
 # After an error that closes the connection, what the client still sends is read and dropped
 # for at most this long (and this much) before the socket is closed: closing with unread input
 # makes the kernel send a reset, which can destroy the error reply before the client reads it.
@@ -153,7 +155,8 @@ class QueueProtocol(asyncio.Protocol):
         self._budget_wait = False
         # Event-loop times for the timeouts: when the command now arriving started (None
         # when none is), when the last command finished, when writing stalled.
-        now = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
         self._command_since: float | None = None
         self._active_at = now
         self._write_paused_at = now
@@ -234,6 +237,7 @@ class QueueProtocol(asyncio.Protocol):
 
     def _process(self) -> None:
         server = self.server
+        parser = self.parser
         # One clock reading per batch: the commands of one read arrived at the same moment.
         now_ms = server.now_ms()
         done = 0
@@ -242,11 +246,12 @@ class QueueProtocol(asyncio.Protocol):
             and self._streaming is None
             and not self.closing
             and not self._budget_wait
-            and not self._backed_up()
+            and not self._write_paused  # _backed_up(), without a call per command
+            and self._out_bytes <= _MAX_HELD_BYTES
         ):
             command: c.Command | None = None
             try:
-                command = self.parser.next_command()
+                command = parser.next_command()
                 if command is None:
                     self.closing = self.eof
                     break
@@ -277,7 +282,15 @@ class QueueProtocol(asyncio.Protocol):
         self._account(done)
         if self._streaming is not None:
             self._schedule_step()
-        self._flow_control()
+        if (
+            self._paused
+            or self.parked is not None
+            or self._streaming is not None
+            or self._budget_wait
+            or self._write_paused
+            or self._out_bytes > _MAX_HELD_BYTES
+        ):
+            self._flow_control()  # only then can it have anything to change
         self._flush()
 
     def _account(self, done: int) -> None:
@@ -293,13 +306,14 @@ class QueueProtocol(asyncio.Protocol):
                 else:
                     self._budget_wait = True
                     budget.wait(block, self._budget_granted)
-        if done or not parser.in_command:
-            now = asyncio.get_running_loop().time()
+        in_command = parser.in_command
+        if done or not in_command:
+            now = self._loop.time()
             if done:
                 self._active_at = now
-            self._command_since = now if parser.in_command else None
+            self._command_since = now if in_command else None
         elif self._command_since is None:
-            self._command_since = asyncio.get_running_loop().time()
+            self._command_since = self._loop.time()
 
     def _budget_granted(self) -> None:
         # Called by the budget, maybe from inside another connection's turn: only note it,
@@ -443,7 +457,8 @@ class QueueProtocol(asyncio.Protocol):
     def _set(self, cmd: c.Set, now_ms: int) -> None:
         if self.server.shutting_down:
             raise ShuttingDown("server shutting down")
-        item = Item(cmd.data, cmd.flags, now_ms, expiry_ms(cmd.exptime, now_ms))
+        expires_ms = expiry_ms(cmd.exptime, now_ms) if cmd.exptime else 0
+        item = Item(cmd.data, cmd.flags, now_ms, expires_ms)
         self.server.collection.add(cmd.queue, item, now_ms)
         if not cmd.noreply:
             self._reply(replies.STORED)
@@ -451,7 +466,7 @@ class QueueProtocol(asyncio.Protocol):
     def _get(self, cmd: c.Get, now_ms: int) -> None:
         item = self.session.get(cmd.queue, cmd.options, now_ms)
         if item is not None:
-            self._reply(*replies.value(cmd.key, item.flags, item.data))
+            self._reply_value(cmd.key, item.flags, item.data)
         elif cmd.options.timeout_ms > 0 and cmd.options.fetches:
             # `close` is done; the retries when an item arrives only fetch.
             retry = replace(cmd, options=replace(cmd.options, close=False))
@@ -471,7 +486,7 @@ class QueueProtocol(asyncio.Protocol):
         items = self.session.open_batch(queue, now_ms, limit)
         for item in items:
             # Each item is a whole get reply (its own END); one more END closes the stream.
-            self._reply(*replies.value(key, item.flags, item.data))
+            self._reply_value(key, item.flags, item.data)
         return len(items)
 
     def _error(self, exc: KestrelqError, noreply: bool = False) -> None:
@@ -540,7 +555,7 @@ class QueueProtocol(asyncio.Protocol):
                 if item is None:
                     return False
                 self._unpark()
-                self._reply(*replies.value(parked.command.key, item.flags, item.data))
+                self._reply_value(parked.command.key, item.flags, item.data)
             else:
                 sent = self._monitor_batch(parked.queue, now_ms, parked.remaining)
                 if not sent:
@@ -600,9 +615,19 @@ class QueueProtocol(asyncio.Protocol):
         self._write_paused = False
         self._process()
 
-    def _reply(self, *chunks: bytes) -> None:
-        self.out += chunks
-        self._out_bytes += sum(map(len, chunks))
+    def _reply(self, chunk: bytes) -> None:
+        self.out.append(chunk)
+        self._out_bytes += len(chunk)
+
+    def _reply_value(self, key: bytes, flags: int, data: bytes) -> None:
+        """A get hit. A small one in one piece (one copy is cheaper than an iovec per part),
+        a big one in three, so that its data is never copied."""
+        if len(data) <= _JOIN_VALUE_BYTES:
+            self._reply(replies.value_joined(key, flags, data))
+        else:
+            chunks = replies.value(key, flags, data)
+            self.out += chunks
+            self._out_bytes += len(data) + len(chunks[0]) + len(chunks[2])
 
     def _backed_up(self) -> bool:
         """Too much output is waiting (unread by the client, or held for an fsync)."""
