@@ -6,12 +6,21 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kestrelq.supervisord import install
 from kestrelq.supervisord.files import drift, make_dirs, write_files
 from kestrelq.supervisord.render import render_stack
-from kestrelq.supervisord.stack import PATH_KEYS, Overrides, StackError, apply_overrides, load_stack
+from kestrelq.supervisord.stack import (
+    PATH_KEYS,
+    Overrides,
+    Stack,
+    StackError,
+    apply_overrides,
+    load_stack,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--make-dirs", action="store_true", help="create the run, log and data directories"
     )
     p.set_defaults(func=run)
+    install.register(subparsers)
 
 
 def overrides_from_args(args: argparse.Namespace) -> Overrides:
@@ -118,12 +128,26 @@ def overrides_from_args(args: argparse.Namespace) -> Overrides:
     )
 
 
+def rerender_command(out_dir: Path, description: Path, stack: Stack) -> str:
+    """How to render these files again: '' (`make conf`) in a checkout's conf/, where the
+    Makefile is; elsewhere (an install under /etc) this command, with the description's
+    interpreter, which the install saved as an absolute path."""
+    out = out_dir.resolve()
+    if (out.parent / "Makefile").is_file() and description.resolve() == out / "stack.toml":
+        return ""
+    command = f"{stack.python} -m kestrelq conf --out {out}"
+    if description.resolve() != out / "stack.toml":
+        command += f" --description {description.resolve()}"
+    return command
+
+
 def run(args: argparse.Namespace) -> int:
     out_dir: Path = args.out
     description: Path = args.description or out_dir / "stack.toml"
     try:
         stack = load_stack(description)
         stack = apply_overrides(stack, overrides_from_args(args))
+        stack = replace(stack, rerender=rerender_command(out_dir, description, stack))
         files = render_stack(stack)
     except StackError as exc:
         print(f"kestrelq conf: {exc}", file=sys.stderr)
@@ -132,10 +156,9 @@ def run(args: argparse.Namespace) -> int:
         diff = drift(out_dir, files)
         if diff:
             sys.stdout.write(diff)
-            print(
-                f"kestrelq conf: {out_dir} differs from {description}; run `make conf`",
-                file=sys.stderr,
-            )
+            how = stack.rerender or "make conf"
+            print(f"kestrelq conf: {out_dir} differs from {description}; run `{how}`",
+                  file=sys.stderr)  # fmt: skip
             return 1
         logger.info("%s matches %s (%d files)", out_dir, description, len(files))
         return 0

@@ -84,6 +84,10 @@ class Stack:
     queues: tuple[QueueSpec, ...] = ()
     mode: Mode = "host"
     only: Only = "all"
+    # How to render the files again, said in their headers and in the drift message: empty
+    # for a checkout (`make conf`); `kestrelq install` and `kestrelq conf` outside a checkout
+    # set the command that works where the files are.
+    rerender: str = ""
     log_maxbytes: str = "50MB"
     log_backups: int = 10
     # [security]: the queue's login and TLS options and the workers' client settings; off

@@ -239,6 +239,7 @@ def kestrelq_conf(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_cli_check_fails_on_drift_and_passes_after_render(tmp_path: Path) -> None:
     out = tmp_path / "conf"
     shutil.copytree(CONF, out)
+    shutil.copy(REPO / "Makefile", tmp_path)  # a checkout: the files say `make conf`
     assert kestrelq_conf("--out", str(out), "--check").returncode == 0
     (out / "supervisord.conf").write_text("drifted\n")
     result = kestrelq_conf("--out", str(out), "--check")
