@@ -199,7 +199,13 @@ def run(args: argparse.Namespace) -> int:
     except HandlerNotFound as exc:
         print(f"kestrelq work: {exc}", file=sys.stderr)
         return 2
-    worker_metrics = metrics.metrics_from_env(args.queue)
+    try:
+        worker_metrics = metrics.metrics_from_env(args.queue)
+    except (OSError, ImportError) as exc:
+        # Asked for (PROMETHEUS_MULTIPROC_DIR is set) but impossible: say so rather than run
+        # a worker whose pool's counts silently leave it out.
+        print(f"kestrelq work: metrics in ${metrics.MULTIPROC_ENV}: {exc}", file=sys.stderr)
+        return 2
     try:
         return worker_from_args(args, handler, worker_metrics).run()
     except ConfigError as exc:

@@ -115,3 +115,20 @@ def test_the_exporter_without_a_directory_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "give --dir or set PROMETHEUS_MULTIPROC_DIR" in result.stderr
+
+
+def test_a_metrics_directory_the_worker_cannot_make_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = subprocess.run(
+        [*KESTRELQ, "work", "work", "--handler", "tasks:handle", "--port", str(free_port())],
+        cwd=REPO / "app",
+        env=child_env(PROMETHEUS_MULTIPROC_DIR=str(blocker / "pool")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "kestrelq work: metrics in $PROMETHEUS_MULTIPROC_DIR:" in result.stderr
+    assert "Traceback" not in result.stderr
