@@ -132,6 +132,7 @@ host-up: install conf-check $(HOST_PASSWORD)  ## the stack under supervisord on 
 	@echo "Send a message:  cd app && ../$(PY) send.py 'hello'"
 	@echo "Worker output:   tail -f $(HOST_VAR)/log/work_worker_00.log"
 	@echo "Status page:     http://127.0.0.1:9001/ (user kestrelq, password in $(HOST_PASSWORD))"
+	@echo "Worker metrics:  http://127.0.0.1:9134/metrics"
 
 # The dashboard over host mode: its queue and its supervisord, with the status page's password.
 .PHONY: dashboard
