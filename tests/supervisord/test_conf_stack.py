@@ -326,7 +326,7 @@ def test_every_server_queue_setting_reaches_a_config_the_server_accepts(tmp_path
         "max_items": 10, "max_bytes": 1000, "max_item_size": 100, "max_age_ms": 5000,
         "discard_old_when_full": True, "expire_to": "later", "max_deliveries": 3,
         "dead_letter": "jobs_dead", "open_timeout_ms": 60000, "max_memory_bytes": 1 << 20,
-        "fsync": "100",
+        "fsync": "100", "sync_reads": True,
     }  # fmt: skip
     assert set(values) == set(QueueConfig.__dataclass_fields__)  # a new setting needs a value
     body = "\n".join(f"{k} = {v!r}".replace("True", "true") for k, v in values.items())
@@ -336,6 +336,7 @@ def test_every_server_queue_setting_reaches_a_config_the_server_accepts(tmp_path
     jobs = server_config.load({"config_file": str(config)}, environ={}).queues["jobs"]
     assert jobs.max_deliveries == 3 and jobs.discard_old_when_full is True
     assert (jobs.expire_to, jobs.max_memory_bytes, str(jobs.fsync)) == ("later", 1 << 20, "100")
+    assert jobs.sync_reads is True
 
 
 SECURITY = """
