@@ -563,6 +563,10 @@ def _keepalive(listener: asyncio.Server, keepalive_s: float) -> None:
     RST, so the server would hold its connection, and the reads it had open, until
     open_timeout_ms. Probed after `keepalive_s` of silence, then every keepalive_s / 3, the
     connection is closed after about twice `keepalive_s` and its open reads go back.
+    Probes only run while nothing is in flight: a reply sent to a dead peer (the item a blocked
+    get was waiting for) is retransmitted instead, for some 15 minutes by the kernel's default.
+    TCP_USER_TIMEOUT bounds that too: data unacknowledged for twice `keepalive_s` ends the
+    connection, and its open read, the one that reply made, goes back.
     """
     if keepalive_s <= 0:
         return
@@ -573,3 +577,5 @@ def _keepalive(listener: asyncio.Server, keepalive_s: float) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle_s // 3))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_PROBES)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 2 * idle_s * 1000)
