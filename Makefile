@@ -242,6 +242,17 @@ logs:  ## follow the stack's logs
 ps:  ## docker compose ps
 	$(COMPOSE) ps
 
+# ---- Docker Swarm: several queue servers ----------------------------------------------------
+# swarm.yaml on this machine's engine as a one-node swarm: queue1..queue3 (each pinned by a node
+# label to its journal volume) and the workers (KESTRELQ_SWARM_WORKERS, default 3), TLS and
+# logins from var/secrets. docs/several-servers.md: the same on three machines.
+.PHONY: swarm-up swarm-down
+swarm-up: base-image secrets  ## deploy swarm.yaml (three queue servers, workers) on a one-node swarm
+	scripts/swarm.sh up
+
+swarm-down:  ## remove the swarm stack (journal volumes stay); leave the swarm if swarm-up made it
+	scripts/swarm.sh down
+
 # The browser tests (headless Chromium) write their screenshots here: the web front end's on
 # its own test stack, the dashboard's on processes on this machine (no Docker).
 screenshot: install base-image screenshot-dashboard  ## regenerate docs/img/web-page.png and dashboard.png (the README's screenshots)

@@ -6,7 +6,7 @@ Markers are set here, by path, so that a test file never has to remember them (d
 - `external`: needs programs that CI installs from Debian (`.ci/run`) and a developer's machine
   may lack: memcached, beanstalkd, redis-server, libmemcached-tools;
 - `bench`: the benchmark harness against its peers (memcached, beanstalkd, redis-server);
-- `chaos` and `docker` are set by the chaos modules themselves.
+- `chaos` and `docker` are set by the chaos modules themselves, and here for swarm/.
 
 A test with none of these is an in-process test (`make test-unit`), and that is checked: if it
 starts a subprocess anyway, it fails and says where to mark it.
@@ -48,6 +48,7 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "soak/": ("server", "soak"),
     "multi/": ("server",),
     "multi/test_servers.py": (),
+    "swarm/": ("chaos", "docker"),
     "dashboard/": ("server",),
     "dashboard/test_dashboard_units.py": (),
 }

@@ -1,13 +1,16 @@
 """The one producer of the chaos tests: sends messages while the server is being killed.
 
-    python producer.py --count N [--port P] [--host H] [--queue Q] [--prefix X]
-                       [--interval-ms MS] [--task NAME] [--pad BYTES] [--stop FILE] [--out FILE]
+    python producer.py --count N [--port P] [--host H] [--servers H:P,...] [--queue Q]
+                       [--prefix X] [--interval-ms MS] [--task NAME] [--pad BYTES] [--stop FILE]
+                       [--out FILE]
 
 Sends message ids X-00000, X-00001, ... and writes one line per message (to --out, else
 stdout), flushed at once so a test can read them while it runs: `STORED <id>` once the server
 acknowledged it, `REFUSED <id>` for NOT_STORED, `FAILED <id> <error>` when the connection broke
 (then the server may or may not have it: a test holds the server only to what it acknowledged).
 A broken connection is replaced, so messages keep flowing while the queue restarts. With
+--servers, each message goes through kestrelq.producer over every server (round robin, a failed
+server skipped for the next), and a STORED line ends with the server that stored it. With
 --task the body is a worker task envelope (`{"task", "args": {"text": id}, "id"}`), else it is
 `<id>:<padding>`. Stops after --count messages, when --stop exists, or after LIFETIME_S.
 
@@ -32,6 +35,7 @@ from typing import Literal, TextIO
 from pymemcache.client.base import Client
 
 from kestrelq.credentials import Credentials, memcache_client
+from kestrelq.producer import Producer
 
 Outcome = Literal["STORED", "REFUSED", "FAILED"]
 
@@ -71,6 +75,28 @@ class Sender:
             self.client = None
 
 
+class SpreadSender:
+    """Sets messages through kestrelq.producer over a server list (the swarm tests)."""
+
+    def __init__(self, servers: str, queue: str, timeout_s: float) -> None:
+        self.producer = Producer(servers, connect_timeout_s=timeout_s, timeout_s=timeout_s)
+        self.queue = queue
+        self.last_error = ""
+        self.stored_on = ""
+
+    def send(self, body: bytes) -> Outcome:
+        try:
+            host, port = self.producer.send(self.queue, body)
+        except Exception as exc:  # Unreachable, NotStored, ...: nobody acknowledged it
+            self.last_error = type(exc).__name__
+            return "FAILED"
+        self.stored_on = f"{host}:{port}"
+        return "STORED"
+
+    def close(self) -> None:
+        self.producer.close()
+
+
 def message(message_id: str, task: str | None, pad: int) -> bytes:
     """The body of one message: a task envelope, or the id and `pad` bytes of padding."""
     if task:
@@ -80,14 +106,20 @@ def message(message_id: str, task: str | None, pad: int) -> bytes:
 
 
 def produce(args: argparse.Namespace, out: TextIO) -> None:
-    sender = Sender(args.host, args.port, args.queue)
-    deadline = time.monotonic() + LIFETIME_S
+    sender: Sender | SpreadSender
+    if args.servers:
+        sender = SpreadSender(args.servers, args.queue, args.timeout_s)
+    else:
+        sender = Sender(args.host, args.port, args.queue)
+    deadline = time.monotonic() + args.lifetime_s
     for n in range(args.count):
         if (args.stop and args.stop.exists()) or time.monotonic() >= deadline:
             break
         message_id = f"{args.prefix}-{n:05d}"
         outcome = sender.send(message(message_id, args.task, args.pad))
         detail = f" {sender.last_error}" if outcome == "FAILED" else ""
+        if outcome == "STORED" and isinstance(sender, SpreadSender):
+            detail = f" {sender.stored_on}"
         out.write(f"{outcome} {message_id}{detail}\n")
         out.flush()
         if outcome == "FAILED":
@@ -101,6 +133,9 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--host", default=os.environ.get("KESTRELQ_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("KESTRELQ_PORT", "22133")))
+    p.add_argument("--servers", help="a server list: send through kestrelq.producer")
+    p.add_argument("--timeout-s", type=float, default=3.0, help="with --servers, per server")
+    p.add_argument("--lifetime-s", type=float, default=LIFETIME_S)
     p.add_argument("--queue", default="work")
     p.add_argument("--prefix", default="m")
     p.add_argument("--count", type=int, required=True)
