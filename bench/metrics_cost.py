@@ -5,18 +5,21 @@
 Each round starts a fresh server with metrics off and one with metrics on (in alternating
 order, so that neither always runs on a warmer machine), each with `--idle-queues` extra
 queues holding an item, so that a scrape has queues to walk. With metrics on, a scraper
-thread fetches /metrics every `--scrape-every` seconds (Prometheus' interval, shortened) for
-the whole run, and every scrape must answer 200. The load is bench.loadgen's pipelined sets,
+fetches /metrics every `--scrape-every` seconds (Prometheus' interval, shortened) for
+the whole run (from a process of its own, as Prometheus is), and every scrape must answer
+200. The load is bench.loadgen's pipelined sets,
 then reliable reads (`get q/close/open`) of the same messages. Medians are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -24,31 +27,41 @@ from pathlib import Path
 from bench import loadgen, procstat, servers
 
 
-class Scraper(threading.Thread):
-    """GET /metrics every `every_s` seconds until stopped; counts scrapes and failures."""
+class Scraper:
+    """A process that GETs /metrics every `every_s` seconds until stopped, as Prometheus is:
+    a thread in this process would take the load generator's GIL and slow the client, not
+    the server. It prints one line per scrape: the status (0 when it failed) and the size."""
 
     def __init__(self, port: int, every_s: float) -> None:
-        super().__init__(daemon=True)
-        self.url = f"http://{servers.HOST}:{port}/metrics"
-        self.every_s = every_s
-        self.scrapes = 0
-        self.failures = 0
-        self.bytes = 0
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=30) as reply:
-                    self.bytes = len(reply.read())
-                    self.scrapes += reply.status == 200
-            except OSError:
-                self.failures += 1
-            self._done.wait(self.every_s)
+        url = f"http://{servers.HOST}:{port}/metrics"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.metrics_cost", "--scrape", url, str(every_s)],
+            stdout=subprocess.PIPE, text=True, cwd=str(servers.REPO_ROOT),
+        )  # fmt: skip
+        self.scrapes = self.failures = self.bytes = 0
+        assert self.proc.stdout is not None
+        # The load starts once the first scrape is done: every run is scraped from its start.
+        self._first = self.proc.stdout.readline()
 
     def stop(self) -> None:
-        self._done.set()
-        self.join(60)
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        for line in [self._first, *out.splitlines()]:
+            status, size = (int(x) for x in line.split())
+            self.scrapes += status == 200
+            self.failures += status != 200
+            self.bytes = size
+
+
+def scrape_forever(url: str, every_s: float) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                print(reply.status, len(reply.read()), flush=True)
+        except OSError:
+            print(0, 0, flush=True)
+        time.sleep(every_s)
 
 
 def _fill_idle_queues(port: int, count: int) -> None:
@@ -71,11 +84,11 @@ def one_run(args: argparse.Namespace, work: Path, metrics: bool) -> dict[str, fl
         extra = ("--metrics-port", str(metrics_port))
     spec = servers.ServerSpec("kestrelq", fsync=args.fsync, extra_args=extra)
     proc = servers.start(spec, work)
-    scraper = Scraper(metrics_port, args.scrape_every) if metrics else None
+    scraper = None
     try:
         _fill_idle_queues(proc.port, args.idle_queues)
-        if scraper is not None:
-            scraper.start()
+        if metrics:
+            scraper = Scraper(metrics_port, args.scrape_every)
         result = loadgen.run(proc.port, "kestrelq", args.messages, args.size, args.connections,
                              args.depth, mode="reliable", pid=proc.pid)  # fmt: skip
     finally:
@@ -132,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="rounds; medians kept (5)")
     parser.add_argument("--idle-queues", type=int, default=200)
     parser.add_argument("--scrape-every", type=float, default=1.0, metavar="S")
+    parser.add_argument("--scrape", nargs=2, metavar=("URL", "S"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scrape:
+        return scrape_forever(args.scrape[0], float(args.scrape[1]))
     runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="kq-metrics-cost-") as tmp:
         per_scrape_ms = statistics.median(scrape_cost(args, Path(tmp)) for _ in range(3))
@@ -150,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     for metrics in (False, True):
         label = "on" if metrics else "off"
         print(f"{label:<8}" + "".join(f"{medians[metrics][k]:>14.1f}" for k in keys))
+    for metrics in (False, True):
+        for row in runs[metrics]:
+            label = "  on run" if metrics else "  off run"
+            print(f"{label:<8}" + "".join(f"{row[k]:>14.1f}" for k in keys))
     ratio = "".join(f"{medians[True][k] / medians[False][k]:>14.3f}" for k in keys)
     print(f"{'on/off':<8}{ratio}")
     scrapes = sum(r["scrapes"] for r in runs[True])
