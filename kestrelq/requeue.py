@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from kestrelq.client import Client, Value
 from kestrelq.credentials import Credentials
-from kestrelq.errors import ConfigError, KestrelqError
+from kestrelq.errors import ConfigError, CredentialsRefused, KestrelqError
 from kestrelq.servers import Address, Entry, ServerList
 
 
@@ -78,7 +78,8 @@ def requeue(
     timeout_s: float = 5.0,
 ) -> RequeueResult:
     """Move items from `source` to `dest` on every server (rules above). A server that cannot
-    be reached is reported in the result, and the others are still moved."""
+    be reached is reported in the result, and the others are still moved; refused
+    credentials raise CredentialsRefused."""
     if source == dest:
         raise ConfigError(f"requeue {source} to itself would move nothing")
     if max_items is not None and max_items < 0:
@@ -94,8 +95,11 @@ def requeue(
         try:
             with Client(address[0], address[1], timeout_s, creds) as client:
                 _move(client, source, dest, left, done)
+        except CredentialsRefused:
+            raise  # the same login everywhere: the other servers would refuse it too
         except (OSError, KestrelqError) as exc:
-            done.error = str(exc) or type(exc).__name__
+            # A refusal already said why; the connection's end after it is no news.
+            done.error = done.error or str(exc) or type(exc).__name__
         if left is not None:
             left -= done.moved
     return result

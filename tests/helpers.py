@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import xmlrpc.client
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -230,10 +231,12 @@ def child_env(**extra: str) -> dict[str, str]:
 class Supervisord:
     """A real supervisord started by a test, reached over XML-RPC with its password."""
 
-    def __init__(self, conf: Path, http_port: int, log: Path, **env: str) -> None:
+    def __init__(
+        self, conf: Path, http_port: int, log: Path, password: str = "", **env: str
+    ) -> None:
         self.conf = conf
         self.http_port = http_port
-        self.password = "test-" + os.urandom(6).hex()
+        self.password = password or "test-" + os.urandom(6).hex()
         self.log_path = log
         environ = child_env(KESTRELQ_SUPERVISOR_PASSWORD=self.password, **env)
         cmd = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)]
@@ -254,7 +257,8 @@ class Supervisord:
 
     def call(self, method: str, *args: Any) -> Any:
         """One XML-RPC call `supervisor.<method>(*args)` on a fresh, closed-after connection."""
-        url = f"http://kestrelq:{self.password}@127.0.0.1:{self.http_port}/RPC2"
+        password = urllib.parse.quote(self.password, safe="")
+        url = f"http://kestrelq:{password}@127.0.0.1:{self.http_port}/RPC2"
         with xmlrpc.client.ServerProxy(url) as proxy:
             return getattr(proxy.supervisor, method)(*args)
 

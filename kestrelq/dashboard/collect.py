@@ -27,6 +27,7 @@ import http.client
 import logging
 import threading
 import time
+import urllib.parse
 import xmlrpc.client
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -252,7 +253,9 @@ def ask_supervisor(
 ) -> list[dict[str, Any]]:
     """supervisord's `getAllProcessInfo` at `address` (OSError, Fault or ProtocolError if not)."""
     host = f"[{address[0]}]" if ":" in address[0] else address[0]
-    url = f"http://{user}:{password}@{host}:{address[1]}/RPC2"
+    # Quoted: xmlrpc.client unquotes the user part, and a password may hold `@` or `/`.
+    login = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
+    url = f"http://{login}@{host}:{address[1]}/RPC2"
     with xmlrpc.client.ServerProxy(url, transport=_TimeoutTransport(timeout_s)) as proxy:
         infos = proxy.supervisor.getAllProcessInfo()
     if not isinstance(infos, list):

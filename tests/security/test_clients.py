@@ -203,3 +203,10 @@ def test_requeue_over_mutual_tls(mutual: SecureServer, certs: Certs) -> None:
     with Client("127.0.0.1", mutual.tls_port, credentials=creds) as client:
         moved = [client.get("jobs") for _ in range(4)]
     assert [v.data if v else None for v in moved] == [b"dead 0", b"dead 1", b"dead 2", None]
+
+
+def test_requeue_with_a_wrong_password_exits_77(mutual: SecureServer, certs: Certs) -> None:
+    env = {**tls_env(mutual, certs), "KESTRELQ_PASSWORD": "wrong"}
+    result = run(kestrelq("requeue", "jobs_dead", "jobs"), env)
+    assert result.returncode == EXIT_CREDENTIALS, result.stderr
+    assert "refused the password" in result.stderr
