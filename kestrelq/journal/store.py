@@ -303,8 +303,7 @@ class JournalStore:
 
     def write_pending(self) -> None:
         """Write every journal's batched records; before any reply that depends on them."""
-        unwritten = list(self.unwritten)
-        self.unwritten.clear()
+        unwritten, self.unwritten = self.unwritten, []  # swapped, not copied: every batch
         try:
             for journal in unwritten:
                 journal.write_pending()

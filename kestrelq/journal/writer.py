@@ -286,12 +286,13 @@ class Journal:
                     return
             else:
                 offset = self.size
+                length = sum(map(len, data))
                 try:
-                    self._write(data)
+                    self._write(data, length)
                 except JournalFull:
                     if not essential or not ctx.reserve.release():
                         raise
-                    self._write(data)
+                    self._write(data, length)
                 self._written()
         except JournalError:
             self._forget_empty_file()
@@ -358,39 +359,53 @@ class Journal:
 
     def write_pending(self) -> None:
         """Write the batched records with one writev (raises JournalError on failure)."""
-        if not self.pending_bytes:
+        length = self.pending_bytes
+        if not length:
             return
-        self._ensure_open(True)
+        if self.fd < 0:
+            self._ensure_open(True)
         data = self.pending
         if self.pending_tail:
             data.append(self.pending_tail)
         self.pending, self.pending_tail, self.pending_bytes = [], bytearray(), 0
-        self._write(data)
+        self._write(data, length)
         self._written()
 
     def _written(self) -> None:
         """Records of this journal reached the file: it needs its fsync now."""
         self._ctx.ledger.written(self, self.policy.mode)
 
-    def _write(self, parts: Sequence[bytes | bytearray]) -> None:
+    def _write(self, parts: Sequence[bytes | bytearray], length: int) -> None:
+        """Write `parts` (`length` bytes in all) at the end of the file."""
         start = self.size
-        files = self._ctx.files
         try:
-            for first in range(0, len(parts), _IOV_MAX):
-                chunk = parts[first : first + _IOV_MAX]
-                written = files.writev(self.fd, chunk)
+            written = 0
+            if len(parts) <= _IOV_MAX:  # the usual case: one writev takes it all
+                written = self._ctx.files.writev(self.fd, parts)
                 self.size += written
-                if written < sum(map(len, chunk)):  # a short write: go on from where it stopped
-                    view = memoryview(b"".join(chunk))[written:]
-                    while view:
-                        written = files.writev(self.fd, [view])
-                        view = view[written:]
-                        self.size += written
+            if written < length:
+                self._write_rest(parts, written)
         except OSError as exc:
             self._cut_back(start)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise JournalFull("disk full") from exc
             raise JournalWriteFailed(f"{self.path()}: {exc.strerror}") from exc
+
+    def _write_rest(self, parts: Sequence[bytes | bytearray | memoryview], done: int) -> None:
+        """What one writev did not take: more parts than IOV_MAX, or after a short write."""
+        files = self._ctx.files
+        if done:
+            parts = [memoryview(b"".join(parts))[done:]]
+        for first in range(0, len(parts), _IOV_MAX):
+            chunk = parts[first : first + _IOV_MAX]
+            written = files.writev(self.fd, chunk)
+            self.size += written
+            if written < sum(map(len, chunk)):  # a short write: go on from where it stopped
+                view = memoryview(b"".join(chunk))[written:]
+                while view:
+                    written = files.writev(self.fd, [view])
+                    view = view[written:]
+                    self.size += written
 
     def _cut_back(self, size: int) -> None:
         try:

@@ -193,7 +193,9 @@ class ServerConnection:
         tokens = line.split()
         if not tokens:
             raise RemoteProtocolError("empty command line")
-        word = tokens[0].lower()
+        word = tokens[0]
+        if word not in _LOWER:
+            word = word.lower()  # commands are case-insensitive; clients send them in lower case
         args = tokens[1:]
         if word == b"set":
             return self._start_set(args)
@@ -345,3 +347,6 @@ _WITH_ARGS = {
     b"confirm": _confirm,
     b"status": _status,
 }
+
+# The command words as clients send them: a line starting with one needs no lower().
+_LOWER = frozenset([b"set", b"get", b"gets", *_SIMPLE, *_WITH_ARGS])

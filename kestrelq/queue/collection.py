@@ -297,7 +297,8 @@ class Session:
             if opened is None:
                 return self._count(None)
             held.append(opened[0])
-            return self._count(opened[1])
+            coll.counters.get_hits += 1  # _count, inline: every reliable read comes here
+            return opened[1]
         if options.close:
             return None
         if held:
