@@ -26,37 +26,34 @@ class DiskReserve:
         self._files = files
         self.path = path
         self.size = size
-        self._released = False
-
-    @property
-    def released(self) -> bool:
-        """True while the disk is full: new items are refused."""
-        return self._released
+        # True while the disk is full: new items are refused. A plain attribute, not a
+        # property: every append asks. Only the methods below set it.
+        self.released = False
 
     def ensure(self) -> bool:
         """Set aside the reserve if it is missing; True when it is in place."""
         if self.size <= 0:
-            self._released = False
+            self.released = False
             return True
         try:
             self._files.preallocate(self.path, self.size)
         except OSError as exc:
             self._files.unlink(self.path)
-            if not self._released:
+            if not self.released:
                 logger.error("cannot set aside the %d-byte disk reserve: %s", self.size, exc)
-            self._released = True
+            self.released = True
             return False
-        if self._released:
+        if self.released:
             logger.warning("disk space available again: accepting new items")
-        self._released = False
+        self.released = False
         return True
 
     def release(self) -> bool:
         """Free the reserve so that reads can still be journalled; False if already gone."""
         if not self._files.exists(self.path):
-            self._released = True
+            self.released = True
             return False
         self._files.unlink(self.path)
-        self._released = True
+        self.released = True
         logger.error("disk full: released the disk reserve; refusing new items, serving reads")
         return True

@@ -42,8 +42,13 @@ class ReceiveBuffer:
         start = self._start
         end = idx - 1 if idx > start and data[idx - 1] == 0x0D else idx
         line = bytes(data[start:end])
-        if idx + 1 < len(data) and idx < 65536:
-            self._start = self._searched = idx + 1  # the common case of _consume_to
+        # The two common cases of _consume_to, without the call: the line was all there was
+        # (one command at a time), or more follows (a pipelined batch).
+        if idx + 1 == len(data):
+            data.clear()
+            self._start = self._searched = 0
+        elif idx < 65536:
+            self._start = self._searched = idx + 1
         else:
             self._consume_to(idx + 1)
         return line

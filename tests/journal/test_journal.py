@@ -253,6 +253,28 @@ def test_short_writes_are_completed(tmp_path: Path) -> None:
     assert recovered(tmp_path) == RECORDS
 
 
+@pytest.mark.parametrize("short_after", [0, 1, 37], ids=["nothing", "one-byte", "mid-record"])
+def test_a_short_write_of_a_batch_is_completed(tmp_path: Path, short_after: int) -> None:
+    # A batch goes out in one writev; when the kernel takes only part of it, the rest is
+    # written from where it stopped, not again from the start and not lost.
+    calls: list[int] = []
+
+    def short_first(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
+        data = b"".join(parts)
+        calls.append(len(data))
+        return os.write(fd, data[:short_after] if len(calls) == 1 else data)
+
+    store = store_at(tmp_path, batch_writes=True, files=FilesWith(writev=short_first))
+    assert store.batching
+    log = store.log_for("q")
+    for record in RECORDS:
+        log(record, False)
+    store.write_pending()
+    store.close()
+    assert len(calls) == 2 and calls[1] == calls[0] - short_after
+    assert recovered(tmp_path) == RECORDS
+
+
 def test_a_whole_last_record_with_a_bad_checksum_is_damage_not_a_torn_tail(
     tmp_path: Path,
 ) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kestrelq.errors import ItemTooLarge, ProtocolError, RemoteProtocolError
 from kestrelq.protocol import commands as c
+from kestrelq.protocol import replies
+from kestrelq.protocol.buffer import ReceiveBuffer
 from kestrelq.protocol.commands import ServerStatus
 from kestrelq.protocol.parser import ServerConnection, State
 from kestrelq.queue.collection import GetOptions
@@ -306,3 +310,44 @@ def test_fuzz_whole_and_split(data: bytes) -> None:
     for cut in range(0, len(data) + 1, max(1, len(data) // 17)):
         assert _run([data[:cut], data[cut:]]) == whole, cut
     assert _run([data[i : i + 1] for i in range(len(data))]) == whole
+
+
+_buffer_ops = st.lists(
+    st.one_of(
+        st.binary(max_size=12).map(lambda b: ("feed", b)),
+        st.just(("line", b"")),
+        st.integers(0, 8).map(lambda n: ("block", n)),
+        st.integers(0, 8).map(lambda n: ("skip", n)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_buffer_ops)
+def test_buffer_storage_is_empty_exactly_when_nothing_is_buffered(
+    ops: list[tuple[str, Any]],
+) -> None:
+    # The parser sees the end of a batch by `data` being empty, without a call: that must
+    # hold after whatever sequence of feeds and extractions.
+    buf = ReceiveBuffer()
+    for op, arg in ops:
+        if op == "feed":
+            buf.data += arg
+        elif op == "line":
+            buf.maybe_extract_line()
+        elif op == "block":
+            try:
+                buf.maybe_extract_block(arg, b"\r\n")
+            except ValueError:
+                pass
+        else:
+            buf.skip(arg)
+        assert (len(buf.data) == 0) == (len(buf) == 0)
+
+
+@given(st.binary(max_size=64), st.integers(0, 2**32 - 1), st.binary(max_size=5000))
+def test_a_small_get_hit_in_one_piece_is_the_same_bytes(
+    key: bytes, flags: int, data: bytes
+) -> None:
+    assert replies.value_joined(key, flags, data) == b"".join(replies.value(key, flags, data))
