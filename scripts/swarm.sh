@@ -59,7 +59,7 @@ init_swarm() {
         fi
     done
     if ((${#labels[@]} > 0)); then
-        docker node update "${labels[@]}" self >/dev/null
+        docker node update "${labels[@]}" "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
         log "labelled this node: ${labels[*]}"
     fi
 }
