@@ -14,6 +14,10 @@ The methods are the system calls, one to one, with the errors the system calls r
 (OSError with an errno). Nothing here retries, logs or decides: that is the caller's job, so
 a fake cannot change behaviour by accident. `fallocate` is Linux's with FALLOC_FL_KEEP_SIZE;
 where libc has none it raises EOPNOTSUPP, as a file system without support does.
+
+Segments are opened without O_APPEND: the journal writes at its own end, which is not the
+file's end while zeros are written ahead of it (`zero_fill`, see the writer's rule 2), and
+puts the descriptor's position there with `seek`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 _FALLOC_FL_KEEP_SIZE = 1
+_ZERO_CHUNK_BYTES = 1 << 20
 
 Buffer = bytes | bytearray | memoryview
 
@@ -65,8 +70,9 @@ class Files:
     # -- descriptors -----------------------------------------------------------------------
 
     def open_append(self, path: Path, create: bool = True) -> int:
-        """A segment opened for appending (created, mode 0644, if `create`)."""
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        """A segment opened for writing at its end (created, mode 0644, if `create`); the
+        caller `seek`s to the journal's end (not O_APPEND: see the module)."""
+        flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         return os.open(path, flags, 0o644)
 
     def open_new(self, path: Path) -> int:
@@ -93,6 +99,16 @@ class Files:
 
     def write(self, fd: int, data: Buffer) -> int:
         return os.write(fd, data)
+
+    def seek(self, fd: int, offset: int) -> None:
+        os.lseek(fd, offset, os.SEEK_SET)
+
+    def zero_fill(self, fd: int, offset: int, length: int) -> None:
+        """Write `length` zero bytes at `offset` (pwrite: the descriptor's position stays)."""
+        zeros = bytes(min(length, _ZERO_CHUNK_BYTES))
+        end = offset + length
+        while offset < end:
+            offset += os.pwrite(fd, memoryview(zeros)[: end - offset], offset)
 
     def ftruncate(self, fd: int, size: int) -> None:
         os.ftruncate(fd, size)

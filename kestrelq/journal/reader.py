@@ -4,11 +4,15 @@ Theory of operation
 -------------------
 A reader has to tell three endings of a file apart, because each asks for a different answer:
 
-- a clean end: every record whole;
+- a clean end: every record whole, then the end of the file or zeros to it (the writer
+  writes zeros ahead of its records, see its rule 2: a crash leaves them; in the newest
+  segment they are cut off at start-up, quietly);
 - a torn tail: the last record cut short by the end of the file, the normal trace of a crash
-  in the middle of an append (or of a file extended but never written: zeros). In the newest
-  segment it is cut off with a warning; nothing acknowledged under `fsync always` can be in
-  it, since a reply waits for the fsync that makes the record whole;
+  in the middle of an append, or cut short by zeros from a sector boundary inside it to the
+  end of the file (its first sectors reached the disk, the others did not, over the zeros
+  written ahead). In the newest segment it is cut off with a warning; nothing acknowledged
+  under `fsync always` can be in it, since a reply waits for the fsync that makes the record
+  whole;
 - damage: bytes that cannot be a record with valid records after them, or anywhere in a
   segment read only for items behind. That is corruption: JournalCorrupt names the file and
   the offset, and the server refuses to start unless told to salvage, which skips the damaged
@@ -36,6 +40,8 @@ from kestrelq.journal.format import HEADER, MAGIC, RECORD_OVERHEAD, Record, deco
 logger = logging.getLogger(__name__)
 
 _RELEASE_BYTES = 8 << 20
+# What a disk writes whole: a torn write is cut at a multiple of this.
+_SECTOR_BYTES = 512
 LENGTH = struct.Struct("<I")
 
 
@@ -94,6 +100,8 @@ class SegmentReader:
             size = len(view)
             while offset < size:
                 released = _release(view, released, offset)
+                if _zeros_from(view, offset):
+                    return  # the room written ahead of the records: the clean end
                 try:
                     end = record_end(view, offset, max_len)
                 except JournalCorrupt as exc:
@@ -136,6 +144,13 @@ class SegmentReader:
                 record, offset = decoded
                 yield record, offset
                 continue
+            if _zeros_from(view, offset):
+                # The room written ahead of the records (see the module): the clean end.
+                if repair:
+                    logger.debug("%s: %d zero bytes after the last record at %d: cut off",
+                                 path, size - offset, offset)  # fmt: skip
+                    self._files.truncate(path, offset)
+                return
             resume = _next_valid(view, offset + 1, max_len)
             if resume is None and repair and _torn(view, offset):
                 logger.warning(
@@ -180,7 +195,22 @@ def _torn(view: memoryview, offset: int) -> bool:
     length: int = LENGTH.unpack_from(view, offset)[0]
     if length == 0:
         return not bytes(view[offset:]).strip(b"\0")
-    return offset + HEADER.size + length > size
+    if offset + HEADER.size + length > size:
+        return True
+    # Over the zeros written ahead: the record's first sectors reached the disk and the rest
+    # did not, so zeros run from a sector boundary inside it to the end of the file. A record
+    # damaged after it was written has no such run (unless its data ended in zeros exactly at
+    # a sector boundary, which a checksum failure elsewhere in it cannot be told from).
+    written_end = offset + len(bytes(view[offset:]).rstrip(b"\0"))
+    sector_end = -(-written_end // _SECTOR_BYTES) * _SECTOR_BYTES
+    return sector_end < offset + HEADER.size + length
+
+
+def _zeros_from(view: memoryview, offset: int) -> bool:
+    """Whether the file holds only zeros from `offset` (a record boundary) to its end."""
+    if offset + LENGTH.size <= len(view) and LENGTH.unpack_from(view, offset)[0]:
+        return False  # a record's length is never 0: the cheap answer for every record
+    return not bytes(view[offset:]).strip(b"\0")
 
 
 def _drops(view: memoryview, offset: int, resume: int | None) -> str:
@@ -212,10 +242,12 @@ def _release(view: memoryview, released: int, offset: int) -> int:
 def _next_valid(view: memoryview, start: int, max_len: int) -> int | None:
     """Offset of the first decodable record at or after `start`, None if there is none."""
     size = len(view)
-    # A tail of zeros (a file extended but never written, as after a crash) holds nothing.
-    if not bytes(view[start:]).strip(b"\0"):
+    # A tail of zeros (written ahead, or a file extended but never written) holds nothing,
+    # and no record starts inside it: a record's header has a length, which is not zero.
+    last = start + len(bytes(view[start:]).rstrip(b"\0"))
+    if last == start:
         return None
-    for offset in range(start, size - RECORD_OVERHEAD + 1):
+    for offset in range(start, min(last, size - RECORD_OVERHEAD + 1)):
         try:
             if decode(view, offset, max_len) is not None:
                 return offset

@@ -15,7 +15,12 @@ command that caused it is answered. Three rules keep the file something a reader
    found *before* a command changes anything, so `append` first reserves room past the end of
    the file with fallocate(KEEP_SIZE): 4 KiB the first time, twice as much each next time, up
    to a megabyte, so a busy queue makes one call per megabyte while a queue written once holds
-   a few KiB; the room is given back when the queue goes idle and its file is closed. A write
+   a few KiB; the room is given back when the queue goes idle and its file is closed. The room
+   is then written with zeros, so the file's size and its block map already cover the records
+   to come: an append overwrites zeros in place, and the fdatasync that follows flushes the
+   data alone, not the inode too (cheaper for every `always` reply). The file is therefore
+   written at the journal's end (`size`), not appended to, and a crash leaves zeros after the
+   last record, which the reader takes for the clean end they are. A write
    that fails after its commands were applied leaves memory ahead of the journal; the store's
    `on_write_lost` (the server: exit at once, restart from the journal) is the only safe
    answer. Where the file system cannot fallocate, batching is switched off and each record is
@@ -231,8 +236,11 @@ class Journal:
                     f"cannot open the journal of {self.name}: {exc.strerror}"
                 ) from exc
         ctx.on_opened(self)
-        size = files.size(self.fd)
-        self.allocated = size
+        size = self.allocated = files.size(self.fd)
+        if self.on_disk and size > self.size:
+            # Zeros written ahead and not given back at the last close (its ftruncate failed):
+            # the journal's end is where its records end, and the zeros are room already.
+            size = self.size
         if size < len(MAGIC):
             # New, or cut inside its header by a crash: start it cleanly. The new name must
             # survive a crash before any record in the file is acknowledged: the ledger's next
@@ -245,6 +253,7 @@ class Journal:
                 ctx.ledger.file_created()
         else:
             self.size = size
+        files.seek(self.fd, self.size)
         self.on_disk = True
 
     def _forget_empty_file(self) -> None:
@@ -339,13 +348,16 @@ class Journal:
                 try:
                     ahead = self._ahead
                     ctx.files.fallocate(self.fd, start, end + ahead - start)
-                    self.allocated = end + ahead
+                    room_end = end + ahead
                     self._ahead = min(ahead * 2, _MAX_AHEAD_BYTES)
                 except OSError as exc:
                     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                         raise
                     ctx.files.fallocate(self.fd, start, end - start)  # the last of the disk
-                    self.allocated = end
+                    room_end = end
+                # Into blocks just reserved: no ENOSPC. See rule 2 for why zeros.
+                ctx.files.zero_fill(self.fd, start, room_end - start)
+                self.allocated = room_end
                 return True
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -408,11 +420,15 @@ class Journal:
                     self.size += written
 
     def _cut_back(self, size: int) -> None:
+        files = self._ctx.files
         try:
-            self._ctx.files.ftruncate(self.fd, size)
+            files.ftruncate(self.fd, size)
         except OSError:
             logger.exception("could not cut %s back to %d bytes", self.path(), size)
+        with contextlib.suppress(OSError):
+            files.seek(self.fd, size)  # the next record overwrites whatever is left
         self.size = size
+        self.allocated = min(self.allocated, size)  # truncating gave the room back
 
     # -- read-behind (the queue's BehindReader) --------------------------------------------
 
@@ -440,8 +456,9 @@ class Journal:
             self.last_offset = start
             yield record
             start = end
-        # The reader may have cut a torn tail off.
+        # The reader may have cut a torn tail, or the zeros written ahead, off.
         self.size = self.allocated = self._ctx.files.file_size(self.path())
+        self.base_size = min(self.base_size, self.size)
 
     # -- segments --------------------------------------------------------------------------
 
@@ -530,6 +547,7 @@ class Journal:
         while True:
             try:
                 self.fd = ctx.files.open_append(self.path(), create=False)
+                ctx.files.seek(self.fd, size)
                 break
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE) and ctx.on_no_descriptor():

@@ -319,7 +319,10 @@ def test_torn_tail_is_cut_and_the_intact_prefix_served(
 
     srv.start()
     log = srv.log()
-    if damaged_size != len(original):
+    if how == "zeros":
+        # What the room written ahead of the records leaves after a crash: a clean end.
+        assert "torn tail" not in log, log[-2000:]
+    elif damaged_size != len(original):
         assert "torn tail" in log, log[-2000:]
     assert served(srv.port) == expected
     # The cut must really be gone: a record appended now is found after the next restart.

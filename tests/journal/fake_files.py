@@ -36,6 +36,17 @@ class FilesWith(Files):
 # -- a file system that loses power ----------------------------------------------------------
 
 
+SECTOR_BYTES = 512
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 class PowerCut(BaseException):
     """Raised by PowerCutFiles at the chosen operation: the machine is off.
 
@@ -58,9 +69,13 @@ class PowerCutFiles(Files):
     durable. At a power cut (`cut_after` operations, then PowerCut), `after_power_cut` builds
     the file system a restart finds: every durable name, then a random prefix of the later
     name operations (journaling file systems keep metadata in order); every file its durable
-    bytes, then, if its bytes only grew since, nothing more (ending on a record boundary, where
-    no reader can see a loss), or a random part of what was appended, as written or as zeros
-    (a file extended whose data never reached the disk).
+    bytes, changed from where its bytes first differ by nothing more (ending on a record
+    boundary, where no reader can see a loss), or by a random part of what was written since,
+    as written or as zeros (a file extended whose data never reached the disk). Where the
+    writes overwrote durable bytes (the zeros a journal writes ahead of its records), they
+    reach the disk whole sectors at a time: the part kept ends at a sector boundary.
+    Descriptors have positions (`seek`; `writev` and `write` go on from there), as files
+    opened without O_APPEND do.
     """
 
     DIR_FD = 3
@@ -71,6 +86,7 @@ class PowerCutFiles(Files):
         # (old name, new name, inode): a create has no old name, an unlink no new one.
         self._name_log: list[tuple[str, str, _Inode | None]] = []
         self._fds: dict[int, _Inode | None] = {}  # None: the directory
+        self._pos: dict[int, int] = {}  # each descriptor's position
         self._next_fd = 10
         self.ops = 0
         self.trace: list[str] = []  # every operation so far, by name
@@ -101,9 +117,15 @@ class PowerCutFiles(Files):
                 data = inode.synced
                 current = bytes(inode.data)
                 luck = rng.random()
-                if current.startswith(data) and len(current) > len(data) and luck < 0.7:
-                    extra = current[len(data) : rng.randint(len(data), len(current))]
-                    data += bytes(len(extra)) if luck < 0.2 else extra
+                same = _common_prefix(data, current)
+                if same < len(current) and luck < 0.7:
+                    kept = rng.randint(same, len(current))
+                    if kept < len(data):  # inside durable bytes: whole sectors only
+                        kept = max(same, kept - kept % SECTOR_BYTES)
+                    extra = current[same:kept]
+                    if luck < 0.2:
+                        extra = bytes(len(extra))
+                    data = data[:same] + extra + data[kept:]
                 copies[id(inode)] = _Inode(data)
             survivors[name] = copies[id(inode)]
         return PowerCutFiles(survivors)
@@ -114,6 +136,7 @@ class PowerCutFiles(Files):
         fd = self._next_fd
         self._next_fd += 1
         self._fds[fd] = inode
+        self._pos[fd] = 0
         return fd
 
     def _inode(self, fd: int) -> _Inode:
@@ -156,25 +179,43 @@ class PowerCutFiles(Files):
 
     def close(self, fd: int) -> None:
         del self._fds[fd]
+        del self._pos[fd]
 
     def dup(self, fd: int) -> int:
-        return self._new_fd(self._fds[fd])
+        dup = self._new_fd(self._fds[fd])
+        self._pos[dup] = self._pos[fd]
+        return dup
 
     def size(self, fd: int) -> int:
         return len(self._inode(fd).data)
 
     # -- writing -------------------------------------------------------------------------------
 
+    def _write_at(self, fd: int, offset: int, data: bytes) -> None:
+        inode = self._inode(fd)
+        if offset > len(inode.data):
+            inode.data += bytes(offset - len(inode.data))
+        inode.data[offset : offset + len(data)] = data
+
     def writev(self, fd: int, parts: Sequence[Buffer]) -> int:
         self._op("writev")
         data = b"".join(bytes(p) for p in parts)
-        self._inode(fd).data += data
+        self._write_at(fd, self._pos[fd], data)
+        self._pos[fd] += len(data)
         return len(data)
 
     def write(self, fd: int, data: Buffer) -> int:
         self._op("write")
-        self._inode(fd).data += bytes(data)
+        self._write_at(fd, self._pos[fd], bytes(data))
+        self._pos[fd] += len(data)
         return len(data)
+
+    def seek(self, fd: int, offset: int) -> None:
+        self._pos[fd] = offset
+
+    def zero_fill(self, fd: int, offset: int, length: int) -> None:
+        self._op("zero_fill")
+        self._write_at(fd, offset, bytes(length))
 
     def ftruncate(self, fd: int, size: int) -> None:
         self._op("ftruncate")

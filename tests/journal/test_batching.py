@@ -52,7 +52,8 @@ def test_records_reach_the_file_only_at_write_pending(tmp_path: Path) -> None:
     journal.append(add(b"one"), False)
     journal.append(fmt.Open(1), True)
     journal.append(fmt.Confirm(1), True)
-    assert os.path.getsize(journal.path()) == 0  # created for its room; nothing written yet
+    # Created for its room, zeros written ahead (so appends change no size); no record yet.
+    assert not journal.path().read_bytes().strip(b"\0")
     assert store.unwritten == [journal]
     # A reply waits for the ADD; the read's records (open, confirm) hold no reply.
     assert store.ledger.seq == 3 and store.ledger.always_seq == 1
@@ -126,7 +127,9 @@ def test_room_reserved_ahead_grows_to_a_megabyte_and_is_given_back_when_idle(
     assert sum(lengths) >= 20_000 * 130
     store.write_pending()
     size = os.path.getsize(journal.path())
-    assert size < journal.allocated  # KEEP_SIZE: the file did not grow past its records
+    # Zeros written into the room: the file's size covers it, past the records.
+    assert journal.size < size == journal.allocated
+    assert not journal.path().read_bytes()[journal.size :].strip(b"\0")
     blocks_while_written = os.stat(journal.path()).st_blocks
     store.sync_always()
     for _ in range(writer.IDLE_TICKS):
@@ -134,7 +137,8 @@ def test_room_reserved_ahead_grows_to_a_megabyte_and_is_given_back_when_idle(
     # Idle: the file is closed and the room past its end given back.
     assert journal.fd == -1 and store.open_files == 0
     assert os.stat(journal.path()).st_blocks < blocks_while_written
-    assert os.stat(journal.path()).st_blocks * 512 < size + (64 << 10)
+    assert os.stat(journal.path()).st_blocks * 512 < journal.size + (64 << 10)
+    assert os.path.getsize(journal.path()) == journal.size
     journal.append(add(b"again"), False)  # reopened by the next write
     assert store.open_files == 1
     store.close()

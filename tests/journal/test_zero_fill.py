@@ -1,0 +1,90 @@
+"""The room written ahead with zeros: what a crash leaves of it, and how a reader takes it.
+
+A journal writes zeros ahead of its records (so an `always` fdatasync flushes no inode), so
+after a crash its newest segment ends in zeros: a clean end, cut off quietly at start-up. A
+record torn by a power cut over those zeros (its first sectors written, the rest still zeros)
+is a torn tail, cut off with a warning, as one cut short by the end of the file; a whole
+record damaged later, with zeros after it, is still damage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from test_journal import SEGMENT_1, recovered, store_at, write
+
+from kestrelq.errors import JournalCorrupt
+from kestrelq.journal import format as fmt
+from kestrelq.journal.item import Item
+from kestrelq.journal.policy import FsyncPolicy
+from kestrelq.journal.store import JournalStore, StoreLimits
+
+BIG: list[fmt.Record] = [
+    fmt.Add(Item(b"%d" % i * 2000, 0, 1, 0, 0)) for i in range(1, 4)
+]  # 4 sectors each
+ROOM = bytes(8192)
+
+
+def test_a_crash_leaves_zeros_after_the_last_record_which_are_a_clean_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = JournalStore(
+        tmp_path, lambda name: FsyncPolicy("always"), StoreLimits(reserve_bytes=0),
+        batch_writes=True,
+    )  # fmt: skip
+    store.open()
+    log = store.log_for("q")
+    for record in BIG:
+        log(record, False)
+    store.write_pending()
+    store.sync_always()
+    journal = tmp_path / SEGMENT_1
+    whole = journal.read_bytes()
+    records_end = store.journals["q"].size
+    assert len(whole) > records_end and not whole[records_end:].strip(b"\0")
+    # The process dies here, its file never closed: what the disk holds is `whole`.
+    store.close()
+    journal.write_bytes(whole)
+    with caplog.at_level(logging.INFO):
+        assert recovered(tmp_path) == BIG
+    assert "torn" not in caplog.text and "LOST" not in caplog.text
+    assert journal.stat().st_size == records_end  # the zeros are cut off at the restart
+    # Records behind are read through zeros too (a segment a crash left that way).
+    journal.write_bytes(whole)
+    reader = store_at(tmp_path)
+    try:
+        assert [r for r, _ in reader.records(journal, 4, repair=False)] == BIG
+        reader.journal("q").cursor.verify()
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("sectors_kept", [0, 1, 2, 3])
+def test_a_record_torn_over_the_zeros_is_a_torn_tail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, sectors_kept: int
+) -> None:
+    journal = write(tmp_path, BIG)
+    whole = journal.read_bytes()
+    last = len(whole) - len(fmt.encode(BIG[-1]))
+    # The power went with only the first sectors of the last record on the disk.
+    keep = (last // 512 + 1 + sectors_kept) * 512
+    assert last < keep < len(whole)
+    journal.write_bytes(whole[:keep] + bytes(len(whole) - keep) + ROOM)
+    with caplog.at_level(logging.WARNING):
+        assert recovered(tmp_path) == BIG[:-1]
+    assert "torn tail" in caplog.text
+    assert journal.stat().st_size == last
+
+
+def test_a_whole_record_damaged_before_the_zeros_is_still_damage(tmp_path: Path) -> None:
+    journal = write(tmp_path, BIG)
+    data = bytearray(journal.read_bytes())
+    last = len(data) - len(fmt.encode(BIG[-1]))
+    data[last + 100] ^= 0x5A  # a write that reached the disk whole, damaged later
+    journal.write_bytes(bytes(data) + ROOM)
+    with pytest.raises(JournalCorrupt) as info:
+        recovered(tmp_path)
+    assert info.value.offset == last and info.value.detail == "checksum mismatch"
+    assert recovered(tmp_path, salvage=True) == BIG[:-1]
