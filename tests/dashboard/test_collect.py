@@ -52,7 +52,8 @@ def test_sampler(tmp_path: Path) -> None:
         assert all(p.uptime_s >= 0 and p.restarts == 0 for p in snap.processes)
         dead = [(d.name, d.target, d.items, d.head) for d in snap.dead]
         assert dead == [("work_dead", "work", 1, "poison")]
-        assert {q.name for q in snap.queues} >= {"work", "work_dead"}
+        # (`work` exists once the worker's first read reached the server, which may be later.)
+        assert "work_dead" in {q.name for q in snap.queues}
 
         wrong = collector("nope").sample()
         assert [(s.up, s.error) for s in wrong.supervisors] == [(False, "wrong password")]
