@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import USERS, SecureServer, Starter, login_bytes, start_failure
-from helpers import Wire, wait_until
+from helpers import Wire, child_env, wait_until
 from pymemcache.client.base import Client as Memcache
 from pymemcache.exceptions import MemcacheClientError, MemcacheUnexpectedCloseError
 
@@ -335,3 +337,28 @@ def test_a_big_block_before_login_is_refused_without_taking_the_budget(
     finally:
         for w in strangers:
             w.close()
+
+
+def test_drain_and_undrain_log_in_as_the_environment_says(srv: SecureServer) -> None:
+    def kestrelq(command: str, who: tuple[str, str]) -> subprocess.CompletedProcess[str]:
+        poll = ["--poll-s", "0.1"] if command == "drain" else []
+        return subprocess.run(
+            [sys.executable, "-m", "kestrelq", command, f"127.0.0.1:{srv.port}", *poll],
+            capture_output=True, text=True, timeout=120, check=False,
+            env=child_env(KESTRELQ_USER=who[0], KESTRELQ_PASSWORD=who[1]),
+        )  # fmt: skip
+
+    # Not an admin: refused, and the server stays UP.
+    refused = kestrelq("drain", ALICE)
+    assert refused.returncode == 1 and "permission denied" in refused.stderr
+    with logged_in(srv, ALICE) as w:
+        assert w.call(b"set jobs 0 0 1\r\nx\r\n") == b"STORED\r\n"
+        assert w.call(b"get jobs\r\n") == b"VALUE jobs 0 1\r\nx\r\nEND\r\n"
+    drained = kestrelq("drain", ADMIN)
+    assert drained.returncode == 0, drained.stderr
+    assert "drained in" in drained.stdout
+    with logged_in(srv, ALICE) as w:
+        assert w.call(b"set jobs 0 0 1\r\ny\r\n") == b"SERVER_ERROR server is read-only\r\n"
+    assert kestrelq("undrain", ADMIN).returncode == 0
+    with logged_in(srv, ALICE) as w:
+        assert w.call(b"set jobs 0 0 1\r\nz\r\n") == b"STORED\r\n"
