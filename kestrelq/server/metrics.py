@@ -17,7 +17,9 @@ What keeps a scrape from holding up the queues:
 - the reply is written without waiting for the scraper to read it: a scraper that reads
   slowly or not at all costs its socket buffer, and after WRITE_TIMEOUT_S its connection;
 - a request must arrive whole within REQUEST_TIMEOUT_S and fit in MAX_REQUEST_BYTES, and at
-  most MAX_SCRAPERS connections are served at once (more are closed at once).
+  most MAX_SCRAPERS connections are served at once. A connection beyond that pushes out the
+  oldest one that has not sent its whole request yet (connections that send nothing must not
+  shut Prometheus out for REQUEST_TIMEOUT_S), and is closed at once if all are being answered.
 
 A token (`metrics_token_file`) is compared in constant time; without one, the address the
 port is bound to (127.0.0.1 by default) is its only protection (docs/metrics.md).
@@ -197,6 +199,8 @@ class MetricsEndpoint:
         self._token = read_token(token_file) if token_file else ""
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # The connections still waiting for their request head, oldest first.
+        self._unheard: dict[asyncio.StreamWriter, None] = {}
 
     def reload(self) -> None:
         """Re-read the token file (`reload`, SIGHUP); ConfigError keeps the old token."""
@@ -222,14 +226,23 @@ class MetricsEndpoint:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._writers) >= MAX_SCRAPERS:
-            writer.close()
-            return
+            if not self._unheard:
+                writer.close()
+                return
+            oldest = next(iter(self._unheard))
+            # Its slot is free now, not when its task sees the close.
+            self._writers.discard(oldest)
+            del self._unheard[oldest]
+            oldest.close()
         self._writers.add(writer)
+        self._unheard[writer] = None
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
                 return
+            finally:
+                self._unheard.pop(writer, None)
             status, headers, body = await self._answer(head)
             headers.append(("Content-Length", str(len(body))))
             if head.startswith(b"HEAD "):

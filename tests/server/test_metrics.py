@@ -7,6 +7,7 @@ the same numbers, and the numbers the sequence implies.
 
 from __future__ import annotations
 
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -186,6 +187,20 @@ def test_metrics_port_refuses_what_is_not_a_scrape(
         assert scrape(metrics_port)[("kestrelq_queue_items", (("queue", "q"),))] == 1
         w.close()
         assert watched.stop() == 0  # nor a stop (the fixture then checks the log)
+
+
+def test_connections_that_send_nothing_do_not_shut_out_a_scrape(
+    watched: ServerProcess, metrics_port: int
+) -> None:
+    idle = [socket.create_connection(("127.0.0.1", metrics_port), timeout=30) for _ in range(8)]
+    try:
+        idle[-1].sendall(b"GET /metrics HTTP/1.1\r\n")  # half a request is no request either
+        assert ("kestrelq_connections", ()) in scrape(metrics_port)
+        # The oldest was pushed out to make room: the server closed it.
+        assert idle[0].recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_a_token_file_makes_the_port_ask_for_it(tmp_path: Path) -> None:
