@@ -42,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     serve.add_argument(
         "--sync-reads",
         dest="sync_reads",
-        action="store_const",
-        const=True,
+        # --no-sync-reads too, so the command line can turn off what the environment or the
+        # file turned on; unset (None) leaves it to them.
+        action=argparse.BooleanOptionalAction,
         help="with --fsync always, reads (get, /open, /close, /abort) wait for their fsync "
         "too; by default their records are fsynced with the next group commit",
     )

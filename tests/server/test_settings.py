@@ -75,6 +75,25 @@ def set_reply(port: int, size: int) -> bytes:
         return w.call(b"set q 0 0 %d\r\n%s\r\n" % (size, b"x" * size))
 
 
+def test_no_sync_reads_on_the_command_line_beats_the_environment(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    port = free_port()
+    proc = serve(
+        procs,
+        tmp_path,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--no-sync-reads",
+        KESTRELQ_SYNC_READS="true",
+    )
+    proc.wait_ready(port)
+    assert server_stats(port)["sync_reads"] == "0"
+    assert proc.stop() == 0
+
+
 def test_environment_only(tmp_path: Path, procs: list[Proc]) -> None:
     port, data_dir = free_port(), tmp_path / "env-data"
     proc = serve(
