@@ -6,12 +6,17 @@ Rules:
    (`dump_stats`, and a `peek` at each dead-letter queue) and every supervisord (XML-RPC
    `getAllProcessInfo`) every `interval_s`, each with a short timeout, all at once; requests
    read the last `Snapshot`. A server or supervisord that does not answer in time is shown as
-   down with the reason, and the others are unaffected.
+   down with the reason, and the others are unaffected. A server whose status refuses the
+   peek (QUIESCENT, being drained) is up: its figures are shown, with the refusal as a note
+   and without the dead letters' heads.
 2. Rates come from the history kept here (the last `window_s`): the put rate is the growth of
    `total_items`, the got rate the growth of `got_items` (items handed to readers, a
    redelivery again). A server without `got_items` gets what was put minus what the depth
    grew by (gets, expiry and dead letters all take items out). A counter that went back (a
-   restart) starts over rather than giving a negative rate.
+   restart) starts over rather than giving a negative rate. The history of a queue that an
+   answering server no longer lists (deleted, or a server taken off the list) is dropped, so
+   per-tenant queues that come and go do not pile up; a server that did not answer keeps its
+   queues' history until it answers again.
 3. supervisord keeps no restart count, so the dashboard counts the restarts it sees: a
    process whose start time changed between two samples was started again. The count starts
    when the dashboard does, and says so.
@@ -37,7 +42,14 @@ from typing import Any
 
 from kestrelq.client import Client
 from kestrelq.credentials import Credentials
-from kestrelq.errors import ConfigError, KestrelqError
+from kestrelq.errors import (
+    ConfigError,
+    KestrelqError,
+    ReplyError,
+    ServerQuiescent,
+    ServerReadOnly,
+    ServerUnavailable,
+)
 from kestrelq.requeue import digest
 from kestrelq.servers import Address, Entry, ServerList, parse_entry
 
@@ -46,6 +58,8 @@ logger = logging.getLogger(__name__)
 DEAD_SUFFIX = "_dead"
 SUPERVISOR_PORT = 9001
 PEEK_BYTES = 2048  # of a dead letter shown on the page; the rest is cut
+# What a server's status (STATUS) answers a command it refuses, after SERVER_ERROR.
+STATUS_REFUSALS = frozenset(e.reason for e in (ServerUnavailable, ServerReadOnly, ServerQuiescent))
 
 
 def server_name(address: Address) -> str:
@@ -192,6 +206,7 @@ class ServerStatus:
     name: str
     up: bool
     error: str = ""
+    note: str = ""  # up, but something was refused (a QUIESCENT server's peeks)
     version: str = ""
     uptime_s: int = 0
     connections: int = 0
@@ -332,6 +347,7 @@ class Collector:
             for address, answer in zip(addresses, answers, strict=True):
                 snap.servers.append(answer.status)
                 self._add_queues(snap, server_name(address), answer, now)
+            self._forget_gone_queues(snap)
             for address, (status, infos) in zip(supervisors, supervised, strict=True):
                 snap.supervisors.append(status)
                 snap.processes += self._processes(server_name(address), infos)
@@ -344,21 +360,37 @@ class Collector:
             with self.client(address) as client:
                 stats = client.stats()
                 queues = client.dump_stats()
-                heads: dict[str, bytes | None] = {}
-                for queue in queues:
-                    if dead_letter_target(queue, self.dead_letters) is not None:
-                        item = client.get(f"{queue}/peek")
-                        heads[queue] = None if item is None else item.data
+                heads, note = self._peek_dead_letters(client, queues)
         except (OSError, KestrelqError) as exc:
             return _ServerAnswer(ServerStatus(name, False, str(exc) or type(exc).__name__))
         status = ServerStatus(
             name,
             True,
+            note=note,
             version=stats.get("version", ""),
             uptime_s=_int(stats.get("uptime", "0")),
             connections=_int(stats.get("curr_connections", "0")),
         )
         return _ServerAnswer(status, queues, heads)
+
+    def _peek_dead_letters(
+        self, client: Client, queues: Mapping[str, object]
+    ) -> tuple[dict[str, bytes | None], str]:
+        """The head of each dead-letter queue, and a note if the server's status refused it."""
+        heads: dict[str, bytes | None] = {}
+        for queue in queues:
+            if dead_letter_target(queue, self.dead_letters) is None:
+                continue
+            try:
+                item = client.get(f"{queue}/peek")
+            except ReplyError as exc:
+                if exc.reason not in STATUS_REFUSALS:
+                    raise
+                # The server answered stats and dump_stats, so it is up; it closed the
+                # connection with the refusal, so no further peek can be asked on it.
+                return heads, f"{exc.reason}: dead letters' heads not shown"
+            heads[queue] = None if item is None else item.data
+        return heads, ""
 
     def _ask_supervisor(self, address: Address) -> tuple[SupervisorStatus, list[dict[str, Any]]]:
         name = server_name(address)
@@ -410,6 +442,13 @@ class Collector:
                         head_digest="" if head is None else digest(head),
                     )
                 )
+
+    def _forget_gone_queues(self, snap: Snapshot) -> None:
+        # Rule 2: only what this sample shows, and what the servers that did not answer had.
+        shown = {(q.server, q.name) for q in snap.queues}
+        silent = {s.name for s in snap.servers if not s.up}
+        for key in [k for k in self._history if k not in shown and k[0] not in silent]:
+            del self._history[key]
 
     def _processes(self, where: str, infos: list[dict[str, Any]]) -> list[ProcessRow]:
         rows: list[ProcessRow] = []
