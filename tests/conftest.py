@@ -42,6 +42,7 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
     "app/test_web_queue.py": ("server",),
     "journal/test_read_behind_server.py": ("server",),
     "supervisord/test_supervisord_live.py": ("server",),
+    "supervisord/test_install_owners.py": ("server",),  # runs the interpreter it checks
     "chaos/test_host_chaos.py": ("server",),
     "chaos/test_server_crash.py": ("server",),
     "bench/test_bench_smoke.py": ("server", "bench", "external"),

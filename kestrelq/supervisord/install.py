@@ -18,6 +18,13 @@ again is how the installation is updated):
    stop times added up. (The default, control-group, sends SIGTERM to every process at once,
    and a worker's second SIGTERM is a cold stop: its message is interrupted.)
 
+Before any of it, the places root runs code from are checked: supervisord runs as root with
+the interpreter written in, so the interpreter, its prefix, every directory it imports from
+(site-packages, what a .pth file adds) and the application must be writable by root alone:
+owned by root, not group- (unless the group is root) or world-writable, and so every directory
+above them (a world-writable one only with the sticky bit, as /tmp). Otherwise a normal user who
+can write a checkout's .venv or app/ would run code as root. `--force` installs anyway.
+
 Every command it prints works when pasted: supervisorctl by the interpreter's full path, with
 `-c`.
 """
@@ -26,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import grp
+import json
 import os
 import pwd
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tomllib
@@ -89,6 +98,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--unit-dir", type=Path, default=Path("/etc/systemd/system"), help="(/etc/systemd/system)"
     )
     p.add_argument("--no-unit", action="store_true", help="write no systemd unit")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="install even if the interpreter or the application can be written by a user "
+        "other than root (supervisord runs them as root)",
+    )
     p.set_defaults(func=run)
 
 
@@ -226,6 +241,95 @@ WantedBy=multi-user.target
 """
 
 
+# -- the places root runs code from -------------------------------------------------------------
+
+# Run by the interpreter to be installed, as systemd starts it (-I: no PYTHONPATH, no user
+# site, no current directory): where it is and every directory it imports from.
+_PROBE = """\
+import json, os, sys
+import kestrelq, supervisor
+print(json.dumps([sys.executable, sys.prefix, *sys.path,
+                  *(os.path.dirname(m.__file__) for m in (kestrelq, supervisor))]))
+"""
+
+
+def interpreter_paths(python: str) -> list[str]:
+    """The interpreter, its prefix, its import path, and where kestrelq and supervisor are.
+
+    StackError if it cannot be run or cannot import them: the unit would not start either.
+    """
+    try:
+        probe = subprocess.run(
+            [python, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60, env={}
+        )
+    except OSError as exc:
+        raise StackError(f"cannot run the interpreter {python}: {exc.strerror}") from None
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StackError(f"the interpreter {python} cannot import kestrelq and supervisor "
+                         f"without PYTHONPATH, as systemd would start it: {last}")  # fmt: skip
+    found: list[str] = json.loads(probe.stdout)
+    return [python, *found]
+
+
+def _name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _why_unsafe(path: str, st: os.stat_result, *, above: bool) -> str | None:
+    """Why a user other than root could change `path` (None: only root can)."""
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != 0:
+        return f"owned by {_name(st.st_uid)}"
+    if mode & stat.S_IWGRP and st.st_gid != 0:
+        return f"writable by the group {_group(st.st_gid)} (mode {mode:04o})"
+    # A sticky world-writable directory above (as /tmp): others cannot rename what is in it.
+    if mode & stat.S_IWOTH and not (above and mode & stat.S_ISVTX):
+        return f"writable by everyone (mode {mode:04o})"
+    return None
+
+
+def unsafe_paths(paths: list[str]) -> list[str]:
+    """`path: why` for each of `paths`, or a directory above one, that a user other than root
+    could write: both as given and with its links resolved. A missing path is judged by the
+    directories above it (whoever can write those can create it)."""
+    found: dict[str, str] = {}
+    for given in paths:
+        for path in dict.fromkeys([os.path.abspath(given), os.path.realpath(given)]):
+            chain = [Path(path), *Path(path).parents]
+            for n, place in enumerate(chain):
+                try:
+                    st = os.stat(place)
+                except FileNotFoundError:
+                    continue
+                why = _why_unsafe(str(place), st, above=n > 0)
+                if why and str(place) not in found:
+                    found[str(place)] = why
+    return [f"{place}: {why}" for place, why in found.items()]
+
+
+def check_root_owned(stack: Stack) -> None:
+    """StackError naming each place a user other than root could change code run as root."""
+    problems = unsafe_paths([*interpreter_paths(stack.python), stack.app_dir])
+    if problems:
+        raise StackError(
+            "supervisord runs as root with the interpreter and the application, and a user "
+            "other than root can write:\n  " + "\n  ".join(problems) + "\n"
+            "Install into root-owned places (docs/operations.md: a venv in /opt/kestrelq, "
+            "`chown -R root:root` and `chmod -R go-w` what it names), or give --force."
+        )
+
+
 # -- running it ---------------------------------------------------------------------------------
 
 
@@ -276,6 +380,8 @@ def run(args: argparse.Namespace) -> int:
         rerender = f"{stack.python} -m kestrelq conf --out {etc}"
         stack = replace(stack, rerender=rerender)
         files = render_stack(stack)
+        if not args.force:
+            check_root_owned(stack)
     except (StackError, OSError) as exc:
         print(f"kestrelq install: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,9 @@ def args_for(tmp_path: Path, **extra: object) -> argparse.Namespace:
         "run_dir": str(tmp_path / "run"),
         "unit_dir": tmp_path / "systemd",
         "no_unit": False,
+        # Not a real interpreter, and the test is not root: the check of who can write the
+        # interpreter and the application has its own tests (test_install_owners.py).
+        "force": True,
     }
     values.update(extra)
     return argparse.Namespace(**values)
