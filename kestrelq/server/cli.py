@@ -7,7 +7,7 @@ import copy
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from kestrelq.client import DEFAULT_HOST, DEFAULT_PORT, Client, address_from_env
@@ -18,6 +18,10 @@ from kestrelq.server import config as config_mod
 from kestrelq.servers import Address, ServerList, parse_entry, parse_servers, servers_from_env
 
 logger = logging.getLogger(__name__)
+
+# The dead-letter queue's name when none is configured: the server's (max_deliveries) and the
+# workers' default alike.
+DEAD_SUFFIX = "_dead"
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -139,7 +143,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Switch the server to READONLY (producers send to the other servers, workers keep "
             "reading it), then wait until every queue on it is empty and no read is open, and "
-            "say so: the server can then be stopped. Logs in and speaks TLS as KESTRELQ_USER, "
+            "say so: the server can then be stopped. Dead-letter queues (named QUEUE_dead, or "
+            "given with --dead-letter) are not waited for, since no worker reads them: their "
+            "items are reported. Logs in and speaks TLS as KESTRELQ_USER, "
             "KESTRELQ_PASSWORD and KESTRELQ_TLS_* say (an admin user when logins are on). "
             "The status stays READONLY, across restarts too, until `kestrelq undrain`."
         ),
@@ -154,6 +160,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     drain.add_argument(
         "--poll-s", type=float, default=1.0, help="seconds between looks at its queues (1)"
+    )
+    drain.add_argument(
+        "--dead-letter",
+        action="append",
+        default=[],
+        metavar="QUEUE",
+        help="a dead-letter queue not named QUEUE_dead, not waited for (repeat)",
     )
     drain.set_defaults(func=_drain)
     undrain = subparsers.add_parser(
@@ -420,14 +433,42 @@ def _undrain(args: argparse.Namespace) -> int:
     return _one_server(args) or _with_client(args, up)
 
 
-def _not_empty(queues: dict[str, dict[str, str]]) -> dict[str, tuple[int, int]]:
-    """The queues still holding items or open reads: {name: (items, open reads)}."""
-    left = {}
+def is_dead_letter(name: str, named: Collection[str] = ()) -> bool:
+    """A dead-letter queue: `<queue>_dead` (the server's and the workers' default) or named."""
+    return name.endswith(DEAD_SUFFIX) or name in named
+
+
+def _not_empty(
+    queues: dict[str, dict[str, str]], dead_letters: Collection[str] = ()
+) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    """The queues still holding items or open reads, {name: (items, open reads)}, and apart
+    from them the dead-letter queues holding items, {name: items}.
+
+    A dead-letter queue is not waited for: no worker reads it, so a drain waiting for it
+    would never end. Its items stay in the server's journal across a stop.
+    """
+    left: dict[str, tuple[int, int]] = {}
+    dead: dict[str, int] = {}
     for name, stats in queues.items():
         pair = (_int(stats.get("items", "0")), _int(stats.get("open_transactions", "0")))
-        if pair != (0, 0):
+        if is_dead_letter(name, dead_letters):
+            if pair[0]:
+                dead[name] = pair[0]
+        elif pair != (0, 0):
             left[name] = pair
-    return left
+    return left, dead
+
+
+def _say_dead_letters(args: argparse.Namespace, dead: dict[str, int]) -> None:
+    where = f"{args.host}:{args.port}"
+    held = ", ".join(f"{name} {n}" for name, n in sorted(dead.items()))
+    first = min(dead)
+    back = first.removesuffix(DEAD_SUFFIX) if first.endswith(DEAD_SUFFIX) else "QUEUE"
+    print(f"{where}: {sum(dead.values())} items left in dead-letter queues ({held}), not waited "
+          "for: no worker reads them. They stay in its journal when it is stopped. To hand them "
+          "to the workers first (a READONLY server refuses the move):\n"
+          f"  kestrelq undrain {where} && kestrelq requeue {first} {back} --host {args.host} "
+          f"--port {args.port} && kestrelq drain {where}", flush=True)  # fmt: skip
 
 
 def _drain(args: argparse.Namespace) -> int:
@@ -447,13 +488,17 @@ def _drain(args: argparse.Namespace) -> int:
         return code
     shown = None
     left: dict[str, tuple[int, int]] = {}
+    dead: dict[str, int] = {}
 
     def look(client: Client) -> int:
-        left.update(_not_empty(client.dump_stats()))
+        waited, held = _not_empty(client.dump_stats(), args.dead_letter)
+        left.update(waited)
+        dead.update(held)
         return 0
 
     while True:
         left.clear()
+        dead.clear()
 
         # A failed look (the server restarting, a timeout) is said and tried again: the
         # drain is the server's status, which the restart keeps.
@@ -461,6 +506,8 @@ def _drain(args: argparse.Namespace) -> int:
             took = time.monotonic() - started
             print(f"{where}: drained in {took:.1f} s: every queue empty, no read open; it can "
                   "be stopped (`kestrelq undrain` puts it back)", flush=True)  # fmt: skip
+            if dead:
+                _say_dead_letters(args, dead)
             return 0
         if left and left != shown:
             shown = dict(left)

@@ -143,3 +143,31 @@ def test_stats_watch_refuses_a_bad_interval() -> None:
     result = kestrelq("stats", "--watch", "--interval", "0")
     assert result.returncode == 2
     assert "must be a number of seconds above 0" in result.stderr
+
+
+def test_drain_does_not_wait_for_dead_letter_queues(server: ServerProcess) -> None:
+    # Dead letters no worker reads, in work_dead (the default name); work itself is empty.
+    # A drain waiting for them would never end: with --wait-s it gives up, exit 1.
+    with Wire(server.port) as w:
+        assert w.call(b"set work_dead 0 0 4\r\nlost\r\n") == b"STORED\r\n"
+        assert w.call(b"set work 0 0 2\r\nok\r\n") == b"STORED\r\n"
+        assert w.call(b"get work\r\n").startswith(b"VALUE work")
+    where = f"127.0.0.1:{server.port}"
+    result = kestrelq("drain", where, "--wait-s", "20", "--poll-s", "0.2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "drained in" in result.stdout
+    assert "1 items left in dead-letter queues (work_dead 1)" in result.stdout
+    assert f"kestrelq requeue work_dead work --host 127.0.0.1 --port {server.port}" in result.stdout
+    # One not named QUEUE_dead is waited for, unless named with --dead-letter.
+    assert kestrelq("undrain", where).returncode == 0
+    with Wire(server.port) as w:
+        assert w.call(b"set parked 0 0 4\r\nlost\r\n") == b"STORED\r\n"
+    waited = kestrelq("drain", where, "--wait-s", "1", "--poll-s", "0.2")
+    assert waited.returncode == 1 and "(parked)" in waited.stdout, waited.stdout + waited.stderr
+    named = kestrelq("drain", where, "--dead-letter", "parked", "--wait-s", "20")
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert "2 items left in dead-letter queues (parked 1, work_dead 1)" in named.stdout
+    # Nothing was taken from them.
+    with Wire(server.port) as w:
+        assert w.call(b"get work_dead/peek\r\n").startswith(b"VALUE work_dead")
+        assert w.call(b"get parked/peek\r\n").startswith(b"VALUE parked")
