@@ -158,6 +158,7 @@ def _dashboard(args: argparse.Namespace) -> int:
         interval_s=args.interval,
         window_s=args.window,
         timeout_s=min(args.timeout, 2.0),
+        action_timeout_s=args.timeout,
     )
     collector.start()
     # docker stop's SIGTERM: waitress ends its loop on SystemExit, and the sampler is stopped.

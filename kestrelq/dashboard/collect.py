@@ -292,6 +292,7 @@ class Collector:
         interval_s: float = 2.0,
         window_s: float = 600.0,
         timeout_s: float = 2.0,
+        action_timeout_s: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.servers = servers
@@ -302,6 +303,9 @@ class Collector:
         self.interval_s = interval_s
         self.window_s = window_s
         self.timeout_s = timeout_s
+        # A click's requeue or drop is waited for by the user, not by the page's updates: a
+        # server slow for a moment must not cut a move short (timeout_s if not given).
+        self.action_timeout_s = action_timeout_s or timeout_s
         self.clock = clock
         self.started_at = clock()
         self.snapshot = Snapshot()
@@ -330,8 +334,8 @@ class Collector:
                 logger.exception("dashboard sample failed")
             self._stop.wait(self.interval_s)
 
-    def client(self, address: Address) -> Client:
-        return Client(address[0], address[1], self.timeout_s, self.credentials)
+    def client(self, address: Address, timeout_s: float | None = None) -> Client:
+        return Client(address[0], address[1], timeout_s or self.timeout_s, self.credentials)
 
     def sample(self) -> Snapshot:
         """Ask everyone now (at most about `timeout_s` per connection); the new snapshot."""

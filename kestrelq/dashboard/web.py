@@ -154,7 +154,7 @@ def _requeue_all(collector: Collector, body: dict[str, Any]) -> str:
         servers=[address],
         credentials=collector.credentials,
         max_items=REQUEUE_PER_CLICK,
-        timeout_s=collector.timeout_s,
+        timeout_s=collector.action_timeout_s,
     )
     if result.errors:
         raise KestrelqError(f"moved {result.moved} to {target}, then: {'; '.join(result.errors)}")
@@ -163,7 +163,7 @@ def _requeue_all(collector: Collector, body: dict[str, Any]) -> str:
 
 def _drop(collector: Collector, body: dict[str, Any]) -> str:
     address, queue, _ = _dead_queue(collector, body)
-    with collector.client(address) as client:
+    with collector.client(address, collector.action_timeout_s) as client:
         dropped = drop_head(client, queue, str(body.get("digest", "")))
     if not dropped:
         return f"the head of {queue} changed meanwhile: nothing dropped"

@@ -164,3 +164,15 @@ def test_actions_want_the_page_token(web: FlaskClient) -> None:
     reply = web.post("/api/requeue", json=body, headers=auth() | token)
     assert reply.status_code == 400 and "no queue server" in reply.get_json()["error"]
     assert web.post("/api/requeue", data="[]", headers=auth() | token).status_code == 400
+
+
+def test_a_click_waits_for_the_server_longer_than_a_sample() -> None:
+    with socket.socket() as listener:  # accepts (the kernel does); never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        address = listener.getsockname()
+        c = Collector(
+            ServerList([Entry(*address)]), Credentials(), timeout_s=1.0, action_timeout_s=30.0
+        )
+        with c.client(address) as sample, c.client(address, c.action_timeout_s) as action:
+            assert (sample.sock.gettimeout(), action.sock.gettimeout()) == (1.0, 30.0)
