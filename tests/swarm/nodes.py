@@ -277,6 +277,14 @@ class Swarm:
         docker("start", node)
         wait_until(lambda: self.engine_answers(node), 120, what=f"the engine of {node} again")
 
+    def all_nodes_up(self) -> None:
+        """Start any node a failed test left killed, and wait until every service runs."""
+        for node in self.nodes:
+            state = docker("inspect", "-f", "{{.State.Running}}", node).stdout.decode().strip()
+            if state != "true":
+                self.restart(node)
+        self.wait_running()
+
     def destroy(self) -> None:
         """Remove every container, volume, network and image of this run, by name."""
         for node in self.nodes:

@@ -48,6 +48,14 @@ def test_a_node_killed_mid_flow_loses_no_acknowledged_message(swarm: Swarm) -> N
 
     producer = swarm.producer("kill", 1500, "--interval-ms", "15")
     wait_until(lambda: len(producer.ids("STORED")) >= 200, 300, what="200 messages stored")
+    survivors = swarm.nodes[:KILLED]
+
+    def survivors_handle() -> bool:
+        return any(m.startswith("kill-") for m in swarm.handled(survivors))
+
+    # Where the workers run is the scheduler's choice: this says it when none runs there.
+    wait_until(survivors_handle, 120, what=f"a worker on node1 or node2 handling messages "
+               f"(workers on {swarm.running_on('worker')})")  # fmt: skip
     before_kill = swarm.handled()
     lines_at_kill = len(producer.lines)
     killed_at = time.monotonic()
@@ -61,7 +69,6 @@ def test_a_node_killed_mid_flow_loses_no_acknowledged_message(swarm: Swarm) -> N
                         if line.startswith("STORED "))  # fmt: skip
     assert set(stored_on) <= {"queue1:22133", "queue2:22133", "queue3:22133"}
     assert stored_on["queue1:22133"] > 0 and stored_on["queue2:22133"] > 0, stored_on
-    survivors = swarm.nodes[:KILLED]
     during = swarm.handled(survivors)
     handled_before_on_survivors = sum(
         n for m, n in before_kill.items() if m in during and m.startswith("kill-")
@@ -89,6 +96,7 @@ def test_a_node_killed_mid_flow_loses_no_acknowledged_message(swarm: Swarm) -> N
 
 def test_a_drained_server_is_removed_with_nothing_lost(swarm: Swarm) -> None:
     """`kestrelq drain queue2` while a producer sends: it ends empty, then its service goes."""
+    swarm.all_nodes_up()
     producer = swarm.producer("drain", 1200, "--interval-ms", "15")
     wait_until(lambda: len(producer.ids("STORED")) >= 150, 300, what="150 messages stored")
     started = time.monotonic()
