@@ -135,6 +135,7 @@ class Server:
         self._counters_mark: tuple[int, ...] = ()
         self._counters_saved_s = 0.0
         self._counters_unsaved = False
+        self._counters_saving: asyncio.Future[None] | None = None
         self._timed_out_reads = 0
         self._full_segments: set[str] = set()
         self._sync_scheduled = False
@@ -302,7 +303,15 @@ class Server:
                 self._rotate(name)
             except Exception:
                 logger.exception("could not start a new segment for %s at shutdown", name)
-        self._save_counters(force=True)
+        if self._counters_saving is not None:
+            await asyncio.wait([self._counters_saving])
+        mark = self._counters_now()
+        try:
+            counters.save(Path(self.config.data_dir), counters.snapshot(self.collection))
+        except OSError as exc:
+            self._counters_failed(exc)
+        else:
+            self._counters_done(mark, time.monotonic())
         items, _ = self.collection.totals()
         self.store.close()
         logger.info("stopped (pid %d): %d items in %d queues journalled", os.getpid(), items,
@@ -409,12 +418,40 @@ class Server:
             self.store.ensure_reserve()
         self.store.tick()  # close idle journal files, give back the room reserved ahead
 
-    def _save_counters(self, force: bool = False) -> None:
-        """Write the queue counters (server/counters.py) when something may have changed one
-        and the last save is SAVE_EVERY_S old. Every change comes from a client's command
-        (bytes read), its disconnect (open reads returned) or the housekeeping (expiry,
-        timed-out reads): no walk over the queues to find out."""
-        mark = (
+    def _save_counters(self) -> None:
+        """Save the queue counters (server/counters.py) when something may have changed one,
+        the last save is SAVE_EVERY_S old and none is under way. Every change comes from a
+        client's command (bytes read), its disconnect (open reads returned) or the
+        housekeeping (expiry, timed-out reads): no walk over the queues to find out."""
+        mark = self._counters_now()
+        now = time.monotonic()
+        if (
+            mark == self._counters_mark
+            or now - self._counters_saved_s < counters.SAVE_EVERY_S
+            or self._counters_saving is not None
+        ):
+            return
+        saving = asyncio.get_running_loop().run_in_executor(
+            None, counters.save, Path(self.config.data_dir), counters.snapshot(self.collection)
+        )
+        self._counters_saving = saving
+
+        def saved(future: asyncio.Future[None]) -> None:
+            self._counters_saving = None
+            if future.cancelled():  # the loop closing under it
+                return
+            exc = future.exception()
+            if isinstance(exc, OSError):
+                self._counters_failed(exc)
+            elif exc is not None:
+                logger.error("cannot save the queue counters", exc_info=exc)
+            else:
+                self._counters_done(mark, now)
+
+        saving.add_done_callback(saved)
+
+    def _counters_now(self) -> tuple[int, ...]:
+        return (
             self.state.counters.bytes_read,
             self.state.counters.total_connections,
             len(self.state.connections),
@@ -423,22 +460,17 @@ class Server:
             self.collection.counters.queue_creates,
             self.collection.counters.queue_deletes,
         )
-        now = time.monotonic()
-        if not force and (
-            mark == self._counters_mark or now - self._counters_saved_s < counters.SAVE_EVERY_S
-        ):
-            return
-        try:
-            counters.save(Path(self.config.data_dir), counters.snapshot(self.collection))
-        except OSError as exc:
-            if not self._counters_unsaved:
-                logger.warning("cannot save the queue counters (kept in memory): %s", exc)
-            self._counters_unsaved = True
-            return
+
+    def _counters_failed(self, exc: OSError) -> None:
+        if not self._counters_unsaved:
+            logger.warning("cannot save the queue counters (kept in memory): %s", exc)
+        self._counters_unsaved = True
+
+    def _counters_done(self, mark: tuple[int, ...], started_s: float) -> None:
         if self._counters_unsaved:
             logger.info("queue counters saved again")
         self._counters_unsaved = False
-        self._counters_mark, self._counters_saved_s = mark, now
+        self._counters_mark, self._counters_saved_s = mark, started_s
 
     def time_out_connections(self) -> None:
         """Close connections that tripped read_timeout_s or idle_timeout_s (one pass a tick:
