@@ -171,12 +171,16 @@ def peer_ratios(rows: list[Row]) -> None:
     """Fill each row's ratios to darner and to the floor (None where the run had no such row).
 
     A get is held against darner's get of the same kind (reliable against `get q/close/open`,
-    plain and memcached's keyed get against plain `get q`); every get against the floor's,
+    plain and memcached's keyed get against plain `get q`), or against darner's other get when
+    the run has only that one (`--modes reliable`: memcached's and the floor's plain gets
+    against darner's reliable one); every get against the floor's,
     which has only the plain one.
     """
     by_key = {(r.label, r.mode, r.clients): r for r in rows}
     for row in rows:
-        peer = by_key.get((darner_peer(row.label), REFERENCE_MODE[row.mode], row.clients))
+        name, mode = darner_peer(row.label), REFERENCE_MODE[row.mode]
+        other = "plain" if mode == "reliable" else "reliable"
+        peer = by_key.get((name, mode, row.clients)) or by_key.get((name, other, row.clients))
         row.enq_vs_darner, row.deq_vs_darner = _ratio(row, peer)
         row.enq_vs_floor, row.deq_vs_floor = _ratio(row, by_key.get((FLOOR, "plain", row.clients)))
 
@@ -245,7 +249,8 @@ def minimal_table(rows: list[Row]) -> str:
         )
     note = (
         "\n'vs darner' is the row's median rate divided by darner's at the same C, get against "
-        "the same kind of get (plain `get q` for memcached's keyed get and the floor's); "
+        "the same kind of get (plain `get q` for memcached's keyed get and the floor's) when "
+        "darner ran it, else against darner's other get; "
         f"{ALWAYS} is held against darner-sync, which fsyncs every set as it does. "
         "'vs floor' divides by the Python floor's plain `set q` / `get q`. '-': the run had no "
         "such row (darner runs only with --darner BIN). ±: half the range of the repeats' "

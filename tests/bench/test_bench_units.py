@@ -334,10 +334,21 @@ def test_peer_ratios_hold_kestrelq_against_darner_darner_sync_and_the_floor() ->
     # No darner and no floor at C=4: no ratio to them, and the table says "-".
     assert by[(always, "reliable", 4)].enq_vs_floor is None
     assert by[("darner-sync", "reliable", 4)].enq_vs_darner is None
+    # With darner's reliable get only (--modes reliable), plain gets are held against it.
+    only_reliable = report.aggregate(
+        [
+            _fake_result("darner", "darner", "reliable", 2, 10000, 8000),
+            _fake_result("memcached", "memcached", "kv", 2, 20000, 16000),
+        ],
+        never,
+    )
+    report.peer_ratios(only_reliable)
+    mc = next(r for r in only_reliable if r.label == "memcached")
+    assert (mc.enq_vs_darner, mc.deq_vs_darner) == (pytest.approx(2.0), pytest.approx(2.0))
 
     table = report.minimal_table(rows)
     lines = [x for x in table.splitlines() if x.startswith("| ") and "---" not in x][1:]
-    # The order: the ceiling, the peer, the floor, kestrelq, then the fsyncing ones.
+    # The order: the ceiling, the peer, the floor, kestrelq, then what fsyncs every set.
     assert [x.split(" | ")[0][2:] for x in lines] == [
         "memcached", "darner", "darner", "python floor", never, never,
         "darner-sync", "darner-sync", always, always,
