@@ -79,9 +79,14 @@ class SegmentReader:
                     "where it should be): no record can be read. Whatever was written to it "
                     "and not fsynced is LOST (fsync never or periodic and a power cut, or a "
                     "crash while the file was being created); the queue starts without it, and "
-                    "the file is rewritten on its first write",
+                    "the file is cut to nothing and rewritten from its start by its first write",
                     path, size, len(MAGIC),
                 )  # fmt: skip
+                if size:
+                    # Cut here, not left to the writer: a journal's end is its file's size
+                    # after recovery, and a record written behind these zeros, with no header
+                    # in front, would make the next start refuse the whole file.
+                    self._files.truncate(path, 0)
                 return
             if view[: len(MAGIC)] != MAGIC:
                 yield from self._bad_header(path, view, max(start, len(MAGIC)), repair)

@@ -456,9 +456,14 @@ class Journal:
             self.last_offset = start
             yield record
             start = end
-        # The reader may have cut a torn tail, or the zeros written ahead, off.
+        # The reader may have cut a torn tail, or the zeros written ahead, off, or the whole
+        # file where its header never reached the disk: then the header goes out again with
+        # the next record, at offset 0.
         self.size = self.allocated = self._ctx.files.file_size(self.path())
         self.base_size = min(self.base_size, self.size)
+        if self.size < len(MAGIC):
+            self.size = self.base_size = self.allocated = 0
+            self._header_due = True
 
     # -- segments --------------------------------------------------------------------------
 

@@ -61,6 +61,13 @@ class _Inode:
         self.synced = bytes(data)  # what the last fsync or fdatasync made durable
 
 
+class _Offset:
+    """A file description's position, which `dup` shares as dup(2) does."""
+
+    def __init__(self) -> None:
+        self.at = 0
+
+
 class PowerCutFiles(Files):
     """One data directory in memory that remembers what each fsync made durable.
 
@@ -75,7 +82,7 @@ class PowerCutFiles(Files):
     writes overwrote durable bytes (the zeros a journal writes ahead of its records), they
     reach the disk whole sectors at a time: the part kept ends at a sector boundary.
     Descriptors have positions (`seek`; `writev` and `write` go on from there), as files
-    opened without O_APPEND do.
+    opened without O_APPEND do, and a `dup` shares its original's, as dup(2) does.
     """
 
     DIR_FD = 3
@@ -86,7 +93,7 @@ class PowerCutFiles(Files):
         # (old name, new name, inode): a create has no old name, an unlink no new one.
         self._name_log: list[tuple[str, str, _Inode | None]] = []
         self._fds: dict[int, _Inode | None] = {}  # None: the directory
-        self._pos: dict[int, int] = {}  # each descriptor's position
+        self._pos: dict[int, _Offset] = {}  # each descriptor's position
         self._next_fd = 10
         self.ops = 0
         self.trace: list[str] = []  # every operation so far, by name
@@ -136,7 +143,7 @@ class PowerCutFiles(Files):
         fd = self._next_fd
         self._next_fd += 1
         self._fds[fd] = inode
-        self._pos[fd] = 0
+        self._pos[fd] = _Offset()
         return fd
 
     def _inode(self, fd: int) -> _Inode:
@@ -183,7 +190,7 @@ class PowerCutFiles(Files):
 
     def dup(self, fd: int) -> int:
         dup = self._new_fd(self._fds[fd])
-        self._pos[dup] = self._pos[fd]
+        self._pos[dup] = self._pos[fd]  # the same description: a seek or write moves both
         return dup
 
     def size(self, fd: int) -> int:
@@ -200,18 +207,18 @@ class PowerCutFiles(Files):
     def writev(self, fd: int, parts: Sequence[Buffer]) -> int:
         self._op("writev")
         data = b"".join(bytes(p) for p in parts)
-        self._write_at(fd, self._pos[fd], data)
-        self._pos[fd] += len(data)
+        self._write_at(fd, self._pos[fd].at, data)
+        self._pos[fd].at += len(data)
         return len(data)
 
     def write(self, fd: int, data: Buffer) -> int:
         self._op("write")
-        self._write_at(fd, self._pos[fd], bytes(data))
-        self._pos[fd] += len(data)
+        self._write_at(fd, self._pos[fd].at, bytes(data))
+        self._pos[fd].at += len(data)
         return len(data)
 
     def seek(self, fd: int, offset: int) -> None:
-        self._pos[fd] = offset
+        self._pos[fd].at = offset
 
     def zero_fill(self, fd: int, offset: int, length: int) -> None:
         self._op("zero_fill")
@@ -241,6 +248,13 @@ class PowerCutFiles(Files):
 
     def fdatasync(self, fd: int) -> None:
         self.fsync(fd)
+
+    def sync(self) -> None:
+        """sync(1): every file's bytes and every name durable."""
+        for inode in self.names.values():
+            inode.synced = bytes(inode.data)
+        self._durable_names = dict(self.names)
+        self._name_log.clear()
 
     def preallocate(self, path: Path, size: int) -> None:
         self._op("preallocate")

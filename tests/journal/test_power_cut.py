@@ -4,7 +4,8 @@ A kill -9 leaves everything the process wrote in the page cache; a power cut kee
 an fsync (of the file, and of the directory for its name) made durable. PowerCutFiles cuts the
 power at a random operation of a random workload (sets and gets on two queues, read-behind,
 segment switches with their checkpoints, idle files closed), then the journal restarts on what
-survived, as the server does. Seeded, so every failure replays.
+survived, as the server does, writes and fsyncs a few more items, and loses power again: a
+restart must leave its journal fit for the next one. Seeded, so every failure replays.
 
 What must hold: with `fsync always`, nothing acknowledged is lost, and the directory never
 names a segment that is not there (recovery and draining never fail); with `sync_reads` too,
@@ -169,6 +170,19 @@ def power_cut_run(seed: int, policy: str, caplog: pytest.LogCaptureFixture) -> t
     with caplog.at_level(logging.WARNING):
         store, coll = open_journal(survivors, policy)
         recovered = {name: drain(coll, name) for name in QUEUES}
+    # Life goes on after the restart: what is written and fsynced now must survive the next
+    # power cut, whatever the first one left behind (a file of zeros with no header, say).
+    after = {name: [b"%s-after-%d" % (name.encode(), i) for i in range(3)] for name in QUEUES}
+    for name, datas in after.items():
+        for data in datas:
+            coll.add(name, Item(data, 0, 10**9), 10**9)
+    store.sync_all()
+    if policy == "never":
+        survivors.sync()  # nothing in the store fsyncs a `never` journal: the machine's sync(1)
+    again = survivors.after_power_cut(random.Random(f"again-{seed}"))
+    store, coll = open_journal(again, policy)
+    for name in QUEUES:
+        assert drain(coll, name) == after[name], f"seed {seed}: {name} after the second restart"
     store.close()
 
     came_back = 0
@@ -204,3 +218,16 @@ def test_a_power_cut_at_any_moment(policy: str, caplog: pytest.LogCaptureFixture
     # checkpoint written and fsynced, the rename, the old segments unlinked.
     for op in ("open_new", "write", "rename", "unlink", "writev", "fsync", "open_append"):
         assert cut_at[op], f"no cut fell in {op}: {dict(cut_at)}"
+
+
+def test_the_model_shares_a_position_between_a_descriptor_and_its_dup() -> None:
+    # As dup(2): one file description, so a write through either goes on where the other's
+    # left off (the ledger fsyncs through dups of the descriptors the journals write with).
+    files = PowerCutFiles()
+    fd = files.open_append(DATA / "q.0000000001.kqj")
+    dup = files.dup(fd)
+    files.write(dup, b"ab")
+    files.write(fd, b"cd")
+    files.seek(dup, 1)
+    files.write(fd, b"X")
+    assert files.names["q.0000000001.kqj"].data == b"aXcd"

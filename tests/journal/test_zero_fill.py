@@ -88,3 +88,31 @@ def test_a_whole_record_damaged_before_the_zeros_is_still_damage(tmp_path: Path)
         recovered(tmp_path)
     assert info.value.offset == last and info.value.detail == "checksum mismatch"
     assert recovered(tmp_path, salvage=True) == BIG[:-1]
+
+
+@pytest.mark.parametrize(
+    "left", [bytes(8192), b"KQ" + bytes(8190), b"KQJ"], ids=["zeros", "half-header", "3-bytes"]
+)
+def test_a_new_segment_whose_header_never_reached_the_disk_is_rewritten_from_its_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, left: bytes
+) -> None:
+    # A power cut before a new segment's first fsync: its size (the zeros written ahead) was
+    # kept and its data was not. The first restart starts the queue empty, as it must; what
+    # is written and fsynced after it must survive the next restart, header and all.
+    journal = tmp_path / SEGMENT_1
+    journal.write_bytes(left)
+    with caplog.at_level(logging.ERROR):
+        assert recovered(tmp_path) == []
+    assert "LOST" in caplog.text
+    store = JournalStore(
+        tmp_path, lambda name: FsyncPolicy("always"), StoreLimits(reserve_bytes=0),
+        batch_writes=True,
+    )  # fmt: skip
+    store.open()
+    assert list(store.recover("q")) == []
+    store.log_for("q")(BIG[0], False)
+    store.write_pending()
+    store.sync_always()
+    store.close()
+    assert journal.read_bytes().startswith(fmt.MAGIC)
+    assert recovered(tmp_path) == BIG[:1]  # no --salvage needed, nothing lost
