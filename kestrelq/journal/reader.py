@@ -158,10 +158,11 @@ class SegmentReader:
                 return
             resume = _next_valid(view, offset + 1, max_len)
             if resume is None and repair and _torn(view, offset):
+                fits = offset + HEADER.size + _length(view, offset) <= size
                 logger.warning(
                     "%s: torn tail at offset %d (%s): cutting off %d bytes; "
-                    "DATA WRITTEN AFTER THE LAST FSYNC MAY HAVE BEEN LOST",
-                    path, offset, problem, size - offset,
+                    "DATA WRITTEN AFTER THE LAST FSYNC MAY HAVE BEEN LOST%s",
+                    path, offset, problem, size - offset, _OVER_ZEROS if fits else "",
                 )  # fmt: skip
                 self._files.truncate(path, offset)
                 return
@@ -177,6 +178,10 @@ class SegmentReader:
 
 
 _BAD_HEADER = "damaged file header (not a kestrelq journal)"
+_OVER_ZEROS = (
+    " (a whole record with zeros from a sector boundary to its end: torn over the zeros written"
+    " ahead, or damaged on the disk after it was written, which cannot be told apart)"
+)
 
 
 def _header_never_written(view: memoryview) -> bool:
@@ -204,11 +209,21 @@ def _torn(view: memoryview, offset: int) -> bool:
         return True
     # Over the zeros written ahead: the record's first sectors reached the disk and the rest
     # did not, so zeros run from a sector boundary inside it to the end of the file. A record
-    # damaged after it was written has no such run (unless its data ended in zeros exactly at
-    # a sector boundary, which a checksum failure elsewhere in it cannot be told from).
+    # damaged after it was written has no such run, unless its own bytes end in zeros from a
+    # sector boundary: that one cannot be told from a torn write (both fail the checksum, and
+    # what the last fsync covered is not on the disk), so it is cut off too, and the warning
+    # says so (docs/journal.md, "Recovery", names the limit).
     written_end = offset + len(bytes(view[offset:]).rstrip(b"\0"))
     sector_end = -(-written_end // _SECTOR_BYTES) * _SECTOR_BYTES
     return sector_end < offset + HEADER.size + length
+
+
+def _length(view: memoryview, offset: int) -> int:
+    """The length a record's header at `offset` declares (past the end: cut in its header)."""
+    if offset + HEADER.size > len(view):
+        return len(view)
+    length: int = LENGTH.unpack_from(view, offset)[0]
+    return length
 
 
 def _zeros_from(view: memoryview, offset: int) -> bool:

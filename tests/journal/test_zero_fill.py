@@ -116,3 +116,19 @@ def test_a_new_segment_whose_header_never_reached_the_disk_is_rewritten_from_its
     store.close()
     assert journal.read_bytes().startswith(fmt.MAGIC)
     assert recovered(tmp_path) == BIG[:1]  # no --salvage needed, nothing lost
+
+
+def test_a_whole_record_ending_in_zeros_damaged_before_the_zeros_is_taken_for_a_torn_tail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The limit docs/journal.md names: the reader cannot tell this record, written whole and
+    # damaged later, from one torn over the zeros written ahead. It is cut off, and the
+    # warning says that it may have been damage rather than a crash.
+    journal = write(tmp_path, [fmt.Add(Item(b"x" * 900 + bytes(300), 0, 1, 0, 0))])
+    data = bytearray(journal.read_bytes())
+    assert not data[1024:].strip(b"\0") and len(data) > 1024  # zeros from a sector boundary
+    data[100] ^= 0x5A
+    journal.write_bytes(bytes(data) + ROOM)
+    with caplog.at_level(logging.WARNING):
+        assert recovered(tmp_path) == []
+    assert "torn tail" in caplog.text and "damaged on the disk" in caplog.text
