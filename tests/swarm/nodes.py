@@ -13,9 +13,11 @@ are those of /work/shared/docs/containers-here.md's "A swarm of several nodes on
 - Clients (the producers, `kestrelq stats`, `kestrelq drain`) run as one-off containers on
   node1, attached to the stack's overlay network; they read the test's secrets from a copy
   on node1.
-- Handled messages are read from the worker containers' logs on every node (`msg=<id> done`),
-  where an operator would look; the swarm keeps 50 tasks of history per slot, so the
-  containers of a killed node's workers, and their logs, are still there when it is back.
+- Handled messages are read from the demo task's record ($KESTRELQ_HANDLED_LOG: one `done
+  <id>` line per message, written with one write() before the handler returns, so before the
+  worker confirms it) on a volume of each node. Not from the containers' logs: a line still on
+  its way to the node's engine when the node is killed is lost with it, while the message was
+  handled and confirmed.
 
 Everything the run makes is named `<prefix>-...` (containers, volumes, network, images) and
 removed by name in `destroy()`, whatever happened before.
@@ -23,7 +25,6 @@ removed by name in `destroy()`, whatever happened before.
 
 from __future__ import annotations
 
-import re
 import secrets
 import subprocess
 import time
@@ -43,8 +44,10 @@ PRODUCER = REPO / "tests" / "producer.py"
 STACK = "kestrelq"
 SERVERS = ("queue1", "queue2", "queue3")
 NODES = 3
-# The worker's line for each message it handled (kestrelq.worker.runtime).
-HANDLED_RE = re.compile(r"msg=([A-Za-z0-9_-]+) done in")
+# Where the workers record what they handled (app/tasks.py, KESTRELQ_HANDLED_LOG): a volume
+# on each node, mounted over a directory the image gives its user, so the volume is theirs.
+HANDLED_VOLUME = "kestrelq-handled"
+HANDLED_DIR = "/var/lib/kestrelq/uploads"
 NODE_FLAGS = (
     "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
     "--security-opt", "apparmor=unconfined", "--security-opt", "seccomp=unconfined",
@@ -124,6 +127,8 @@ class Swarm:
         self._lap("images loaded into each node", start)
         self._deploy()
         self.wait_running()
+        self._record_handled()
+        self._spread_workers()
         self._lap("stack deployed, every service running", start)
 
     def run_node(self, node: str, hostname: str) -> None:
@@ -144,6 +149,44 @@ class Swarm:
             self.on(node, "swarm", "join", "--token", token, f"{address}:2377")
         for i, server in enumerate(SERVERS, 1):
             self.on(manager, "node", "update", "--label-add", f"kestrelq.{server}=true", f"node{i}")
+        # Tasks are placed on the nodes that are Ready when the stack is deployed: a node still
+        # joining would get no worker, and the spread the tests rely on would be left to chance.
+        wait_until(self.nodes_ready, 300, what="every node Ready in the swarm")
+
+    def nodes_ready(self) -> bool:
+        out = self.on(self.nodes[0], "node", "ls", "--format", "{{.Hostname}} {{.Status}}")
+        ready = {line.split()[0] for line in out.stdout.decode().splitlines() if "Ready" in line}
+        return ready == {f"node{i}" for i in range(1, NODES + 1)}
+
+    def _record_handled(self) -> None:
+        """The workers, replaced one by one, with the task's record of what they handle."""
+        self.on(self.nodes[0], "service", "update", "--detach",
+                "--env-add", f"KESTRELQ_HANDLED_LOG={HANDLED_DIR}/handled.log",
+                "--mount-add", f"type=volume,source={HANDLED_VOLUME},target={HANDLED_DIR}",
+                f"{STACK}_worker")  # fmt: skip
+        wait_until(self._worker_update_done, 300, what="the workers updated")
+        self.wait_running()
+
+    def _worker_update_done(self) -> bool:
+        out = self.on(self.nodes[0], "service", "inspect", "-f",
+                      "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+                      f"{STACK}_worker")  # fmt: skip
+        state = out.stdout.decode().strip()
+        assert state not in ("paused", "rollback_completed"), f"the workers' update: {state}"
+        return state == "completed"
+
+    def _spread_workers(self) -> None:
+        """Workers on more than one node, so a node's loss leaves some running elsewhere.
+
+        The scheduler spreads a service's tasks over the nodes, but a node whose engine was
+        slow to take tasks can end with none: a forced update places them all again."""
+        for _ in range(3):
+            if len(set(self.running_on("worker"))) > 1:
+                return
+            self.on(self.nodes[0], "service", "update", "--detach", "--force",
+                    f"{STACK}_worker")  # fmt: skip
+            self.wait_running()
+        raise AssertionError(f"the workers stay on one node: {self.running_on('worker')}")
 
     def _load_images(self) -> None:
         archive = docker("save", *self.images, timeout_s=600).stdout
@@ -213,15 +256,15 @@ class Swarm:
         ]
 
     def handled(self, nodes: Iterable[str] | None = None) -> Counter[str]:
-        """Message ids in the logs of every worker container, past and present, on `nodes`."""
+        """Message ids the workers on `nodes` recorded as done, each as often as it was."""
         seen: Counter[str] = Counter()
+        record = f"/var/lib/docker/volumes/{HANDLED_VOLUME}/_data/handled.log"
         for node in self.nodes if nodes is None else nodes:
-            ids = self.on(node, "ps", "-aq", "--filter",
-                          f"label=com.docker.swarm.service.name={STACK}_worker")  # fmt: skip
-            for container in ids.stdout.decode().split():
-                logs = self.on(node, "logs", container, check=False)
-                text = (logs.stdout + logs.stderr).decode(errors="replace")
-                seen.update(HANDLED_RE.findall(text))
+            out = docker("exec", node, "sh", "-c", f"cat {record} 2>/dev/null || true")
+            for line in out.stdout.decode(errors="replace").splitlines():
+                event, _, rest = line.partition(" ")
+                if event == "done":
+                    seen[rest.split(" ", 1)[0]] += 1
         return seen
 
     # ---- clients, run on node1 in the overlay network ------------------------------------------
