@@ -143,9 +143,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Switch the server to READONLY (producers send to the other servers, workers keep "
             "reading it), then wait until every queue on it is empty and no read is open, and "
-            "say so: the server can then be stopped. Dead-letter queues (named QUEUE_dead, or "
-            "given with --dead-letter) are not waited for, since no worker reads them: their "
-            "items are reported. Logs in and speaks TLS as KESTRELQ_USER, "
+            "say so: the server can then be stopped. The items of dead-letter queues (QUEUE_dead "
+            "beside QUEUE, or given with --dead-letter) are not waited for, since no worker "
+            "reads them: they are reported. Logs in and speaks TLS as KESTRELQ_USER, "
             "KESTRELQ_PASSWORD and KESTRELQ_TLS_* say (an admin user when logins are on). "
             "The status stays READONLY, across restarts too, until `kestrelq undrain`."
         ),
@@ -433,9 +433,13 @@ def _undrain(args: argparse.Namespace) -> int:
     return _one_server(args) or _with_client(args, up)
 
 
-def is_dead_letter(name: str, named: Collection[str] = ()) -> bool:
-    """A dead-letter queue: `<queue>_dead` (the server's and the workers' default) or named."""
-    return name.endswith(DEAD_SUFFIX) or name in named
+def is_dead_letter(name: str, named: Collection[str] = (), queues: Collection[str] = ()) -> bool:
+    """A dead-letter queue: one named, or `<queue>_dead` (the server's and the workers'
+    default) beside its `<queue>`. A `_dead` name alone says nothing: it may be a queue of
+    its own that workers read."""
+    return name in named or (
+        name.endswith(DEAD_SUFFIX) and name.removesuffix(DEAD_SUFFIX) in queues
+    )
 
 
 def _not_empty(
@@ -444,16 +448,19 @@ def _not_empty(
     """The queues still holding items or open reads, {name: (items, open reads)}, and apart
     from them the dead-letter queues holding items, {name: items}.
 
-    A dead-letter queue is not waited for: no worker reads it, so a drain waiting for it
-    would never end. Its items stay in the server's journal across a stop.
+    A dead-letter queue's items are not waited for: no worker reads it, so a drain waiting for
+    them would never end. Its items stay in the server's journal across a stop. Its open
+    reads are (a `kestrelq requeue` moving them): stopping the server would hand them back.
     """
     left: dict[str, tuple[int, int]] = {}
     dead: dict[str, int] = {}
     for name, stats in queues.items():
         pair = (_int(stats.get("items", "0")), _int(stats.get("open_transactions", "0")))
-        if is_dead_letter(name, dead_letters):
+        if is_dead_letter(name, dead_letters, queues):
             if pair[0]:
                 dead[name] = pair[0]
+            if pair[1]:
+                left[name] = (0, pair[1])
         elif pair != (0, 0):
             left[name] = pair
     return left, dead

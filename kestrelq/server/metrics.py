@@ -243,6 +243,10 @@ class MetricsEndpoint:
                 return
             finally:
                 self._unheard.pop(writer, None)
+            if writer not in self._writers:
+                # Pushed out while its head was arriving (the read had completed, the task
+                # not yet resumed): answering it would run a scrape outside MAX_SCRAPERS.
+                return
             status, headers, body = await self._answer(head)
             headers.append(("Content-Length", str(len(body))))
             if head.startswith(b"HEAD "):

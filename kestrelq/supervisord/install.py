@@ -319,8 +319,14 @@ def unsafe_paths(paths: list[str]) -> list[str]:
 
 
 def check_root_owned(stack: Stack) -> None:
-    """StackError naming each place a user other than root could change code run as root."""
-    problems = unsafe_paths([*interpreter_paths(stack.python), stack.app_dir])
+    """StackError naming each place a user other than root could change code run as root.
+
+    The interpreter and the application are judged by where they are before the interpreter
+    is run to ask for its import path: running it first would run, as root, the very code
+    this check is there to refuse."""
+    problems = unsafe_paths([stack.python, stack.app_dir])
+    if not problems:
+        problems = unsafe_paths([*interpreter_paths(stack.python), stack.app_dir])
     if problems:
         raise StackError(
             "supervisord runs as root with the interpreter and the application, and a user "

@@ -171,3 +171,18 @@ def test_drain_does_not_wait_for_dead_letter_queues(server: ServerProcess) -> No
     with Wire(server.port) as w:
         assert w.call(b"get work_dead/peek\r\n").startswith(b"VALUE work_dead")
         assert w.call(b"get parked/peek\r\n").startswith(b"VALUE parked")
+
+
+def test_drain_waits_for_a_dead_letter_queue_s_open_reads_and_for_a_lone_dead_name() -> None:
+    from kestrelq.server.cli import _not_empty
+
+    def q(items: int, open_reads: int = 0) -> dict[str, str]:
+        return {"items": str(items), "open_transactions": str(open_reads)}
+
+    # work_dead beside work: dead letters, not waited for; but an open read on it (a requeue
+    # moving one) is. order_dead with no order queue is a queue of its own: waited for.
+    left, dead = _not_empty({"work": q(0), "work_dead": q(3, 1), "order_dead": q(2)})
+    assert left == {"work_dead": (0, 1), "order_dead": (2, 0)}
+    assert dead == {"work_dead": 3}
+    left, dead = _not_empty({"work": q(0), "work_dead": q(3)})
+    assert (left, dead) == ({}, {"work_dead": 3})

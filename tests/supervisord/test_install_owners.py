@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from helpers import REPO
 
 from kestrelq.supervisord import install
+from kestrelq.supervisord.stack import StackError, load_stack
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 
@@ -104,3 +107,18 @@ def test_install_refuses_a_user_writable_app_and_writes_nothing(
     args.force = True
     assert install.run(args) == 0
     assert (base / "etc" / "stack.toml").is_file()
+
+
+def test_an_interpreter_a_user_owns_is_refused_without_being_run(tmp_path: Path) -> None:
+    base = tree(tmp_path)
+    home = base / "home"
+    home.mkdir()
+    ran = base / "ran"
+    python = home / "python"
+    python.write_text(f'#!/bin/sh\ntouch {ran}\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    os.chown(home, NOBODY, NOBODY)
+    stack = replace(load_stack(REPO / "conf" / "stack.toml"), python=str(python), app_dir=str(base))
+    with pytest.raises(StackError, match=re.escape(f"{home}: owned by nobody")):
+        install.check_root_owned(stack)
+    assert not ran.exists(), "the interpreter was run as root before it was judged"
