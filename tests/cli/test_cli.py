@@ -108,6 +108,13 @@ def test_peek_refuses_a_bad_queue_name(server: ServerProcess) -> None:
     assert "bad queue name" in result.stderr
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A shell ignores SIGINT in what it starts in the background (`make test &`, a CI runner's
+    # `nohup ... &`), the ignoring is inherited, and Python then leaves it ignored: the watch
+    # would never see this test's Ctrl-C. A user's terminal delivers it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_stats_watch_redraws_until_ctrl_c(server: ServerProcess) -> None:
     environ = {k: v for k, v in os.environ.items() if k not in ("KESTRELQ_HOST", "KESTRELQ_PORT")}
     # A list of servers, one of them down: each round shows it as unreachable and goes on.
@@ -116,6 +123,7 @@ def test_stats_watch_redraws_until_ctrl_c(server: ServerProcess) -> None:
         [sys.executable, "-m", "kestrelq", "stats", "--watch", "--interval", "0.2",
          "--servers", servers],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     ) as watch:  # fmt: skip
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(watch.stdout or ()), daemon=True)
