@@ -116,8 +116,8 @@ $(HOST_PASSWORD):
 
 # supervisord (daemonized, no root) on the committed conf/: the queue on 127.0.0.1:22133 and
 # the workers; journals, logs, socket and pid file under var/host/. The workers' metrics files
-# are emptied first: a previous run's counts must not add to this one's (docs/metrics.md). .venv/bin goes first on
-# PATH because the programs run `python3`.
+# are emptied first: a previous run's counts must not add to this one's (docs/metrics.md).
+# .venv/bin goes first on PATH because the programs run `python3`.
 host-up: install conf-check $(HOST_PASSWORD)  ## the stack under supervisord on this machine (no Docker)
 	@mkdir -p $(HOST_VAR)/run $(HOST_VAR)/log $(HOST_VAR)/queue
 	@if $(SUPERVISORCTL) pid >/dev/null 2>&1; then echo "supervisord is already running"; else \
