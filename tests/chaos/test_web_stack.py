@@ -285,7 +285,10 @@ def test_the_dashboard_service(stack: Stack) -> None:
         stack, "/api/requeue", {"server": "queue:22133", "queue": "work_dead"},
         **{"X-Kestrelq-Dashboard": token.group(1)},
     )  # fmt: skip
-    assert code == 200 and "moved 1 from work_dead to work" in answer, answer
+    # At least ours: the module's stack is shared, and an earlier test's poison photo may be
+    # in work_dead too (or land there meanwhile). That ours was among them, the worker says.
+    moved = re.search(r"moved (\d+) from work_dead to work", answer)
+    assert code == 200 and moved is not None and int(moved.group(1)) >= 1, answer
     wait_until(lambda: "dashboard-revived" in stack.handled(), 120, what="the requeued message")
 
 
