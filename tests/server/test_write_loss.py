@@ -14,6 +14,18 @@ from kestrelq.server.config import load
 from kestrelq.server.server import EXIT_JOURNAL_LOST, Server
 
 
+async def _abandon(server: Server) -> None:
+    """Close the listener, cancel the tasks and close the files, with no graceful shutdown: it
+    would checkpoint memory, which the real exit never does."""
+    assert server._server is not None
+    server._server.close()
+    await server._server.wait_closed()
+    for task in list(server._tasks):
+        task.cancel()
+    await asyncio.gather(*server._tasks, return_exceptions=True)
+    server.store.close()
+
+
 async def _scenario(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[int], bytes, bytes]:
@@ -36,15 +48,8 @@ async def _scenario(
         writer.close()
         return exits, first, rest
     finally:
-        # No graceful shutdown: it would checkpoint memory, which the real exit never does.
         monkeypatch.undo()
-        assert server._server is not None
-        server._server.close()
-        await server._server.wait_closed()
-        for task in list(server._tasks):
-            task.cancel()
-        await asyncio.gather(*server._tasks, return_exceptions=True)
-        server.store.close()
+        await _abandon(server)
 
 
 def test_failed_batched_write_exits_without_acknowledging(
@@ -101,13 +106,7 @@ async def _failed_fsync_scenario(
         return exits, first, a_got, b_got
     finally:
         monkeypatch.undo()
-        assert server._server is not None
-        server._server.close()
-        await server._server.wait_closed()
-        for task in list(server._tasks):
-            task.cancel()
-        await asyncio.gather(*server._tasks, return_exceptions=True)
-        server.store.close()
+        await _abandon(server)
 
 
 def test_failed_fsync_exits_without_acknowledging_and_leaves_no_clean_mark(
