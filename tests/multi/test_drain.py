@@ -14,24 +14,17 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import REPO, ServerProcess, child_env, wait_until
+from helpers import ServerProcess, child_env, wait_until
+from pool import handled, start_workers, stop_workers
 
 from kestrelq.client import Client
 from kestrelq.credentials import Credentials
 from kestrelq.producer import Producer
 
 WORKERS = 2
-
-
-def handled(log: Path) -> Counter[str]:
-    if not log.exists():
-        return Counter()
-    lines = log.read_text().splitlines()
-    return Counter(line.split()[1] for line in lines if line.startswith("done "))
 
 
 def left(port: int) -> tuple[int, int]:
@@ -57,20 +50,7 @@ def test_drain_a_server_under_load_and_bring_it_back(
     listing = ",".join(f"127.0.0.1:{s.port}" for s in three)
     victim = three[1]
     log = tmp_path / "handled.log"
-    workers = []
-    for n in range(WORKERS):
-        out = (tmp_path / f"worker-{n}.out").open("wb")
-        cmd = [sys.executable, "-m", "kestrelq", "work", "work", "--handler", "tasks:handle"]
-        workers.append(
-            subprocess.Popen(
-                [*cmd, "--servers", listing, "--wait-ms", "200", "--backoff-max-s", "1"],
-                cwd=REPO / "app",
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=child_env(KESTRELQ_HANDLED_LOG=str(log), PYTHONPATH=f"{REPO}:{REPO / 'app'}"),
-            )
-        )
-        out.close()
+    workers = start_workers(tmp_path, listing, WORKERS, 200, log)
     acked: list[tuple[str, int]] = []  # (id, port that stored it), in order
     failures: list[BaseException] = []
     stop = threading.Event()
@@ -120,10 +100,7 @@ def test_drain_a_server_under_load_and_bring_it_back(
     finally:
         stop.set()
         sender.join(120)
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            w.wait(60)
+        stop_workers(workers)
     assert [w.returncode for w in workers] == [0] * WORKERS
 
 

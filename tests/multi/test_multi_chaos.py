@@ -8,15 +8,13 @@ killed server); losses are not.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import REPO, ServerProcess, child_env, wait_until
+from helpers import ServerProcess, wait_until
+from pool import handled, start_workers, stop_workers
 
 from kestrelq.client import Client
 from kestrelq.credentials import Credentials
@@ -26,13 +24,6 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 MESSAGES = 10_000
 WORKERS = 3
-
-
-def handled(log: Path) -> Counter[str]:
-    if not log.exists():
-        return Counter()
-    lines = log.read_text().splitlines()
-    return Counter(line.split()[1] for line in lines if line.startswith("done "))
 
 
 def items_left(port: int) -> int:
@@ -47,20 +38,7 @@ def test_ten_thousand_messages_none_lost_while_a_server_is_killed_and_restarted(
     servers = [ServerProcess(tmp_path / f"data{i}").start() for i in range(3)]
     listing = ",".join(f"127.0.0.1:{s.port}" for s in servers)
     log = tmp_path / "handled.log"
-    workers = []
-    for n in range(WORKERS):
-        out = (tmp_path / f"worker-{n}.out").open("wb")
-        cmd = [sys.executable, "-m", "kestrelq", "work", "work", "--handler", "tasks:handle"]
-        workers.append(
-            subprocess.Popen(
-                [*cmd, "--servers", listing, "--wait-ms", "500", "--backoff-max-s", "1"],
-                cwd=REPO / "app",
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=child_env(KESTRELQ_HANDLED_LOG=str(log), PYTHONPATH=f"{REPO}:{REPO / 'app'}"),
-            )
-        )
-        out.close()
+    workers = start_workers(tmp_path, listing, WORKERS, 500, log)
     acked: list[str] = []
     stored_on: list[int] = []
     failures: list[BaseException] = []
@@ -109,10 +87,7 @@ def test_ten_thousand_messages_none_lost_while_a_server_is_killed_and_restarted(
         )  # fmt: skip
         wait_until(lambda: sum(items_left(s.port) for s in servers) == 0, 60, what="all empty")
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            w.wait(60)
+        stop_workers(workers)
         for s in servers:
             if s.proc is not None and s.proc.poll() is None:
                 s.stop()
