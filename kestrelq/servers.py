@@ -107,10 +107,33 @@ def servers_from_env(environ: Mapping[str, str] | None = None) -> list[Entry]:
     return [single_server(host, port)]
 
 
+def servers_from_options(
+    servers: str | None, host: str | None, port: int | None, environ: Mapping[str, str]
+) -> list[Entry]:
+    """The server list a command's --servers or --host/--port name, else the environment's.
+
+    The command line wins over the environment: a rendered `--servers` list is not undone by an
+    image's KESTRELQ_HOST, nor `--host` by a KESTRELQ_SERVERS. `--host` alone takes its port
+    from KESTRELQ_PORT and `--port` alone its host from KESTRELQ_HOST, as the options' help
+    says. Both kinds on one level (two options, or two variables) is a ConfigError: which one
+    was meant cannot be guessed.
+    """
+    if servers:
+        if host or port is not None:
+            raise ConfigError("--servers or --host/--port, not both")
+        return parse_servers(servers)
+    if host or port is not None:
+        # `is not None`: --port 0 is refused by single_server, not taken for "no --port".
+        return [single_server(host or environ.get("KESTRELQ_HOST"),
+                              environ.get("KESTRELQ_PORT") if port is None else port)]  # fmt: skip
+    return servers_from_env(environ)
+
+
 def single_server(host: str | None, port: str | int | None) -> Entry:
     """The list of one that --host/--port or KESTRELQ_HOST/KESTRELQ_PORT name."""
     try:
-        number = int(port) if port else DEFAULT_PORT
+        # An empty variable means the default; a port of 0 does not (it is refused below).
+        number = DEFAULT_PORT if port is None or port == "" else int(port)
     except ValueError:
         raise ConfigError(f"KESTRELQ_PORT must be a number, not {port!r}") from None
     if not 0 < number < 65536:

@@ -13,7 +13,7 @@ from typing import Any
 from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
 from kestrelq.errors import ConfigError, CredentialsRefused
 from kestrelq.requeue import requeue
-from kestrelq.servers import ServerList, parse_servers, servers_from_env, single_server
+from kestrelq.servers import ServerList, servers_from_options
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +87,7 @@ def _server_options(sub: argparse.ArgumentParser) -> None:
 
 
 def _servers(args: argparse.Namespace) -> ServerList:
-    if args.servers:
-        if args.host or args.port:
-            raise ConfigError("--servers or --host/--port, not both")
-        return ServerList(parse_servers(args.servers))
-    if args.host or args.port:
-        return ServerList([single_server(args.host, args.port)])
-    return ServerList(servers_from_env())
+    return ServerList(servers_from_options(args.servers, args.host, args.port, os.environ))
 
 
 def _requeue(args: argparse.Namespace) -> int:

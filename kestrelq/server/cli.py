@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from kestrelq.client import DEFAULT_HOST, DEFAULT_PORT, Client, address_from_env
+from kestrelq.client import DEFAULT_HOST, DEFAULT_PORT, Client
 from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
 from kestrelq.errors import ConfigError, CredentialsRefused, JournalError, KestrelqError
 from kestrelq.protocol.commands import ServerStatus
 from kestrelq.server import config as config_mod
-from kestrelq.servers import Address, ServerList, parse_entry, parse_servers, servers_from_env
+from kestrelq.servers import ServerList, parse_entry, servers_from_options
 
 logger = logging.getLogger(__name__)
 
@@ -244,24 +245,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def _connect(args: argparse.Namespace) -> Client:
-    """A client for the server named by the options or the environment; ConfigError if bad."""
-    try:
-        env_host, env_port = address_from_env()
-    except ValueError as exc:
-        if args.port is None:
-            raise ConfigError(str(exc)) from None
-        env_host, env_port = DEFAULT_HOST, DEFAULT_PORT
-    args.host = args.host or env_host
-    args.port = args.port or env_port
-    return Client(args.host, args.port, args.timeout, Credentials.from_env())
-
-
 def _with_client(args: argparse.Namespace, command: Callable[[Client], int]) -> int:
     """Run a client command; a bad setting exits 2, an unreachable or refusing server 1,
     refused credentials EXIT_CREDENTIALS."""
     try:
-        with _connect(args) as client:
+        with Client(args.host, args.port, args.timeout, Credentials.from_env()) as client:
             return command(client)
     except ConfigError as exc:
         print(f"kestrelq: {exc}", file=sys.stderr)
@@ -334,31 +322,20 @@ def format_queues(queues: dict[str, dict[str, str]]) -> list[str]:
     return out
 
 
-def _server_list(args: argparse.Namespace) -> list[Address] | None:
-    """The servers when a list is asked for (--servers, or KESTRELQ_SERVERS without --host or
-    --port); None for the one server of --host/--port or KESTRELQ_HOST/KESTRELQ_PORT."""
-    if args.servers:
-        if args.host or args.port:
-            raise ConfigError("--servers or --host/--port, not both")
-        return ServerList(parse_servers(args.servers)).addresses()
-    if args.host or args.port:
-        return None
-    entries = servers_from_env()
-    return ServerList(entries).addresses() if len(entries) > 1 else None
-
-
 def _each_server(args: argparse.Namespace, command: Callable[[Client], int]) -> int:
     """Run a client command on every listed server, under a heading each; 1 if one of them
-    could not be reached (the others are still shown), else the worst code."""
+    could not be reached (the others are still shown), else the worst code. One server (of
+    --host/--port, of the variables, or a KESTRELQ_SERVERS of one) is shown without a heading."""
     try:
-        addresses = _server_list(args)
+        entries = servers_from_options(args.servers, args.host, args.port, os.environ)
     except ConfigError as exc:
         print(f"kestrelq: {exc}", file=sys.stderr)
         return 2
-    if addresses is None:
+    if not args.servers and len(entries) == 1:
+        args.host, args.port = entries[0].host, entries[0].port
         return _with_client(args, command)
     code = 0
-    for host, port in addresses:
+    for host, port in ServerList(entries).addresses():
         args.host, args.port = host, port
         print(f"== {host}:{port}", flush=True)
         code = max(code, _with_client(args, command))

@@ -10,7 +10,7 @@ from typing import Any
 
 from kestrelq.credentials import EXIT_CREDENTIALS, Credentials
 from kestrelq.errors import ConfigError, CredentialsRefused
-from kestrelq.servers import Entry, parse_servers, servers_from_env, single_server
+from kestrelq.servers import Entry, servers_from_options
 from kestrelq.worker import metrics
 from kestrelq.worker.registry import HandlerNotFound, resolve
 from kestrelq.worker.runtime import (
@@ -220,21 +220,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def servers_from_args(args: argparse.Namespace) -> list[Entry]:
-    """The server list that --servers or --host/--port name, else their variables.
-
-    The command line wins over the environment: a rendered `--servers` list is not undone by
-    an image's KESTRELQ_HOST. Both kinds on one level (two options, or two variables) is an
-    error: which one was meant cannot be guessed.
-    """
-    if args.servers:
-        if args.host or args.port:
-            raise ConfigError("--servers or --host/--port, not both")
-        return parse_servers(args.servers)
-    if args.host or args.port:
-        env = os.environ
-        return [single_server(args.host or env.get("KESTRELQ_HOST"),
-                              args.port or env.get("KESTRELQ_PORT"))]  # fmt: skip
-    return servers_from_env()
+    """The server list that --servers or --host/--port name, else their variables."""
+    return servers_from_options(args.servers, args.host, args.port, os.environ)
 
 
 def worker_from_args(

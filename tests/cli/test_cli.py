@@ -102,6 +102,22 @@ def test_bad_port_in_the_environment_is_a_clear_error() -> None:
     assert "KESTRELQ_PORT must be a number, not 'twenty'" in result.stderr
 
 
+def test_a_server_list_of_one_in_the_environment_is_that_server(server: ServerProcess) -> None:
+    # KESTRELQ_SERVERS naming one server: its stats, shown as one server's (no headings).
+    with Wire(server.port) as w:
+        assert w.call(b"set listed_once 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    result = kestrelq("stats", KESTRELQ_SERVERS=f"127.0.0.1:{server.port}")
+    assert result.returncode == 0, result.stderr
+    assert any(line.split()[:2] == ["listed_once", "1"] for line in result.stdout.splitlines())
+    assert "== " not in result.stdout
+
+
+def test_a_port_of_0_is_refused_not_taken_for_the_default() -> None:
+    result = kestrelq("stats", "--port", "0")
+    assert result.returncode == 2
+    assert "the port must be from 1 to 65535, not 0" in result.stderr
+
+
 def test_peek_refuses_a_bad_queue_name(server: ServerProcess) -> None:
     result = kestrelq("peek", "bad.name", "--port", str(server.port))
     assert result.returncode == 1

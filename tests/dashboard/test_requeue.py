@@ -64,6 +64,19 @@ def test_the_cli_moves_every_item_in_order_with_its_flags(server: ServerProcess)
     assert [(v.data, v.flags) for v in moved if v] == [(b, 7) for b in bodies]
 
 
+def test_a_host_option_takes_its_port_from_the_environment(server: ServerProcess) -> None:
+    # As the options' help says, and as `kestrelq work` and `kestrelq stats` do.
+    fill(server.port, "env_dead", [b"one"])
+    done = subprocess.run(
+        kestrelq("requeue", "env_dead", "env", "--host", "127.0.0.1", "--timeout", "5"),
+        capture_output=True, text=True, timeout=60, check=False,
+        env=child_env(KESTRELQ_PORT=str(server.port)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"127.0.0.1:{server.port}: moved 1 from env_dead to env" in done.stdout
+    assert drain(server.port, "env") == [b"one"]
+
+
 def test_max_counts_over_every_server(two: tuple[ServerProcess, ServerProcess]) -> None:
     a, b = two
     for srv in two:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -14,6 +15,7 @@ from kestrelq.servers import (
     ServerList,
     parse_servers,
     servers_from_env,
+    servers_from_options,
 )
 
 
@@ -65,6 +67,65 @@ def test_environment_a_list_or_host_and_port_as_a_list_of_one() -> None:
         servers_from_env({"KESTRELQ_SERVERS": "a:1", "KESTRELQ_HOST": "q"})
     with pytest.raises(ConfigError, match="KESTRELQ_PORT must be a number"):
         servers_from_env({"KESTRELQ_PORT": "many"})
+
+
+IMAGE = {"KESTRELQ_HOST": "queue", "KESTRELQ_PORT": "7"}  # what the images set
+LISTED = {"KESTRELQ_SERVERS": "a:1,b:2"}
+
+
+@pytest.mark.parametrize(
+    ("servers", "host", "port", "env", "expected"),
+    [
+        pytest.param(None, None, None, {}, [Entry("127.0.0.1", 22133)], id="default"),
+        pytest.param(None, None, None, IMAGE, [Entry("queue", 7)], id="variables-host-port"),
+        pytest.param(None, None, None, LISTED, [Entry("a", 1), Entry("b", 2)], id="variables-list"),
+        pytest.param("c:3,d", None, None, IMAGE, [Entry("c", 3), Entry("d", 22133)],
+                     id="servers-option-wins-over-host-variables"),
+        pytest.param(None, "h", 9, LISTED, [Entry("h", 9)], id="host-options-win-over-list"),
+        pytest.param(None, "h", None, IMAGE, [Entry("h", 7)], id="host-option-port-variable"),
+        pytest.param(None, None, 9, IMAGE, [Entry("queue", 9)], id="port-option-host-variable"),
+        pytest.param(None, "h", None, {}, [Entry("h", 22133)], id="host-option-default-port"),
+        pytest.param(None, None, 9, {}, [Entry("127.0.0.1", 9)], id="port-option-default-host"),
+        pytest.param(None, "h", None, {"KESTRELQ_PORT": ""}, [Entry("h", 22133)],
+                     id="empty-variable-is-unset"),
+    ],
+)  # fmt: skip
+def test_options_then_variables_then_the_default(
+    servers: str | None,
+    host: str | None,
+    port: int | None,
+    env: dict[str, str],
+    expected: list[Entry],
+) -> None:
+    assert servers_from_options(servers, host, port, env) == expected
+
+
+@pytest.mark.parametrize(
+    ("servers", "host", "port", "env", "says"),
+    [
+        pytest.param("a:1", "h", None, {}, "--servers or --host/--port, not both", id="list-host"),
+        pytest.param("a:1", None, 9, {}, "--servers or --host/--port, not both", id="list-port"),
+        pytest.param(None, None, None, {**LISTED, "KESTRELQ_PORT": "7"},
+                     "set KESTRELQ_SERVERS or KESTRELQ_HOST/KESTRELQ_PORT, not both",
+                     id="list-and-port-variables"),
+        pytest.param(None, None, 0, {}, "the port must be from 1 to 65535, not 0", id="port-0"),
+        pytest.param(None, None, 70000, {}, "from 1 to 65535, not 70000", id="port-too-big"),
+        pytest.param(None, "h", None, {"KESTRELQ_PORT": "x"}, "KESTRELQ_PORT must be a number",
+                     id="host-option-bad-port-variable"),
+        pytest.param("a:x", None, None, {}, "port must be a number", id="bad-list-option"),
+        pytest.param(" , ", None, None, {}, "names no server", id="empty-list-option"),
+    ],
+)  # fmt: skip
+def test_ambiguous_or_bad_server_options_are_refused(
+    servers: str | None, host: str | None, port: int | None, env: dict[str, str], says: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        servers_from_options(servers, host, port, env)
+
+
+def test_a_port_option_ignores_a_bad_port_variable() -> None:
+    # The variable that is not used cannot stop the command: --port replaces it.
+    assert servers_from_options(None, None, 9, {"KESTRELQ_PORT": "x"}) == [Entry("127.0.0.1", 9)]
 
 
 def test_a_name_is_resolved_again_after_refresh_and_keeps_its_addresses_on_failure() -> None:
