@@ -6,6 +6,9 @@ them, and every worker reads from every one. So each client takes a server list:
     KESTRELQ_SERVERS=q1:22133,q2:22133,tasks.queue    # an entry without a port means 22133
     KESTRELQ_HOST=q1 KESTRELQ_PORT=22133              # still works: a list of one
 
+Every command reads its --servers/--host/--port and these variables through one function,
+`servers_from_options`, so `work`, `stats`, `peek`, `requeue` and `dashboard` agree on which wins.
+
 An entry may be a DNS name that resolves to several addresses (Swarm's `tasks.<service>`, a
 Kubernetes headless service): `ServerList` resolves it again every `refresh_s`, so servers that
 come and go are picked up. A name that stops resolving keeps its last addresses (a DNS hiccup
