@@ -575,7 +575,10 @@ class Journal:
     def _write_all(self, fd: int, data: bytes | bytearray) -> int:
         view = memoryview(data)
         while view:
-            view = view[self._ctx.files.write(fd, view) :]
+            # The call stays out of the slice: mypyc evaluates a call inside a slice's bounds
+            # twice, which wrote the chunk twice when this module was compiled.
+            written = self._ctx.files.write(fd, view)
+            view = view[written:]
         return len(data)
 
     def delete(self) -> None:

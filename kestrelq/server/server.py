@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kestrelq import __version__
+from kestrelq import __version__, hotpath
 from kestrelq.errors import InvalidQueueName, JournalError, JournalWriteFailed, KestrelqError
 from kestrelq.journal.item import Item
 from kestrelq.journal.policy import FsyncPolicy
@@ -573,6 +573,7 @@ class Server:
 def run(config: ServerConfig) -> int:
     """Run a server in this process until SIGTERM/SIGINT or `shutdown`."""
     server = Server(config)
+    logger.info("%s", hotpath.describe())
     try:
         import uvloop
     except ImportError:
