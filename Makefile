@@ -9,7 +9,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-sources = kestrelq app bench tests
+sources = kestrelq app bench scripts tests
 
 .PHONY: help
 help:  ## this list
@@ -63,6 +63,21 @@ COVERAGE := --cov --cov-report=term:skip-covered
 # The container tests need an engine and the base image: base-image sets both up first.
 test: install lint typecheck conf-check base-image  ## everything CI runs: checks, then every test, with coverage
 	$(PYTEST) $(COVERAGE)
+	$(MAKE) test-compiled
+
+# The hot path compiled with mypyc (kestrelq/hotpath.py), into build/compiled beside a copy of
+# the package: the checkout stays pure Python, so an edit is never hidden by a stale extension.
+# test-compiled runs the tests of those modules against it, from that directory, so that the
+# server processes the tests start load it too (conftest.py checks that they all do).
+.PHONY: compile test-compiled
+COMPILED := build/compiled
+COMPILED_TESTS := tests/protocol tests/queue tests/journal tests/server
+compile: install  ## the hot path compiled with mypyc into build/compiled (docs/performance.md)
+	$(PY) scripts/compile_hot_path.py $(COMPILED)
+
+test-compiled: compile  ## the core and server tests again, against the compiled hot path
+	cd $(COMPILED) && KESTRELQ_EXPECT_COMPILED=1 $(abspath $(PY)) -m pytest \
+	    -c $(CURDIR)/pyproject.toml --rootdir $(CURDIR) $(addprefix $(CURDIR)/,$(COMPILED_TESTS))
 
 test-unit: install  ## tests that start no process (seconds)
 	$(PYTEST) -m "not server and not chaos and not docker and not external"

@@ -50,7 +50,9 @@ def compile_into(dest: Path, source: Path) -> list[Path]:
     # after a small change quick.
     if package.exists():
         shutil.rmtree(package)
-    shutil.copytree(source / "kestrelq", package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    shutil.copytree(
+        source / "kestrelq", package, ignore=shutil.ignore_patterns("__pycache__", "*.so")
+    )
     paths = _hot_paths(source)
     subprocess.run([sys.executable, "-c", _SETUP, *paths], cwd=work, check=True)
     target = dest / "kestrelq"

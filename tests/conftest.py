@@ -14,6 +14,7 @@ starts a subprocess anyway, it fails and says where to mark it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,17 @@ def _markers_for(item: pytest.Item) -> tuple[str, ...]:
         if path.endswith("/") and rel.startswith(path) and len(path) > len(best):
             best = path
     return MARKERS_BY_PATH.get(best, ())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `make test-compiled` runs from build/compiled so that `kestrelq` is the compiled build:
+    # if a path mix-up gave the tests the pure one instead, they would pass and prove nothing.
+    if os.environ.get("KESTRELQ_EXPECT_COMPILED") == "1":
+        from kestrelq import hotpath
+
+        pure = sorted(set(hotpath.MODULES) - set(hotpath.compiled_modules()))
+        if pure:
+            raise pytest.UsageError(f"KESTRELQ_EXPECT_COMPILED=1 but these are pure: {pure}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
