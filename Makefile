@@ -285,8 +285,10 @@ chaos-test: install base-image  ## the container chaos suite alone (chaos and do
 # ---- Benchmarks ------------------------------------------------------------------------------
 # kestrelq against memcached, beanstalkd (binlog) and redis (appendonly) on 127.0.0.1, each on a
 # free port, through pymemcache and through the minimal client (one request, one reply), with
-# the Python floor in both and darner given its binary: BENCH_ARGS="--darner BIN". Table, chart
-# and JSON in bench/results/. Extra flags: make bench BENCH_ARGS="-n 50000".
+# the Python floor in both and darner given its binary: BENCH_ARGS="--darner BIN". kestrelq runs
+# pure and compiled side by side (the bench compiles build/compiled first when it is stale;
+# BENCH_ARGS="--builds pure" skips it). Table, chart and JSON in bench/results/. Extra flags:
+# make bench BENCH_ARGS="-n 50000".
 # `python -m bench --help` lists the scenarios (--fsync-scale, --backlog N, --fairness).
 BENCH_ARGS ?=
 

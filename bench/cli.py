@@ -5,8 +5,10 @@ free port, have C client processes enqueue N messages of S bytes, then dequeue t
 every id came back intact, and record rate, latency percentiles, server CPU per message and
 peak RSS. Two client libraries: pymemcache (and each peer's own), and the minimal client, one
 request and one reply at a time, the same for every memcache server (darner with --darner BIN).
-Repeat R times; report medians, ratios (to kestrelq; for the minimal client to darner and to
-the Python floor), the performance targets, a chart.
+kestrelq runs in both builds side by side, pure Python and its hot path compiled with mypyc
+(--builds; the compiled one is built into build/compiled first when it is missing or stale).
+Repeat R times; report medians, ratios (to kestrelq, compiled when it ran; for the minimal
+client to darner and to the Python floor), the performance targets, a chart.
 Scenario flags add the other targets: --fsync-scale, --backlog N, --fairness.
 """
 
@@ -30,7 +32,19 @@ from pathlib import Path
 from bench import loadgen, report, scenarios
 from bench.drivers import CLIENTS, DARNER_KINDS, MIN_SIZE, TARGETS, runs_with
 from bench.runner import RunConfig, RunResult, run_once
-from bench.servers import KINDS, REPO_ROOT, ServerSpec, missing_binaries, start
+from bench.servers import (
+    BUILDS,
+    COMPILED_DIR,
+    KINDS,
+    REPO_ROOT,
+    CompileError,
+    ServerSpec,
+    build_compiled,
+    compiled_is_current,
+    kestrelq_label,
+    missing_binaries,
+    start,
+)
 
 log = logging.getLogger("bench")
 
@@ -83,6 +97,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_csv,
         default=["plain", "reliable"],
         help="kestrelq/redis/darner dequeue modes",
+    )
+    g.add_argument(
+        "--builds",
+        type=_csv,
+        default=None,
+        help="kestrelq builds (pure,compiled: both by default, the compiled hot path built\n"
+        "into build/compiled first if it is missing or stale; pure alone, with a note, when\n"
+        "it cannot be built). Ratios and targets use the compiled build when it ran",
     )
     g.add_argument(
         "--ref-fsync",
@@ -145,9 +167,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         [k for k in args.servers if k not in KINDS]
         + [m for m in args.modes if m not in ("plain", "reliable")]
         + [c for c in args.client if c not in CLIENTS]
+        + [b for b in args.builds or () if b not in BUILDS]
     )
     if unknown:
-        p.error(f"unknown server, mode or client: {', '.join(unknown)}")
+        p.error(f"unknown server, mode, client or build: {', '.join(unknown)}")
+    if args.builds == []:
+        p.error("--builds: name at least one of pure,compiled")
+    # Asked for by name, the compiled build must run; by default it may fall back to pure.
+    args.builds_asked = args.builds is not None
+    args.builds = [b for b in BUILDS if b in (args.builds or BUILDS)]
     if args.darner is not None:
         args.darner = args.darner.resolve()
         if not (args.darner.is_file() and os.access(args.darner, os.X_OK)):
@@ -161,10 +189,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def reference_build(args: argparse.Namespace) -> str:
+    """The build that ratios, targets and scenarios use: compiled when it runs (images ship it)."""
+    return "compiled" if "compiled" in args.builds else "pure"
+
+
+def ensure_builds(args: argparse.Namespace) -> str:
+    """Build the compiled hot path if the run wants it and it is missing or stale.
+
+    Returns a note for the report when the compiled build was dropped (it could not be built
+    and was not asked for by name); raises CompileError when it was asked for.
+    """
+    if "kestrelq" not in args.servers or "compiled" not in args.builds or compiled_is_current():
+        return ""
+    log.info("compiling kestrelq's hot path into %s (about a minute) ...", COMPILED_DIR)
+    try:
+        build_compiled()
+    except CompileError as exc:
+        if args.builds_asked:
+            raise
+        args.builds = [b for b in args.builds if b != "compiled"]
+        log.warning("the compiled build could not be built; kestrelq runs pure only: %s", exc)
+        return f"kestrelq ran pure only: the compiled hot path could not be built ({exc})."
+    return ""
+
+
 def kestrelq_template(args: argparse.Namespace) -> ServerSpec:
-    """kestrelq as every part of the run starts it; fsync is filled in per run."""
+    """kestrelq as every part of the run starts it; fsync (and in the matrix the build) is
+    filled in per run."""
     return ServerSpec(
         "kestrelq",
+        build=reference_build(args),
         extra_args=tuple(args.kestrelq_arg),
         max_item_bytes=max(args.size, 65535),
         profile_dir=args.profile,
@@ -195,6 +250,16 @@ def source_revision() -> str:
     return f"`{rev}`" + (" with uncommitted changes in kestrelq/" if dirty else "")
 
 
+def builds_line(args: argparse.Namespace, note: str = "") -> str:
+    """Which kestrelq builds ran, for the report's head, and why one did not."""
+    said = {
+        "pure": "pure Python (rows without a build in their label)",
+        "compiled": f"the hot path compiled with mypyc ('compiled' rows, from {COMPILED_DIR})",
+    }
+    line = "kestrelq builds: " + "; ".join(said[b] for b in args.builds) + "."
+    return line + (f" **{note}**" if note else "")
+
+
 def plan(args: argparse.Namespace) -> list[tuple[RunConfig, ServerSpec]]:
     """Every (client config, server) pair of the matrix, in the order they run."""
     runs: list[tuple[RunConfig, ServerSpec]] = []
@@ -209,7 +274,11 @@ def plan(args: argparse.Namespace) -> list[tuple[RunConfig, ServerSpec]]:
             if kind not in ("memcached", "beanstalkd", "pyfloor") and mode not in args.modes:
                 continue
             if kind == "kestrelq":
-                specs = [replace(kestrelq_template(args), fsync=f) for f in args.fsync]
+                specs = [
+                    replace(kestrelq_template(args), fsync=f, build=b)
+                    for f in args.fsync
+                    for b in args.builds
+                ]
             elif kind in DARNER_KINDS:
                 specs = [ServerSpec(kind, binary=str(args.darner))]
             else:
@@ -292,7 +361,8 @@ def run_loadgen(args: argparse.Namespace, work_dir: Path) -> tuple[list[LoadRow]
     if "kestrelq" in args.servers:
         for f in args.fsync:
             for mode in args.modes:
-                variants.append((replace(kestrelq_template(args), fsync=f), mode))
+                for b in args.builds:
+                    variants.append((replace(kestrelq_template(args), fsync=f, build=b), mode))
     rows: list[LoadRow] = []
     errors: list[str] = []
     n = args.loadgen_messages
@@ -400,6 +470,20 @@ def loadgen_checks(rows: list[LoadRow], ref_label: str) -> list[report.Check]:
     return checks
 
 
+def preflight(args: argparse.Namespace) -> str | None:
+    """Check the peers are installed and build what the run needs: None when it cannot run,
+    else the note on the builds for the report (see ensure_builds)."""
+    missing = [b for b in missing_binaries() if b.split("-")[0] in args.servers]
+    if missing:
+        log.error("not installed: %s (apt-get install memcached beanstalkd redis-server)", missing)
+        return None
+    try:
+        return ensure_builds(args)
+    except CompileError as exc:
+        log.error("--builds %s: %s", ",".join(args.builds), exc)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -407,14 +491,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
-    missing = [b for b in missing_binaries() if b.split("-")[0] in args.servers]
-    if missing:
-        log.error("not installed: %s (apt-get install memcached beanstalkd redis-server)", missing)
+    build_note = preflight(args)
+    if build_note is None:
         return 1
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     stem = args.name or stamp
     args.out.mkdir(parents=True, exist_ok=True)
-    ref_label = ServerSpec("kestrelq", fsync=args.ref_fsync).label
+    ref_build = reference_build(args)
+    ref_label = kestrelq_label(args.ref_fsync, ref_build)
     sections: list[str] = []
     checks: list[report.Check] = []
     errors: list[str] = []
@@ -435,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             if mini:
                 mini_rows = report.aggregate(mini, ref_label)
                 report.peer_ratios(mini_rows)
-                checks += report.peer_checks(mini_rows)
+                checks += report.peer_checks(mini_rows, ref_build)
                 sections.append(
                     f"## Minimal client\n\n{args.messages} messages of {args.size} B per run, "
                     f"median of {args.repeat} run(s), C client processes, each with the minimal "
@@ -533,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         f"kestrelq at {source_revision()}; {os.cpu_count()} CPUs; load average "
         f"{load_start:.2f} at the start, {load_end:.2f} at the end (above ~0.5 other work "
         "shared the machine and the numbers are noisier).\n"
+        f"\n{builds_line(args, build_note)}\n"
     )
     body = head + "\n## Targets\n\n" + report.checks_table(checks) + "\n" + "\n".join(sections)
     if errors:

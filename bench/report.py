@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.drivers import OP_NAMES
 from bench.runner import PhaseResult, RunResult
+from bench.servers import kestrelq_label
 
 # Which kestrelq mode a peer's row is held against: its closest equivalent.
 REFERENCE_MODE = {"kv": "plain", "plain": "plain", "reliable": "reliable"}
@@ -148,17 +149,19 @@ def table(rows: list[Row], ref_label: str) -> str:
 
 
 FLOOR = "python floor"
-ALWAYS = "kestrelq fsync=always"
-NEVER = "kestrelq fsync=never"
+ALWAYS = kestrelq_label("always")
+NEVER = kestrelq_label("never")
+COMPILED = " compiled"
 # The minimal table's order: the ceiling, the peer, the floor, kestrelq without a sync per
-# set, then what fsyncs every set. Anything else (another fsync policy) follows kestrelq's.
+# set, then what fsyncs every set; each kestrelq's compiled build right after its pure one.
+# Anything else (another fsync policy) follows kestrelq's.
 _ORDER = ("memcached", "darner", FLOOR, NEVER, "darner-sync", ALWAYS)
 _MODE_ORDER = {"kv": 0, "plain": 0, "reliable": 1}
 
 
 def darner_peer(label: str) -> str:
     """The darner a row is held against: darner-sync when the row fsyncs every set too."""
-    return "darner-sync" if label == ALWAYS else "darner"
+    return "darner-sync" if label.removesuffix(COMPILED) == ALWAYS else "darner"
 
 
 def _ratio(row: Row, ref: Row | None) -> tuple[float | None, float | None]:
@@ -185,13 +188,13 @@ def peer_ratios(rows: list[Row]) -> None:
         row.enq_vs_floor, row.deq_vs_floor = _ratio(row, by_key.get((FLOOR, "plain", row.clients)))
 
 
-def _rank(row: Row) -> tuple[int, str, int, int]:
-    label = row.label
+def _rank(row: Row) -> tuple[int, str, bool, int, int]:
+    label = row.label.removesuffix(COMPILED)
     if label in _ORDER:
         rank = _ORDER.index(label)
     else:
         rank = _ORDER.index(NEVER) if label.startswith("kestrelq") else len(_ORDER)
-    return rank, label, _MODE_ORDER.get(row.mode, 2), row.clients
+    return rank, label, row.label != label, _MODE_ORDER.get(row.mode, 2), row.clients
 
 
 def _k(rate: float) -> str:
@@ -251,7 +254,8 @@ def minimal_table(rows: list[Row]) -> str:
         "\n'vs darner' is the row's median rate divided by darner's at the same C, get against "
         "the same kind of get (plain `get q` for memcached's keyed get and the floor's) when "
         "darner ran it, else against darner's other get; "
-        f"{ALWAYS} is held against darner-sync, which fsyncs every set as it does. "
+        f"{ALWAYS} (pure or compiled) is held against darner-sync, which fsyncs every set as "
+        "it does. "
         "'vs floor' divides by the Python floor's plain `set q` / `get q`. '-': the run had no "
         "such row (darner runs only with --darner BIN). ±: half the range of the repeats' "
         "rates, relative to the median."
@@ -259,16 +263,17 @@ def minimal_table(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n" + note + "\n"
 
 
-def peer_checks(rows: list[Row]) -> list[Check]:
+def peer_checks(rows: list[Row], build: str = "pure") -> list[Check]:
     """The targets against darner: fsync=never against darner, fsync=always against darner-sync.
 
     Sets: at least darner's rate, and with fsync=always 1.5x darner-sync's once clients are
     concurrent (group commit against one sync per set). Reliable gets: at least darner's.
+    Judged on kestrelq's `build` (the compiled one when it ran: it is what the images ship).
     """
     by_key = {(r.label, r.mode, r.clients): r for r in rows}
     checks: list[Check] = []
     for c in sorted({r.clients for r in rows}):
-        for label in (NEVER, ALWAYS):
+        for label in (kestrelq_label("never", build), kestrelq_label("always", build)):
             peer = darner_peer(label)
             # Both modes set alike: judge the set on the reliable pair, else on the plain one.
             pairs = [
@@ -276,7 +281,7 @@ def peer_checks(rows: list[Row]) -> list[Check]:
             ]
             kq_set, peer_set = next(((k, d) for k, d in pairs if k and d), (None, None))
             if kq_set and peer_set and peer_set.enq_rate:
-                need = 1.0 if label == NEVER or c == 1 else 1.5
+                need = 1.0 if peer == "darner" or c == 1 else 1.5
                 checks.append(
                     Check(f"C={c}: {label} set / {peer} set (minimal client)",
                           kq_set.enq_rate / peer_set.enq_rate, need)

@@ -4,10 +4,16 @@ Every server is a real process from its own package (kestrelq from this checkout
 from Debian's packages, darner from a binary the caller built), started fresh for each run so
 that peak RSS and CPU belong to that run alone. Readiness is a real request answered on the
 port, never a sleep.
+
+kestrelq runs in one of two builds of the same source: "pure" (this checkout) or "compiled"
+(the hot path compiled with mypyc into build/compiled, as the images ship it). A server
+started as one build must say so in its start-up log ("hot path: ..."), or its start fails:
+a row labelled compiled that ran pure would report the pure numbers as the compiled ones.
 """
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import shutil
@@ -24,6 +30,13 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 KINDS = ("kestrelq", "memcached", "beanstalkd", "redis", "pyfloor", "darner", "darner-sync")
+BUILDS = ("pure", "compiled")
+# Where `make compile` (scripts/compile_hot_path.py) puts the compiled build: a whole package.
+COMPILED_DIR = REPO_ROOT / "build" / "compiled"
+COMPILE_SCRIPT = REPO_ROOT / "scripts" / "compile_hot_path.py"
+# The start of the line kestrelq logs at start-up for each build (kestrelq/hotpath.py); a
+# partly compiled build logs "hot path: partly compiled" and fails the check.
+BUILD_LOG_LINES = {"pure": "hot path: pure Python", "compiled": "hot path: compiled (mypyc, "}
 
 # What each protocol answers to a harmless request: the readiness probe.
 _PROBES: dict[str, tuple[bytes, bytes]] = {
@@ -39,6 +52,50 @@ _PROBES: dict[str, tuple[bytes, bytes]] = {
 
 class ServerStartError(RuntimeError):
     pass
+
+
+class CompileError(RuntimeError):
+    pass
+
+
+def kestrelq_label(fsync: str, build: str = "pure") -> str:
+    """kestrelq's row label. The pure build keeps the plain label, which older results use."""
+    return f"kestrelq fsync={fsync}" + (" compiled" if build == "compiled" else "")
+
+
+def _package_files(root: Path) -> dict[Path, Path]:
+    # What compile_hot_path.py copies: the package's files, without caches or built modules.
+    return {
+        p.relative_to(root): p
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith(".so")
+    }
+
+
+def compiled_is_current(compiled_dir: Path = COMPILED_DIR) -> bool:
+    """Whether compiled_dir holds a build of this checkout's kestrelq/ as it is now.
+
+    The compile copies the sources beside its extension modules, so a build whose copy differs
+    from the checkout was made from other code (an older commit, or before an edit).
+    """
+    ours = _package_files(REPO_ROOT / "kestrelq")
+    theirs = _package_files(compiled_dir / "kestrelq")
+    if set(ours) != set(theirs) or not any(compiled_dir.glob("*__mypyc*.so")):
+        return False
+    return all(filecmp.cmp(ours[rel], theirs[rel], shallow=False) for rel in ours)
+
+
+def build_compiled(compiled_dir: Path = COMPILED_DIR) -> None:
+    """Compile kestrelq's hot path into compiled_dir, as `make compile` does."""
+    proc = subprocess.run(
+        [sys.executable, str(COMPILE_SCRIPT), str(compiled_dir)],
+        cwd=str(REPO_ROOT),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        raise CompileError(f"{COMPILE_SCRIPT.name} failed: " + " / ".join(tail))
 
 
 def free_port() -> int:
@@ -74,10 +131,13 @@ def missing_binaries() -> list[str]:
 
 @dataclass
 class ServerSpec:
-    """One server configuration: which program, and for kestrelq which fsync policy."""
+    """One server configuration: which program, and for kestrelq which fsync policy and build."""
 
     kind: str
     fsync: str = ""
+    # kestrelq only: "pure" runs this checkout, "compiled" the package in compiled_dir.
+    build: str = "pure"
+    compiled_dir: Path = COMPILED_DIR
     extra_args: tuple[str, ...] = ()
     # Enough memory for the run's data: memcached evicts silently once its cache is full.
     memory_mb: int = 64
@@ -96,7 +156,7 @@ class ServerSpec:
     @property
     def label(self) -> str:
         if self.kind == "kestrelq":
-            return f"kestrelq fsync={self.fsync}"
+            return kestrelq_label(self.fsync, self.build)
         return "python floor" if self.kind == "pyfloor" else self.kind
 
 
@@ -138,7 +198,7 @@ def command(spec: ServerSpec, port: int, data_dir: Path) -> list[str]:
         cmd = [sys.executable]
         if spec.profile_dir is not None:
             # cProfile writes its file when the server returns from main after SIGTERM.
-            name = f"kestrelq-fsync{spec.fsync or 'default'}-{port}.prof"
+            name = f"kestrelq-fsync{spec.fsync or 'default'}-{spec.build}-{port}.prof"
             cmd += ["-m", "cProfile", "-o", str(spec.profile_dir / name)]
         cmd += ["-m", "kestrelq", "serve", "--host", HOST, "--port", str(port)]
         cmd += ["--data-dir", str(data_dir)]
@@ -175,10 +235,17 @@ def command(spec: ServerSpec, port: int, data_dir: Path) -> list[str]:
     raise ValueError(f"unknown server kind {spec.kind!r}")
 
 
-def _env() -> dict[str, str]:
+def _home(spec: ServerSpec) -> Path:
+    """The directory a server runs from and imports kestrelq from first."""
+    return spec.compiled_dir if spec.kind == "kestrelq" and spec.build == "compiled" else REPO_ROOT
+
+
+def _env(spec: ServerSpec) -> dict[str, str]:
     env = dict(os.environ)
-    # kestrelq runs from this checkout whether or not it is installed in the interpreter.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    # kestrelq runs from this checkout (or its compiled build) whether or not it is installed
+    # in the interpreter, and ahead of any kestrelq that is.
+    home = str(_home(spec))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (home, env.get("PYTHONPATH", "")) if p)
     for key in ("KESTRELQ_HOST", "KESTRELQ_PORT", "KESTRELQ_DATA_DIR", "KESTRELQ_FSYNC"):
         # The command line decides; an exported variable from a dev shell must not.
         env.pop(key, None)
@@ -211,17 +278,38 @@ def start(
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=str(REPO_ROOT),
-                env=_env(),
+                cwd=str(_home(spec)),
+                env=_env(spec),
             )
         proc = ServerProc(spec, p, ddir, log_path, popen)
         if wait_ready(proc, ready_timeout_s):
+            check_build(proc)
             return proc
         last_error = proc.log_tail()
         proc.stop(signal.SIGKILL)
         if port is not None:
             break
     raise ServerStartError(f"{spec.label} did not become ready; log tail:\n{last_error}")
+
+
+def check_build(proc: ServerProc) -> None:
+    """Stop proc and raise unless a kestrelq logged that it runs the build its spec names.
+
+    The line is logged before the server binds its port, so a ready server has written it.
+    """
+    spec = proc.spec
+    if spec.kind != "kestrelq":
+        return
+    lines = proc.log_path.read_text(errors="replace").splitlines()
+    said = next((line for line in lines if "hot path: " in line), "")
+    if BUILD_LOG_LINES[spec.build] not in said:
+        proc.stop(signal.SIGKILL)
+        home = _home(spec)
+        found = "hot path: " + said.partition("hot path: ")[2] if said else "no hot path line"
+        raise ServerStartError(
+            f"{spec.label} started from {home} did not run the {spec.build} build: its log has "
+            f"{found!r} where {BUILD_LOG_LINES[spec.build] + '...'!r} was expected"
+        )
 
 
 def wait_ready(proc: ServerProc, timeout_s: float) -> bool:

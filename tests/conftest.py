@@ -59,6 +59,7 @@ MARKERS_BY_PATH: dict[str, tuple[str, ...]] = {
 MARKERS_BY_TEST: dict[tuple[str, str], tuple[str, ...]] = {
     ("supervisord/test_conf_stack.py", "test_cli_"): ("server",),  # runs `kestrelq conf`
     ("bench/test_bench_units.py", "test_profiled_kestrelq"): ("server",),
+    ("bench/test_bench_units.py", "test_a_row_labelled_compiled"): ("server",),
     ("bench/test_bench_units.py", "test_beanstalk_client_against_real"): ("server", "external"),
 }
 

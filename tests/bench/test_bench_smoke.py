@@ -1,7 +1,8 @@
 """The whole harness end to end with tiny numbers: every server, both clients (pymemcache and
 the minimal one), the load generator, every scenario. It proves the harness runs and checks
 what it measures, not how fast anything is. darner is not on CI machines: its rows are left
-out here (tests/bench/test_bench_units.py checks how they are planned and compared)."""
+out here (tests/bench/test_bench_units.py checks how they are planned and compared). The full
+run takes kestrelq's pure build only; a second, narrower run puts the compiled build beside it."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def test_bench_runs_every_server_and_verifies_every_message(tmp_path: Path) -> N
     cmd = [
         sys.executable, "-m", "bench",
         "--messages", "60", "--repeat", "1", "--clients", "1,2",
-        "--fsync", "never,always",
+        "--fsync", "never,always", "--builds", "pure",
         "--loadgen-messages", "300", "--loadgen-depth", "8",
         "--fsync-scale", "--fsync-scale-messages", "64",
         "--backlog", "300", "--compaction-wait", "0",
@@ -90,4 +91,42 @@ def test_bench_runs_every_server_and_verifies_every_message(tmp_path: Path) -> N
     assert raw["backlog"]["first_item_s"] >= raw["backlog"]["ready_s"] > 0
     assert raw["fairness"]["with_big_items_big_mib_per_s"] > 0
     assert raw["fairness"]["alone_small_msgs"] > 0
+    assert raw["errors"] == []
+
+
+def test_bench_runs_the_compiled_build_beside_the_pure_one(tmp_path: Path) -> None:
+    # The compiled build comes from build/compiled, compiled first if it is missing or stale
+    # (about a minute; `make test-compiled` reuses it afterwards).
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "bench",
+        "--servers", "kestrelq,pyfloor,memcached", "--client", "minimal",
+        "--builds", "pure,compiled", "--fsync", "never,always", "--modes", "reliable",
+        "--messages", "60", "--repeat", "1", "--clients", "1",
+        "--loadgen-messages", "300", "--loadgen-depth", "8",
+        "--out", str(out), "--name", "builds",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    md = (out / "builds.md").read_text()
+    raw = json.loads((out / "builds.json").read_text())
+    kestrelqs = {
+        "kestrelq fsync=never", "kestrelq fsync=never compiled",
+        "kestrelq fsync=always", "kestrelq fsync=always compiled",
+    }  # fmt: skip
+    assert {r["label"] for r in raw["minimal"]} == kestrelqs | {"memcached", "python floor"}
+    assert {r["label"] for r in raw["loadgen"]} == kestrelqs | {"memcached", "python floor"}
+    for row in raw["minimal"] + raw["loadgen"]:
+        assert row["verified"] == row["runs"] == 1, row
+    # Ratios and targets against the compiled build, the pure rows still in the tables.
+    assert "against **kestrelq fsync=never compiled**" in md
+    assert "kestrelq builds: pure Python" in md and "compiled with mypyc" in md
+    names = [c["name"] for c in raw["checks"]]
+    assert "loadgen: kestrelq fsync=never compiled set CPU / memcached set" in names
+    assert not any("fsync=never set" in n for n in names), names
+    assert "| kestrelq fsync=never | 1 | set |" in md
+    assert "| kestrelq fsync=never compiled | 1 | set |" in md
+    assert "| kestrelq fsync=always compiled | reliable |" in md  # the load generator's
+    assert "kestrelq fsync=always compiled reliable C=1 minimal" in proc.stderr
     assert raw["errors"] == []

@@ -425,6 +425,8 @@ def test_darner_runs_only_with_its_binary_and_only_with_the_minimal_client(
         pytest.param(["--servers", "kestrelq,darner"], "--darner BIN", id="darner-without-binary"),
         pytest.param(["--darner", "/nonexistent/darner"], "not an executable", id="no-such-file"),
         pytest.param(["--client", "pymemcache,libmc"], "libmc", id="unknown-client"),
+        pytest.param(["--builds", "pure,cython"], "cython", id="unknown-build"),
+        pytest.param(["--builds", ","], "at least one", id="no-build"),
     ],
 )
 def test_bad_darner_and_client_flags_are_refused_clearly(
@@ -436,3 +438,103 @@ def test_bad_darner_and_client_flags_are_refused_clearly(
         parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_builds_flag_runs_each_kestrelq_in_both_builds_side_by_side() -> None:
+    from bench.cli import kestrelq_template, parse_args, plan, reference_build
+
+    def kestrelqs(argv: list[str]) -> list[tuple[str, str, int]]:
+        return [
+            (spec.label, cfg.client, cfg.clients)
+            for cfg, spec in plan(parse_args(argv))
+            if spec.kind == "kestrelq"
+        ]
+
+    common = ["--fsync", "never,always", "--modes", "reliable", "-c", "1", "--client", "minimal"]
+    both = parse_args(common)
+    assert both.builds == ["pure", "compiled"] and not both.builds_asked
+    assert kestrelqs(common) == [
+        ("kestrelq fsync=never", "minimal", 1),
+        ("kestrelq fsync=never compiled", "minimal", 1),
+        ("kestrelq fsync=always", "minimal", 1),
+        ("kestrelq fsync=always compiled", "minimal", 1),
+    ]
+    # The targets, ratios and scenarios take the compiled build when it runs, else the pure one.
+    assert reference_build(both) == "compiled" == kestrelq_template(both).build
+    pure = parse_args([*common, "--builds", "pure"])
+    assert pure.builds_asked and reference_build(pure) == "pure"
+    assert kestrelqs([*common, "--builds", "pure"]) == [
+        ("kestrelq fsync=never", "minimal", 1),
+        ("kestrelq fsync=always", "minimal", 1),
+    ]
+    # Named in any order, the builds run pure first, so that the rows pair up.
+    assert parse_args(["--builds", "compiled,pure"]).builds == ["pure", "compiled"]
+
+
+def test_compiled_rows_sit_beside_their_pure_ones_and_carry_the_targets() -> None:
+    never, always = "kestrelq fsync=never", "kestrelq fsync=always"
+    results = [
+        _fake_result(f"{always} compiled", "kestrelq", "reliable", 1, 1500, 6000),
+        _fake_result(always, "kestrelq", "reliable", 1, 1000, 3000),
+        _fake_result(f"{never} compiled", "kestrelq", "reliable", 1, 12000, 9000),
+        _fake_result(never, "kestrelq", "reliable", 1, 5000, 4000),
+        _fake_result("darner", "darner", "reliable", 1, 10000, 8000),
+        _fake_result("darner-sync", "darner-sync", "reliable", 1, 500, 6000),
+        _fake_result("python floor", "pyfloor", "plain", 1, 20000, 16000),
+    ]
+    rows = report.aggregate(results, f"{never} compiled")
+    report.peer_ratios(rows)
+    by = {r.label: r for r in rows}
+    # The compiled fsync=always is held against darner-sync, as the pure one is.
+    assert by[f"{always} compiled"].enq_vs_darner == pytest.approx(3.0)
+    assert by[f"{never} compiled"].deq_vs_darner == pytest.approx(9000 / 8000)
+    # The pure rows' ratio to the reference (the compiled build) shows the gain.
+    assert by[never].deq_ratio == pytest.approx(4000 / 9000)
+
+    table = report.minimal_table(rows)
+    order = [x.split(" | ")[0][2:] for x in table.splitlines() if x.startswith("| ")][1:]
+    assert order == [
+        "darner", "python floor", never, f"{never} compiled",
+        "darner-sync", always, f"{always} compiled",
+    ]  # fmt: skip
+
+    checks = {c.name: c for c in report.peer_checks(rows, "compiled")}
+    assert set(checks) == {
+        f"C=1: {never} compiled set / darner set (minimal client)",
+        f"C=1: {never} compiled get q/close/open / darner's (minimal client)",
+        f"C=1: {always} compiled set / darner-sync set (minimal client)",
+        f"C=1: {always} compiled get q/close/open / darner-sync's (minimal client)",
+    }
+    assert checks[f"C=1: {never} compiled set / darner set (minimal client)"].passed
+    assert not report.peer_checks(rows, "pure")[0].passed
+
+
+def test_compiled_build_is_current_only_with_this_checkouts_sources(tmp_path: Path) -> None:
+    import shutil
+
+    from bench.servers import REPO_ROOT, compiled_is_current
+
+    build = tmp_path / "compiled"
+    shutil.copytree(
+        REPO_ROOT / "kestrelq", build / "kestrelq", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    assert not compiled_is_current(build)  # the sources, but nothing compiled
+    (build / "0123abcd__mypyc.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    assert compiled_is_current(build)
+    edited = build / "kestrelq" / "protocol" / "buffer.py"
+    edited.write_text(edited.read_text() + "\n# an edit the compiled build has not seen\n")
+    assert not compiled_is_current(build)
+    assert not compiled_is_current(tmp_path / "nothing-here")
+
+
+def test_a_row_labelled_compiled_that_runs_pure_fails_loudly(tmp_path: Path) -> None:
+    from bench.servers import ServerStartError
+
+    # No compiled package there: the server imports the checkout's pure kestrelq instead.
+    spec = ServerSpec("kestrelq", fsync="never", build="compiled", compiled_dir=tmp_path)
+    with pytest.raises(ServerStartError) as exc:
+        start(spec, tmp_path)
+    message = str(exc.value)
+    assert "kestrelq fsync=never compiled" in message
+    assert "did not run the compiled build" in message
+    assert "'hot path: pure Python'" in message
