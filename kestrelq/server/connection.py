@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import TimerHandle
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import cast
@@ -120,7 +121,9 @@ class Parked:
 
     command: c.Get | c.Monitor
     queue: str
-    timer: asyncio.TimerHandle
+    # By its bare name: Debian's mypyc (1.0, which compiles the images' hot path) looks a
+    # dataclass field's class up under that name in the module's globals.
+    timer: TimerHandle
     remaining: int = 0  # monitor: items still to send
 
 
