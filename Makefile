@@ -9,7 +9,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-sources = kestrelq app bench scripts tests
+sources = kestrelq app bench scripts build_backend setup.py tests
 
 .PHONY: help
 help:  ## this list

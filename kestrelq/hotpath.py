@@ -30,6 +30,11 @@ MODULES: tuple[str, ...] = (
     "kestrelq.journal.ledger",
     "kestrelq.journal.writer",
     "kestrelq.server.connection",
+    "kestrelq.server.state",
+    "kestrelq.server.budget",
+    "kestrelq.journal.policy",
+    "kestrelq.journal.store",
+    "kestrelq.queue.config",
 )
 
 

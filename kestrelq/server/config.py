@@ -127,8 +127,6 @@ def _convert(key: str, value: Any, kind: Any) -> Any:
     try:
         if key == "fsync":
             return value if isinstance(value, FsyncPolicy) else FsyncPolicy.parse(value)
-        if kind == "bool | None":  # a queue's setting that defaults to the server's
-            kind = bool
         if key == "admin_users" and isinstance(value, list):
             return ",".join(str(v) for v in value)
         if kind in (bool, "bool"):
@@ -157,11 +155,17 @@ def _convert(key: str, value: Any, kind: Any) -> Any:
         raise ConfigError(f"bad value for {key}: {value!r}") from None
 
 
+# A queue's settings that default to the server's (None) are unions, whose annotation says
+# little at run time: a string in pure Python, and plain `type` once kestrelq.queue.config is
+# compiled (mypyc), which had `sync_reads = false` stored as the string "False". Named here.
+_QUEUE_KINDS: dict[str, Any] = {"sync_reads": bool, "fsync": FsyncPolicy}
+
+
 def _queue_config(section: Mapping[str, Any], base: QueueConfig, where: str) -> QueueConfig:
     unknown = set(section) - QUEUE_KEYS
     if unknown:
         raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
-    types = {f.name: f.type for f in fields(QueueConfig)}
+    types = {f.name: _QUEUE_KINDS.get(f.name, f.type) for f in fields(QueueConfig)}
     changes = {k: _convert(k, v, types[k]) for k, v in section.items()}
     for key in ("expire_to", "dead_letter"):
         if changes.get(key):
