@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from enum import IntEnum
 
 from kestrelq.errors import JournalCorrupt
 from kestrelq.journal.item import Item
+from kestrelq.journal.opcodes import Opcode as Opcode
 from kestrelq.value import value
 
 MAGIC = b"KQJ\x01"
@@ -42,18 +42,6 @@ ADD_FIELDS = struct.Struct("<Iqqi")  # flags, added_ms, expires_ms, deliveries
 XID = struct.Struct("<Q")
 BEHIND_FIELDS = struct.Struct("<QQQQ")  # segment, offset, count, bytes
 RECORD_OVERHEAD = HEADER.size + 1
-
-
-class Opcode(IntEnum):
-    ADD = 1
-    REMOVE = 2
-    OPEN = 3
-    CONFIRM = 4
-    UNREMOVE = 5
-    FLUSH = 6
-    CHECKPOINT = 7
-    SNAP_ADD = 8
-    BEHIND = 9
 
 
 @value
@@ -166,20 +154,22 @@ def encode_parts(record: Record) -> tuple[bytes, ...]:
 
 
 def _encode_small(record: Record) -> bytes:
+    # Keyword patterns, not positional: Debian's mypyc (1.0, which compiles the images'
+    # hot path) crashes on a positional pattern of a dataclass.
     match record:
         case Add() | SnapAdd():
             raise AssertionError("encoded by encode_parts")
         case Checkpoint():
             return _frame(Opcode.CHECKPOINT, b"")
-        case Behind(segment, offset, count, size):
+        case Behind(segment=segment, offset=offset, count=count, bytes=size):
             return _frame(Opcode.BEHIND, BEHIND_FIELDS.pack(segment, offset, count, size))
         case Remove():
             return _frame(Opcode.REMOVE, b"")
-        case Open(xid):
+        case Open(xid=xid):
             return _frame(Opcode.OPEN, XID.pack(xid))
-        case Confirm(xid):
+        case Confirm(xid=xid):
             return _frame(Opcode.CONFIRM, XID.pack(xid))
-        case Unremove(xid):
+        case Unremove(xid=xid):
             return _frame(Opcode.UNREMOVE, XID.pack(xid))
         case Flush():
             return _frame(Opcode.FLUSH, b"")

@@ -283,22 +283,24 @@ class QueueState:
 
     def apply(self, record: Record) -> None:
         """Replay one journal record (no logging, no limits, no expiry)."""
+        # Keyword patterns, not positional: Debian's mypyc (1.0, which compiles the images'
+        # hot path) crashes on a positional pattern of a dataclass.
         match record:
-            case Add(item):
+            case Add(item=item):
                 self._append(item)
                 self.stats.total_items += 1
-            case SnapAdd(item):
+            case SnapAdd(item=item):
                 self._append_memory(item)
             case Remove():
                 if self._head() is not None:
                     self._pop_head()
-            case Open(xid):
+            case Open(xid=xid):
                 if self._head() is not None:
                     self._apply_open(xid, 0)
                 self._next_xid = max(self._next_xid, xid + 1)
-            case Confirm(xid):
+            case Confirm(xid=xid):
                 self.open_reads.pop(xid, None)
-            case Unremove(xid):
+            case Unremove(xid=xid):
                 if xid in self.open_reads:
                     self._apply_unremove(xid)
             case Flush():
@@ -306,7 +308,7 @@ class QueueState:
             case Checkpoint():
                 self._apply_flush()
                 self.open_reads.clear()
-            case Behind(segment, offset, count, size):
+            case Behind(segment=segment, offset=offset, count=count, bytes=size):
                 if self._behind is not None:
                     self._behind.seek(segment, offset)
                     self.behind_items, self.behind_bytes = count, size

@@ -375,6 +375,8 @@ class QueueProtocol(asyncio.Protocol):
             return
         if server.status is not _UP:
             self._check_status(cmd, now_ms)
+        # Keyword patterns, not positional (here and in _admin): Debian's mypyc (1.0, which
+        # compiles the images' hot path) crashes on a positional pattern of a dataclass.
         match cmd:
             case c.Get():
                 self._get(cmd, now_ms)
@@ -386,10 +388,10 @@ class QueueProtocol(asyncio.Protocol):
                 server.request_shutdown("shutdown command")
             case c.Quit():
                 self.closing = True
-            case c.Monitor(queue, seconds, max_items):
+            case c.Monitor(queue=queue, seconds=seconds, max_items=max_items):
                 limit = self.session.monitor_limit(max_items)
                 self._monitor(cmd, queue, now_ms, seconds * 1000, limit)
-            case c.Confirm(queue, count):
+            case c.Confirm(queue=queue, count=count):
                 ok = self.session.confirm(queue, count)
                 self._reply(replies.END if ok else replies.ERROR)
             case _:
@@ -411,25 +413,25 @@ class QueueProtocol(asyncio.Protocol):
         coll = server.collection
         server.security.access.check(self.user, cmd)
         match cmd:
-            case c.Delete(queue, noreply):
+            case c.Delete(queue=queue, noreply=noreply):
                 coll.delete(queue)
                 self.session.open_xids.pop(queue, None)
                 if not noreply:
                     self._reply(replies.DELETED)
-            case c.Flush(queue):
+            case c.Flush(queue=queue):
                 coll.queue(queue).flush()
                 self._reply(replies.END)
-            case c.FlushAll(noreply):
+            case c.FlushAll(noreply=noreply):
                 coll.flush_all()
                 if not noreply:
                     self._reply(replies.FLUSHED_ALL)
-            case c.FlushExpired(queue):
+            case c.FlushExpired(queue=queue):
                 self._reply(replies.count(coll.flush_expired(queue, now_ms)))
             case c.FlushAllExpired():
                 self._reply(replies.count(coll.flush_all_expired(now_ms)))
             case c.Stats():
                 self._stream(stats.stats_parts(server))
-            case c.DumpStats(queues):
+            case c.DumpStats(queues=queues):
                 self._stream(stats.dump_stats_parts(server, queues))
             case c.Version():
                 self._reply(replies.version(WIRE_VERSION))
@@ -438,7 +440,7 @@ class QueueProtocol(asyncio.Protocol):
                 self._reply(replies.RELOADED)
             case c.GetStatus():
                 self._reply(replies.status(server.status.value))
-            case c.SetStatus(new):
+            case c.SetStatus(status=new):
                 server.set_status(new)
                 self._reply(replies.END)
 
