@@ -21,6 +21,8 @@ import pytest
 from compose_stack import WORKERS, Stack, record_timing
 from helpers import wait_until
 
+from kestrelq.client import Client
+
 pytestmark = [pytest.mark.chaos, pytest.mark.docker, pytest.mark.timeout(900)]
 
 # Messages per scenario and the gap between them: ~4 s of steady flow around each kill.
@@ -69,6 +71,17 @@ def test_stack_shape(stack: Stack) -> None:
     assert status_page(stack.worker_status_port, None) == 401
     assert status_page(stack.worker_status_port, "wrong") == 401
     assert status_page(stack.worker_status_port, stack.password) == 200
+
+
+def test_the_queue_image_runs_the_compiled_hot_path(stack: Stack) -> None:
+    """The queue server loads the modules mypyc built in the image's `compiled` stage, and they
+    serve: a set and a get round trip through them."""
+    log = stack.run("logs", "--no-log-prefix", "queue").stdout
+    assert "hot path: compiled (mypyc, " in log, log[-2000:]
+    with Client("127.0.0.1", stack.queue_port, 10, stack.credentials()) as client:
+        assert client.set("hot_path", b"compiled in the image")
+        item = client.get("hot_path")
+    assert item is not None and item.data == b"compiled in the image"
 
 
 def test_healthchecks_see_a_dead_program(stack: Stack) -> None:
