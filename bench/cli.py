@@ -453,7 +453,7 @@ def loadgen_checks(rows: list[LoadRow], ref_label: str) -> list[report.Check]:
             report.Check(
                 f"loadgen: {ref_label} set CPU / memcached set",
                 kq_sets[0].enq_cpu / mc.enq_cpu,
-                1.5,
+                2.0,
                 "le",
             )
         )
@@ -464,7 +464,7 @@ def loadgen_checks(rows: list[LoadRow], ref_label: str) -> list[report.Check]:
         op = "get q/close/open" if mode == "reliable" else "get q"
         checks.append(
             report.Check(
-                f"loadgen: {ref_label} {op} CPU / memcached get", kq.deq_cpu / mc.deq_cpu, 1.5, "le"
+                f"loadgen: {ref_label} {op} CPU / memcached get", kq.deq_cpu / mc.deq_cpu, 2.0, "le"
             )
         )
     return checks

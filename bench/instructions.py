@@ -28,9 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.servers import REPO_ROOT, free_port, probe
+from bench.servers import BUILD_LOG_LINES, COMPILED_DIR, REPO_ROOT, free_port, probe
 
-COMPILED = REPO_ROOT / "build" / "compiled"
 _TOTALS = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
 
 
@@ -41,7 +40,7 @@ def _server_command(build: str, port: int, data_dir: Path) -> tuple[list[str], P
         return [sys.executable, *cmd], REPO_ROOT
     serve = ["-m", "kestrelq", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     cmd = [sys.executable, *serve, "--fsync", "never"]
-    return cmd, (COMPILED if build == "compiled" else REPO_ROOT)
+    return cmd, (COMPILED_DIR if build == "compiled" else REPO_ROOT)
 
 
 def count(build: str, messages: int, work: Path) -> int:
@@ -73,7 +72,7 @@ def count(build: str, messages: int, work: Path) -> int:
     if build != "floor":
         # A row is only worth its label if the server really ran that build.
         said = (work / f"server-{build}-{messages}.log").read_text(errors="replace")
-        expected = "hot path: compiled" if build == "compiled" else "hot path: pure Python"
+        expected = BUILD_LOG_LINES[build]
         if expected not in said:
             raise SystemExit(f"{build}: the server did not say {expected!r}")
     return int(found.group(1))
@@ -88,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("valgrind is not installed (Debian: apt-get install valgrind)")
     low, high = (int(n) for n in args.messages.split(","))
     builds = args.builds.split(",")
-    if "compiled" in builds and not (COMPILED / "kestrelq" / "hotpath.py").exists():
-        parser.error(f"no compiled build in {COMPILED}: run `make compile` first")
+    if "compiled" in builds and not (COMPILED_DIR / "kestrelq" / "hotpath.py").exists():
+        parser.error(f"no compiled build in {COMPILED_DIR}: run `make compile` first")
     rows = []
     with tempfile.TemporaryDirectory(prefix="kq-instr-") as tmp:
         work = Path(tmp)

@@ -26,6 +26,7 @@ MODULES: tuple[str, ...] = (
     "kestrelq.protocol.replies",
     "kestrelq.queue.collection",
     "kestrelq.queue.state",
+    "kestrelq.journal.item",
     "kestrelq.journal.format",
     "kestrelq.journal.ledger",
     "kestrelq.journal.writer",

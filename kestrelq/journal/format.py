@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import ClassVar, Final
 
 from kestrelq.errors import JournalCorrupt
 from kestrelq.journal.item import Item
@@ -44,9 +45,27 @@ BEHIND_FIELDS = struct.Struct("<QQQQ")  # segment, offset, count, bytes
 RECORD_OVERHEAD = HEADER.size + 1
 
 
-@value
 class Add:
-    item: Item
+    """Written out rather than `@value`, as `Item` is (journal/item.py): one per set, built
+    by a native constructor once compiled."""
+
+    __match_args__: Final = ("item",)
+    __slots__: ClassVar[tuple[str, ...]] = ("item",)
+
+    def __init__(self, item: Item) -> None:
+        self.item: Final = item
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Add:
+            return NotImplemented
+        assert isinstance(other, Add)
+        return self.item == other.item
+
+    def __hash__(self) -> int:
+        return hash((Add, self.item))
+
+    def __repr__(self) -> str:
+        return f"Add(item={self.item!r})"
 
 
 @value
@@ -76,18 +95,54 @@ class Remove:
     """The head item left the queue (get, expiry, discard, dead-letter)."""
 
 
-@value
 class Open:
-    """The head item became the open read `xid`."""
+    """The head item became the open read `xid`.
 
-    xid: int
+    Written out rather than `@value` (one per reliable read): see `Add`.
+    """
+
+    __match_args__: Final = ("xid",)
+    __slots__: ClassVar[tuple[str, ...]] = ("xid",)
+
+    def __init__(self, xid: int) -> None:
+        self.xid: Final = xid
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Open:
+            return NotImplemented
+        assert isinstance(other, Open)
+        return self.xid == other.xid
+
+    def __hash__(self) -> int:
+        return hash((Open, self.xid))
+
+    def __repr__(self) -> str:
+        return f"Open(xid={self.xid})"
 
 
-@value
 class Confirm:
-    """Open read `xid` was confirmed and is gone."""
+    """Open read `xid` was confirmed and is gone.
 
-    xid: int
+    Written out rather than `@value` (one per reliable read): see `Add`.
+    """
+
+    __match_args__: Final = ("xid",)
+    __slots__: ClassVar[tuple[str, ...]] = ("xid",)
+
+    def __init__(self, xid: int) -> None:
+        self.xid: Final = xid
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Confirm:
+            return NotImplemented
+        assert isinstance(other, Confirm)
+        return self.xid == other.xid
+
+    def __hash__(self) -> int:
+        return hash((Confirm, self.xid))
+
+    def __repr__(self) -> str:
+        return f"Confirm(xid={self.xid})"
 
 
 @value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import ClassVar, Final
 
 from kestrelq.queue.collection import GetOptions
 from kestrelq.value import value
@@ -27,13 +28,39 @@ class Get:
     options: GetOptions
 
 
-@value
 class Set:
-    queue: str
-    flags: int
-    exptime: int
-    data: bytes
-    noreply: bool = False
+    """Written out rather than `@value`, as `Item` is (journal/item.py): one per set, built
+    by a native constructor once compiled."""
+
+    __match_args__: Final = ("queue", "flags", "exptime", "data", "noreply")
+    __slots__: ClassVar[tuple[str, ...]] = tuple(sorted(__match_args__))
+
+    def __init__(
+        self, queue: str, flags: int, exptime: int, data: bytes, noreply: bool = False
+    ) -> None:
+        self.queue: Final = queue
+        self.flags: Final = flags
+        self.exptime: Final = exptime
+        self.data: Final = data
+        self.noreply: Final = noreply
+
+    def _fields(self) -> tuple[str, int, int, bytes, bool]:
+        return (self.queue, self.flags, self.exptime, self.data, self.noreply)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Set:
+            return NotImplemented
+        assert isinstance(other, Set)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Set(queue={self.queue!r}, flags={self.flags}, exptime={self.exptime}, "
+            f"data={self.data!r}, noreply={self.noreply})"
+        )
 
 
 @value

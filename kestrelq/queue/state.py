@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from kestrelq.errors import ItemRejected, QueueFull
@@ -162,7 +162,7 @@ class QueueState:
         yield CHECKPOINT
         for xid, read in self.open_reads.items():
             item = read.item
-            yield SnapAdd(replace(item, deliveries=max(0, item.deliveries - 1)))
+            yield SnapAdd(item.with_deliveries(max(0, item.deliveries - 1)))
             yield Open(xid)
         for item in self.ready:
             yield SnapAdd(item)
@@ -181,7 +181,7 @@ class QueueState:
         if cfg.max_age_ms:
             cap = item.added_ms + cfg.max_age_ms
             if item.expires_ms == 0 or item.expires_ms > cap:
-                item = replace(item, expires_ms=cap)
+                item = item.with_expiry(cap)
         if self._head_may_expire():
             self.discard_expired(now_ms)
         while (cfg.max_items or cfg.max_bytes) and self._full(size):
@@ -215,7 +215,7 @@ class QueueState:
         while (head := self._head()) is not None:
             if limit and head.deliveries >= limit:
                 # Given out `limit` times and never confirmed: a poison message.
-                self._on_dead(replace(head, deliveries=0))
+                self._on_dead(head.with_deliveries(0))
                 self._remove_head()
                 self.stats.dead_lettered += 1
                 continue
@@ -261,7 +261,7 @@ class QueueState:
             and head.expired(now_ms)
             and (not limit or count < limit)
         ):
-            self._on_expired(replace(head, expires_ms=0, deliveries=0))
+            self._on_expired(head.with_expiry(0, deliveries=0))
             self._remove_head()
             self.stats.expired_items += 1
             count += 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from kestrelq.errors import (
@@ -389,7 +387,7 @@ def test_snapshot_rebuilds_state_with_delivery_counts() -> None:
     for record in state.snapshot():
         rebuilt.apply(record)
     same(state, rebuilt)
-    assert rebuilt.open_reads[1].item == replace(item(b"m0"), deliveries=1)
+    assert rebuilt.open_reads[1].item == item(b"m0").with_deliveries(1)
 
 
 def test_read_behind_keeps_a_window_in_memory_and_replays() -> None:
