@@ -71,7 +71,7 @@ test: install lint typecheck conf-check base-image  ## everything CI runs: check
 # server processes the tests start load it too (conftest.py checks that they all do).
 .PHONY: compile test-compiled
 COMPILED := build/compiled
-COMPILED_TESTS := tests/protocol tests/queue tests/journal tests/server
+COMPILED_TESTS := tests/protocol tests/queue tests/journal tests/server tests/chaos/test_server_crash.py
 compile: install  ## the hot path compiled with mypyc into build/compiled (docs/performance.md)
 	$(PY) scripts/compile_hot_path.py $(COMPILED)
 

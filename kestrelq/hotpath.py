@@ -56,7 +56,7 @@ def compiled_modules() -> list[str]:
 
 
 def describe() -> str:
-    """One line for the server's start-up log and `kestrelq --version`-style reports."""
+    """One line for the server's start-up log."""
     done = compiled_modules()
     if not done:
         return "hot path: pure Python"

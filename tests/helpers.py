@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kestrelq
 from kestrelq.client import Client
 from kestrelq.protocol.client import ClientConnection, encode
 from kestrelq.protocol.commands import Set
@@ -220,9 +221,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment for kestrelq child processes: the repo importable, unbuffered output."""
+    """The environment for kestrelq child processes: the kestrelq these tests import (the
+    checkout's, or build/compiled's under `make test-compiled`) importable, unbuffered output."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    # The checkout stays on the path after it (app/ and bench/ live there only).
+    package_root = str(Path(kestrelq.__file__).resolve().parent.parent)
+    paths = [package_root, str(REPO), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(filter(None, paths)))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

@@ -64,6 +64,10 @@ class Add:
     def __hash__(self) -> int:
         return hash((Add, self.item))
 
+    def __reduce__(self) -> tuple[type[Add], tuple[Item]]:
+        # copy and pickle: compiled, a native class has no default way to rebuild itself.
+        return (Add, (self.item,))
+
     def __repr__(self) -> str:
         return f"Add(item={self.item!r})"
 
@@ -116,6 +120,9 @@ class Open:
     def __hash__(self) -> int:
         return hash((Open, self.xid))
 
+    def __reduce__(self) -> tuple[type[Open], tuple[int]]:
+        return (Open, (self.xid,))
+
     def __repr__(self) -> str:
         return f"Open(xid={self.xid})"
 
@@ -140,6 +147,9 @@ class Confirm:
 
     def __hash__(self) -> int:
         return hash((Confirm, self.xid))
+
+    def __reduce__(self) -> tuple[type[Confirm], tuple[int]]:
+        return (Confirm, (self.xid,))
 
     def __repr__(self) -> str:
         return f"Confirm(xid={self.xid})"

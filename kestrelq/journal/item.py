@@ -53,6 +53,10 @@ class Item:
     def __hash__(self) -> int:
         return hash(self._fields())
 
+    def __reduce__(self) -> tuple[type[Item], tuple[bytes, int, int, int, int]]:
+        # copy and pickle: compiled, a native class has no default way to rebuild itself.
+        return (Item, self._fields())
+
     def __repr__(self) -> str:
         return (
             f"Item(data={self.data!r}, flags={self.flags}, added_ms={self.added_ms}, "
@@ -64,9 +68,11 @@ class Item:
         return Item(self.data, self.flags, self.added_ms, self.expires_ms, self.deliveries + 1)
 
     def with_deliveries(self, deliveries: int) -> Item:
+        """This item with its delivery count set (a snapshot's, a dead letter's)."""
         return Item(self.data, self.flags, self.added_ms, self.expires_ms, deliveries)
 
     def with_expiry(self, expires_ms: int, deliveries: int | None = None) -> Item:
+        """This item with a new expiry (a cap, or none once moved), and maybe a new count."""
         count = self.deliveries if deliveries is None else deliveries
         return Item(self.data, self.flags, self.added_ms, expires_ms, count)
 

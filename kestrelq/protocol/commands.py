@@ -56,6 +56,10 @@ class Set:
     def __hash__(self) -> int:
         return hash(self._fields())
 
+    def __reduce__(self) -> tuple[type[Set], tuple[str, int, int, bytes, bool]]:
+        # copy and pickle: compiled, a native class has no default way to rebuild itself.
+        return (Set, self._fields())
+
     def __repr__(self) -> str:
         return (
             f"Set(queue={self.queue!r}, flags={self.flags}, exptime={self.exptime}, "

@@ -331,11 +331,22 @@ def _each_server(args: argparse.Namespace, command: Callable[[Client], int]) -> 
     except ConfigError as exc:
         print(f"kestrelq: {exc}", file=sys.stderr)
         return 2
-    if not args.servers and len(entries) == 1:
+    # --host/--port win over KESTRELQ_SERVERS (servers_from_options): then it is one server.
+    from_env = bool(os.environ.get("KESTRELQ_SERVERS")) and not (args.host or args.port)
+    listed = bool(args.servers) or from_env
+    if not listed:
         args.host, args.port = entries[0].host, entries[0].port
         return _with_client(args, command)
+    # A list, even of one name: a name such as swarm's `tasks.queue` stands for every replica.
+    addresses = ServerList(entries).addresses()
+    if not addresses:
+        print("kestrelq: no server address: the listed names resolve to none", file=sys.stderr)
+        return 1
+    if not args.servers and len(addresses) == 1:
+        args.host, args.port = addresses[0]
+        return _with_client(args, command)
     code = 0
-    for host, port in ServerList(entries).addresses():
+    for host, port in addresses:
         args.host, args.port = host, port
         print(f"== {host}:{port}", flush=True)
         code = max(code, _with_client(args, command))

@@ -130,3 +130,20 @@ def test_bench_runs_the_compiled_build_beside_the_pure_one(tmp_path: Path) -> No
     assert "| kestrelq fsync=always compiled | reliable |" in md  # the load generator's
     assert "kestrelq fsync=always compiled reliable C=1 minimal" in proc.stderr
     assert raw["errors"] == []
+
+
+def test_instruction_counts_come_out_per_message() -> None:
+    # The floor only, at small counts: the tool's arithmetic and its table, in a minute. The
+    # pure and compiled builds go through the same code with the log-line check on top.
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--builds", "floor", "--messages", "200,600"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| floor |"))
+    per_message = int(row.split("|")[2].replace(",", ""))
+    # A set and a get cost a Python server thousands of instructions, not tens or millions.
+    assert 2_000 < per_message < 500_000, row

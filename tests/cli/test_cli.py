@@ -112,6 +112,13 @@ def test_a_server_list_of_one_in_the_environment_is_that_server(server: ServerPr
     assert "== " not in result.stdout
 
 
+def test_a_server_list_that_resolves_to_nothing_fails() -> None:
+    # Not "0 answered" with exit 0: a monitoring script must see that nothing was asked.
+    result = kestrelq("stats", KESTRELQ_SERVERS="no-such-host.invalid:22133")
+    assert result.returncode == 1
+    assert "resolve to none" in result.stderr
+
+
 def test_a_port_of_0_is_refused_not_taken_for_the_default() -> None:
     result = kestrelq("stats", "--port", "0")
     assert result.returncode == 2
