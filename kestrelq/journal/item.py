@@ -14,8 +14,8 @@ class Item:
     Written out rather than `@value`: every set makes one, and a class with its own
     `__init__` is one mypyc compiles to a native class with a native constructor (about 8x
     cheaper to build than a dataclass, whose generated `__init__` stays interpreted). `Final`
-    keeps it immutable, for mypy and, compiled, at run time; eq, hash and the match
-    arguments are a dataclass's.
+    keeps it immutable for mypy (and at run time too when a recent mypyc compiled it); eq,
+    hash and the match arguments are a dataclass's.
     """
 
     __match_args__: Final = (
@@ -25,7 +25,15 @@ class Item:
         "expires_ms",
         "deliveries",
     )
-    __slots__: ClassVar[tuple[str, ...]] = tuple(sorted(__match_args__))
+    # Spelt out, not computed from __match_args__: Debian's mypyc 1.0.1 has no Final class
+    # attribute in the class's namespace while the body runs (KeyError at import).
+    __slots__: ClassVar[tuple[str, ...]] = (
+        "added_ms",
+        "data",
+        "deliveries",
+        "expires_ms",
+        "flags",
+    )
 
     def __init__(
         self,

@@ -33,7 +33,8 @@ class Set:
     by a native constructor once compiled."""
 
     __match_args__: Final = ("queue", "flags", "exptime", "data", "noreply")
-    __slots__: ClassVar[tuple[str, ...]] = tuple(sorted(__match_args__))
+    # Spelt out: see Item's (journal/item.py).
+    __slots__: ClassVar[tuple[str, ...]] = ("data", "exptime", "flags", "noreply", "queue")
 
     def __init__(
         self, queue: str, flags: int, exptime: int, data: bytes, noreply: bool = False
