@@ -249,7 +249,7 @@ def test_metrics_settings_come_from_toml_and_environment(tmp_path: Path) -> None
 
 
 def test_a_server_without_metrics_does_not_load_prometheus_client() -> None:
-    # Imported at every start, it cost 150 ms of each restart and 5 MB of every server.
+    # Imported at every start, it cost 90-150 ms of each restart and 1 MB of every server.
     code = (
         "import sys; import kestrelq.cli, kestrelq.server.server; "
         "sys.exit('prometheus_client' in sys.modules)"
