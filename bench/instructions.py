@@ -10,7 +10,8 @@ difference of N, is what one message (a set and its get) costs the server. Start
 and recovery cancel out.
 
 Builds: `pure` is this checkout; `compiled` is build/compiled (`make compile`, see
-kestrelq/hotpath.py); `floor` is bench/pyfloor.py, the least a Python server on uvloop can do.
+kestrelq/hotpath.py; compiled first when missing or stale, as `python -m bench` does);
+`floor` is bench/pyfloor.py, the least a Python server on uvloop can do.
 The instructions counted include the server's user-space share of every system call it
 makes, not the kernel's.
 """
@@ -18,63 +19,69 @@ makes, not the kernel's.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.servers import BUILD_LOG_LINES, COMPILED_DIR, REPO_ROOT, free_port, probe
+from bench.servers import (
+    REPO_ROOT,
+    ServerProc,
+    ServerSpec,
+    build_compiled,
+    check_build,
+    command,
+    compiled_is_current,
+    free_port,
+    server_env,
+    server_home,
+    wait_ready,
+)
 
 _TOTALS = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
 
 
-def _server_command(build: str, port: int, data_dir: Path) -> tuple[list[str], Path]:
-    """The server's command line and the directory to run it from (which decides the build)."""
+def _spec(build: str) -> ServerSpec:
     if build == "floor":
-        cmd = ["-m", "bench.pyfloor", "--port", str(port), "--data-dir", str(data_dir)]
-        return [sys.executable, *cmd], REPO_ROOT
-    serve = ["-m", "kestrelq", "serve", "--port", str(port), "--data-dir", str(data_dir)]
-    cmd = [sys.executable, *serve, "--fsync", "never"]
-    return cmd, (COMPILED_DIR if build == "compiled" else REPO_ROOT)
+        return ServerSpec("pyfloor")
+    return ServerSpec("kestrelq", fsync="never", build=build)
 
 
 def count(build: str, messages: int, work: Path) -> int:
     """Instructions the server ran while `messages` were set and then got."""
+    spec = _spec(build)
     port = free_port()
     out = work / f"callgrind-{build}-{messages}.out"
-    cmd, cwd = _server_command(build, port, work / f"data-{build}-{messages}")
+    data_dir = work / f"data-{build}-{messages}"
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-    env = {**os.environ, "PYTHONPATH": str(cwd)}
-    log = open(work / f"server-{build}-{messages}.log", "wb")  # noqa: SIM115 - the child's
-    server = subprocess.Popen([*valgrind, *cmd], cwd=cwd, env=env, stdout=log, stderr=log)
-    log.close()
+    log_path = work / f"server-{build}-{messages}.log"
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            [*valgrind, *command(spec, port, data_dir)],
+            cwd=server_home(spec),
+            env=server_env(spec),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    proc = ServerProc(spec, port, data_dir, log_path, popen)
     try:
+        # Under valgrind, start-up takes many seconds.
+        if not wait_ready(proc, timeout_s=300):
+            raise SystemExit(f"{build}: the server did not start; see {log_path}")
+        # A row is only worth its label if the server really runs that build.
+        check_build(proc)
         kind = "pyfloor" if build == "floor" else "kestrelq"
-        deadline = time.monotonic() + 300  # under valgrind, start-up takes many seconds
-        while not probe(kind, port, timeout_s=1.0):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{build}: the server did not start; see {work}")
-            time.sleep(0.25)  # the interval between probes, not a stand-in for one
         load = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--kind", kind]
         load += ["--messages", str(messages), "--size", "100"]
         subprocess.run(load, cwd=REPO_ROOT, check=True, capture_output=True)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=600)
+        proc.stop(signal.SIGTERM, timeout_s=600)
     found = _TOTALS.search(out.read_bytes())
     if found is None:
         raise SystemExit(f"{build}: no totals in {out}")
-    if build != "floor":
-        # A row is only worth its label if the server really ran that build.
-        said = (work / f"server-{build}-{messages}.log").read_text(errors="replace")
-        expected = BUILD_LOG_LINES[build]
-        if expected not in said:
-            raise SystemExit(f"{build}: the server did not say {expected!r}")
     return int(found.group(1))
 
 
@@ -87,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("valgrind is not installed (Debian: apt-get install valgrind)")
     low, high = (int(n) for n in args.messages.split(","))
     builds = args.builds.split(",")
-    if "compiled" in builds and not (COMPILED_DIR / "kestrelq" / "hotpath.py").exists():
-        parser.error(f"no compiled build in {COMPILED_DIR}: run `make compile` first")
+    if "compiled" in builds and not compiled_is_current():
+        build_compiled()  # as `python -m bench` does: missing or stale, compiled first
     rows = []
     with tempfile.TemporaryDirectory(prefix="kq-instr-") as tmp:
         work = Path(tmp)

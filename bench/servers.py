@@ -235,16 +235,16 @@ def command(spec: ServerSpec, port: int, data_dir: Path) -> list[str]:
     raise ValueError(f"unknown server kind {spec.kind!r}")
 
 
-def _home(spec: ServerSpec) -> Path:
+def server_home(spec: ServerSpec) -> Path:
     """The directory a server runs from and imports kestrelq from first."""
     return spec.compiled_dir if spec.kind == "kestrelq" and spec.build == "compiled" else REPO_ROOT
 
 
-def _env(spec: ServerSpec) -> dict[str, str]:
+def server_env(spec: ServerSpec) -> dict[str, str]:
     env = dict(os.environ)
     # kestrelq runs from this checkout (or its compiled build) whether or not it is installed
     # in the interpreter, and ahead of any kestrelq that is.
-    home = str(_home(spec))
+    home = str(server_home(spec))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (home, env.get("PYTHONPATH", "")) if p)
     for key in ("KESTRELQ_HOST", "KESTRELQ_PORT", "KESTRELQ_DATA_DIR", "KESTRELQ_FSYNC"):
         # The command line decides; an exported variable from a dev shell must not.
@@ -278,8 +278,8 @@ def start(
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=str(_home(spec)),
-                env=_env(spec),
+                cwd=str(server_home(spec)),
+                env=server_env(spec),
             )
         proc = ServerProc(spec, p, ddir, log_path, popen)
         if wait_ready(proc, ready_timeout_s):
@@ -304,7 +304,7 @@ def check_build(proc: ServerProc) -> None:
     said = next((line for line in lines if "hot path: " in line), "")
     if BUILD_LOG_LINES[spec.build] not in said:
         proc.stop(signal.SIGKILL)
-        home = _home(spec)
+        home = server_home(spec)
         found = "hot path: " + said.partition("hot path: ")[2] if said else "no hot path line"
         raise ServerStartError(
             f"{spec.label} started from {home} did not run the {spec.build} build: its log has "
